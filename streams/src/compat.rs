@@ -1,0 +1,504 @@
+//! Schema evolution checks: Avro schema resolution at the seven Confluent compatibility levels.
+//!
+//! `can_read(reader, writer)` follows the Avro specification's resolution rules as the
+//! Confluent registry applies them (type promotion, fields matched by name or alias, defaults
+//! for missing fields, enum symbols and enum defaults, union branches, fixed sizes, unqualified
+//! type names or aliases) and keeps going after the first problem, so a report lists every
+//! incompatibility with its location. Logical types resolve as their underlying types, as in
+//! Avro itself.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{NamedKind, Schema, Type};
+
+/// A compatibility level, as the Confluent registry names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Level {
+    /// Anything goes.
+    None,
+    /// The new schema reads data written with the latest version.
+    Backward,
+    /// The new schema reads data written with every earlier version.
+    BackwardTransitive,
+    /// The latest version reads data written with the new schema.
+    Forward,
+    /// Every earlier version reads data written with the new schema.
+    ForwardTransitive,
+    /// Backward and forward against the latest version.
+    Full,
+    /// Backward and forward against every earlier version.
+    FullTransitive,
+}
+
+impl Level {
+    /// Every level, in the order the registry documents them.
+    pub const ALL: [Level; 7] = [
+        Level::None,
+        Level::Backward,
+        Level::BackwardTransitive,
+        Level::Forward,
+        Level::ForwardTransitive,
+        Level::Full,
+        Level::FullTransitive,
+    ];
+
+    /// The upper-case name, e.g. `BACKWARD_TRANSITIVE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "NONE",
+            Level::Backward => "BACKWARD",
+            Level::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Level::Forward => "FORWARD",
+            Level::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Level::Full => "FULL",
+            Level::FullTransitive => "FULL_TRANSITIVE",
+        }
+    }
+
+    fn transitive(self) -> bool {
+        matches!(
+            self,
+            Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive
+        )
+    }
+
+    fn backward(self) -> bool {
+        matches!(
+            self,
+            Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive
+        )
+    }
+
+    fn forward(self) -> bool {
+        matches!(
+            self,
+            Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive
+        )
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A compatibility level name that is not one of the seven.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a compatibility level; use one of NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE"
+)]
+pub struct UnknownLevel(pub String);
+
+impl FromStr for Level {
+    type Err = UnknownLevel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Level::ALL
+            .into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownLevel(s.to_owned()))
+    }
+}
+
+/// The kinds of incompatibility, named as in Avro's and Confluent's reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Kind {
+    /// A named type's name differs and the reader has no alias for the writer's name.
+    NameMismatch,
+    /// Two fixed types differ in size.
+    FixedSizeMismatch,
+    /// The writer's enum has symbols the reader lacks, and the reader has no enum default.
+    MissingEnumSymbols,
+    /// A reader field has no writer counterpart and no default.
+    ReaderFieldMissingDefaultValue,
+    /// The types cannot be resolved, even by promotion.
+    TypeMismatch,
+    /// A type the writer may write has no branch in the reader's union.
+    MissingUnionBranch,
+}
+
+impl Kind {
+    /// The upper-case name, e.g. `TYPE_MISMATCH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::NameMismatch => "NAME_MISMATCH",
+            Kind::FixedSizeMismatch => "FIXED_SIZE_MISMATCH",
+            Kind::MissingEnumSymbols => "MISSING_ENUM_SYMBOLS",
+            Kind::ReaderFieldMissingDefaultValue => "READER_FIELD_MISSING_DEFAULT_VALUE",
+            Kind::TypeMismatch => "TYPE_MISMATCH",
+            Kind::MissingUnionBranch => "MISSING_UNION_BRANCH",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reason a reader cannot read what a writer wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Incompatibility {
+    /// What kind of problem it is.
+    pub kind: Kind,
+    /// Where, as a path through the reader's schema (`/fields/3/type/items`); union branches
+    /// written by the writer appear as their index in the writer's union.
+    pub location: String,
+    /// A plain-English reason.
+    pub message: String,
+}
+
+impl fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}: {}", self.kind, self.location, self.message)
+    }
+}
+
+/// Which way the data would flow in a failing check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The new schema reads data written with an earlier version (backward).
+    NewReadsOld,
+    /// An earlier version reads data written with the new schema (forward).
+    OldReadsNew,
+}
+
+/// An incompatibility found by [`check`], with the earlier version it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Index into the `previous` slice given to [`check`] (0 is the oldest).
+    pub previous: usize,
+    /// Which way the data would flow.
+    pub direction: Direction,
+    /// What is wrong.
+    #[serde(flatten)]
+    pub problem: Incompatibility,
+}
+
+/// Checks whether `new` may follow `previous` (oldest first) at `level`, listing every problem.
+///
+/// Non-transitive levels compare with the latest version only; transitive levels with all.
+/// An empty result means compatible.
+pub fn check(level: Level, new: &Schema, previous: &[&Schema]) -> Vec<Violation> {
+    if level == Level::None || previous.is_empty() {
+        return Vec::new();
+    }
+    let first = if level.transitive() {
+        0
+    } else {
+        previous.len() - 1
+    };
+    let mut violations = Vec::new();
+    for (index, old) in previous.iter().enumerate().skip(first) {
+        if level.backward() {
+            violations.extend(can_read(new, old).into_iter().map(|problem| Violation {
+                previous: index,
+                direction: Direction::NewReadsOld,
+                problem,
+            }));
+        }
+        if level.forward() {
+            violations.extend(can_read(old, new).into_iter().map(|problem| Violation {
+                previous: index,
+                direction: Direction::OldReadsNew,
+                problem,
+            }));
+        }
+    }
+    violations
+}
+
+/// Lists every reason `reader` cannot read data written with `writer` (empty: it can).
+pub fn can_read(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
+    let mut checker = Checker {
+        reader,
+        writer,
+        in_progress: HashSet::new(),
+    };
+    let mut location = String::new();
+    checker.compare(reader.root(), writer.root(), &mut location)
+}
+
+struct Checker<'a> {
+    reader: &'a Schema,
+    writer: &'a Schema,
+    /// Pairs of named types under comparison: meeting one again means a recursive type, which
+    /// is compatible as far as this path goes (the pair's own check reports any problem).
+    in_progress: HashSet<(usize, usize)>,
+}
+
+impl Checker<'_> {
+    fn problem(&self, kind: Kind, location: &str, message: String) -> Incompatibility {
+        Incompatibility {
+            kind,
+            location: if location.is_empty() {
+                "/".into()
+            } else {
+                location.to_owned()
+            },
+            message,
+        }
+    }
+
+    fn compare(
+        &mut self,
+        reader: &Type,
+        writer: &Type,
+        location: &mut String,
+    ) -> Vec<Incompatibility> {
+        if let Type::Union(branches) = writer {
+            // Every branch the writer may have written must be readable.
+            let mut problems = Vec::new();
+            for (i, branch) in branches.iter().enumerate() {
+                let mark = location.len();
+                location.push_str(&format!("/{i}"));
+                let found = self.compare(reader, branch, location);
+                if !found.is_empty() {
+                    if self.counterpart(reader, branch).is_some() {
+                        // The reader has the same type for this branch: the precise reasons
+                        // inside it say more than "branch missing".
+                        problems.extend(found);
+                    } else {
+                        problems.push(self.problem(
+                            Kind::MissingUnionBranch,
+                            location,
+                            format!(
+                                "the writer's union branch {} has no matching type in the reader's {}",
+                                self.writer.describe(branch),
+                                self.reader.describe(reader)
+                            ),
+                        ));
+                    }
+                }
+                location.truncate(mark);
+            }
+            return problems;
+        }
+        if let Type::Union(branches) = reader {
+            let counterpart = self.counterpart(reader, writer);
+            let mut counterpart_problems = Vec::new();
+            if let Some(i) = counterpart {
+                counterpart_problems = self.compare(&branches[i], writer, location);
+                if counterpart_problems.is_empty() {
+                    return Vec::new();
+                }
+            }
+            // Otherwise the first branch that can read the writer's type (by promotion) wins.
+            for (i, branch) in branches.iter().enumerate() {
+                if Some(i) != counterpart && self.compare(branch, writer, location).is_empty() {
+                    return Vec::new();
+                }
+            }
+            if counterpart.is_some() {
+                return counterpart_problems;
+            }
+            return vec![self.problem(
+                Kind::MissingUnionBranch,
+                location,
+                format!(
+                    "the reader's {} has no branch that can read the writer's {}",
+                    self.reader.describe(reader),
+                    self.writer.describe(writer)
+                ),
+            )];
+        }
+        match (reader, writer) {
+            (Type::Array(r), Type::Array(w)) => {
+                let mark = location.len();
+                location.push_str("/items");
+                let found = self.compare(r, w, location);
+                location.truncate(mark);
+                found
+            }
+            (Type::Map(r), Type::Map(w)) => {
+                let mark = location.len();
+                location.push_str("/values");
+                let found = self.compare(r, w, location);
+                location.truncate(mark);
+                found
+            }
+            (Type::Named(r), Type::Named(w)) => self.compare_named(*r, *w, location),
+            (r, w) if r == w || promotes(w, r) => Vec::new(),
+            (r, w) => vec![self.problem(
+                Kind::TypeMismatch,
+                location,
+                format!(
+                    "the reader expects {} but the writer wrote {}",
+                    self.reader.describe(r),
+                    self.writer.describe(w)
+                ),
+            )],
+        }
+    }
+
+    /// The reader-union branch that is "the same type" as the writer's: same named type by
+    /// name or alias, or the same kind of unnamed type.
+    fn counterpart(&self, reader: &Type, writer: &Type) -> Option<usize> {
+        let Type::Union(branches) = reader else {
+            return match (reader, writer) {
+                (Type::Named(r), Type::Named(w)) if self.same_named(*r, *w) => Some(0),
+                (Type::Array(_), Type::Array(_)) | (Type::Map(_), Type::Map(_)) => Some(0),
+                _ => None,
+            };
+        };
+        branches.iter().position(|branch| match (branch, writer) {
+            (Type::Named(r), Type::Named(w)) => self.same_named(*r, *w),
+            (Type::Array(_), Type::Array(_)) | (Type::Map(_), Type::Map(_)) => true,
+            (r, w) => r == w,
+        })
+    }
+
+    fn same_named(&self, reader: usize, writer: usize) -> bool {
+        let r = self.reader.named(reader);
+        let w = self.writer.named(writer);
+        let same_kind = matches!(
+            (&r.kind, &w.kind),
+            (NamedKind::Record { .. }, NamedKind::Record { .. })
+                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
+                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
+        );
+        same_kind && (r.simple_name() == w.simple_name() || r.aliases.contains(&w.name))
+    }
+
+    fn compare_named(&mut self, r: usize, w: usize, location: &mut String) -> Vec<Incompatibility> {
+        if !self.in_progress.insert((r, w)) {
+            return Vec::new();
+        }
+        let reader = self.reader.named(r);
+        let writer = self.writer.named(w);
+        let mut problems = Vec::new();
+        let names_match = reader.simple_name() == writer.simple_name()
+            || reader.aliases.contains(&writer.name);
+        let kinds_match = matches!(
+            (&reader.kind, &writer.kind),
+            (NamedKind::Record { .. }, NamedKind::Record { .. })
+                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
+                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
+        );
+        if !kinds_match {
+            problems.push(self.problem(
+                Kind::TypeMismatch,
+                location,
+                format!(
+                    "the reader expects {} but the writer wrote {}",
+                    self.reader.describe(&Type::Named(r)),
+                    self.writer.describe(&Type::Named(w))
+                ),
+            ));
+            self.in_progress.remove(&(r, w));
+            return problems;
+        }
+        if !names_match {
+            problems.push(self.problem(
+                Kind::NameMismatch,
+                &format!("{location}/name"),
+                format!(
+                    "the reader's type is named {} and has no alias for the writer's {}",
+                    reader.name, writer.name
+                ),
+            ));
+        }
+        match (&reader.kind, &writer.kind) {
+            (NamedKind::Fixed { size: rs }, NamedKind::Fixed { size: ws }) if rs != ws => {
+                problems.push(self.problem(
+                    Kind::FixedSizeMismatch,
+                    &format!("{location}/size"),
+                    format!(
+                        "the reader's fixed {} holds {rs} bytes but the writer's holds {ws}",
+                        reader.name
+                    ),
+                ));
+            }
+            (
+                NamedKind::Enum {
+                    symbols: reader_symbols,
+                    default,
+                },
+                NamedKind::Enum {
+                    symbols: writer_symbols,
+                    ..
+                },
+            ) => {
+                let missing: Vec<&str> = writer_symbols
+                    .iter()
+                    .filter(|s| !reader_symbols.contains(s))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() && default.is_none() {
+                    problems.push(self.problem(
+                        Kind::MissingEnumSymbols,
+                        &format!("{location}/symbols"),
+                        format!(
+                            "the reader's enum {} lacks the writer's symbols [{}] and has no default to read them as",
+                            reader.name,
+                            missing.join(", ")
+                        ),
+                    ));
+                }
+            }
+            (
+                NamedKind::Record {
+                    fields: reader_fields,
+                },
+                NamedKind::Record {
+                    fields: writer_fields,
+                },
+            ) => {
+                let reader_fields = reader_fields.clone();
+                let writer_fields = writer_fields.clone();
+                for (i, field) in reader_fields.iter().enumerate() {
+                    let mark = location.len();
+                    location.push_str(&format!("/fields/{i}"));
+                    let counterpart = writer_fields
+                        .iter()
+                        .find(|wf| wf.name == field.name)
+                        .or_else(|| {
+                            writer_fields
+                                .iter()
+                                .find(|wf| field.aliases.contains(&wf.name))
+                        });
+                    match counterpart {
+                        Some(wf) => {
+                            location.push_str("/type");
+                            problems.extend(self.compare(&field.ty, &wf.ty, location));
+                        }
+                        None if field.default.is_some() => {}
+                        None => problems.push(self.problem(
+                            Kind::ReaderFieldMissingDefaultValue,
+                            location,
+                            format!(
+                                "the reader's field '{}' has no default and the writer has no such field (nor one named by its aliases)",
+                                field.name
+                            ),
+                        )),
+                    }
+                    location.truncate(mark);
+                }
+            }
+            _ => {}
+        }
+        self.in_progress.remove(&(r, w));
+        problems
+    }
+}
+
+/// Avro's promotions: what a reader of type `reader` accepts from a writer of type `writer`.
+fn promotes(writer: &Type, reader: &Type) -> bool {
+    matches!(
+        (writer, reader),
+        (Type::Int, Type::Long | Type::Float | Type::Double)
+            | (Type::Long, Type::Float | Type::Double)
+            | (Type::Float, Type::Double)
+            | (Type::String, Type::Bytes)
+            | (Type::Bytes, Type::String)
+    )
+}

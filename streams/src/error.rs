@@ -1,0 +1,105 @@
+//! The one error type of the streaming runtime, and whether a retry can help.
+
+use std::path::PathBuf;
+
+use crate::schema::SchemaError;
+
+/// A `Result` whose error defaults to the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the streaming runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kafka client call failed.
+    #[error("Kafka {action} failed: {source}")]
+    Kafka {
+        /// What the runtime was doing, e.g. "creating a producer".
+        action: String,
+        /// The librdkafka error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// An Avro schema is not valid.
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
+    /// A topic spec under `topics/` is not valid.
+    #[error("{file}: field `{field}`: {reason}")]
+    TopicSpec {
+        /// The spec file.
+        file: PathBuf,
+        /// The offending field, or `-` for the whole file.
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The schema registry answered with an error.
+    #[error("schema registry refused the request ({status}, error code {code}): {message}")]
+    Registry {
+        /// HTTP status.
+        status: u16,
+        /// Confluent `error_code`.
+        code: i64,
+        /// The registry's message.
+        message: String,
+    },
+    /// The schema registry could not be reached or answered nonsense.
+    #[error("schema registry at {url} is unavailable: {reason}")]
+    RegistryUnavailable {
+        /// The URL that was called.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The embedded broker could not do what was asked.
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+    /// A broker operation gave up after its deadline.
+    #[error("timed out after {seconds} s while {action}")]
+    Timeout {
+        /// What the runtime was doing.
+        action: String,
+        /// How long it waited.
+        seconds: u64,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    ///
+    /// Bad input (schemas, specs, refusals by the registry) never becomes good by waiting;
+    /// outages of the broker or the registry may end.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Kafka { source, .. } => source.rdkafka_error_code().is_none_or(|code| {
+                !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidConfig)
+            }),
+            Error::Registry { status, .. } => *status >= 500,
+            Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
+            Error::Schema(_) | Error::TopicSpec { .. } | Error::Io { .. } | Error::Embedded(_) => {
+                false
+            }
+        }
+    }
+
+    pub(crate) fn kafka(action: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka {
+            action: action.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

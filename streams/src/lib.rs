@@ -1,0 +1,17 @@
+//! The streaming runtime every tripstream service is built on.
+//!
+//! One module per concern: [`broker`] (the embedded Kafka-protocol broker), [`topic`] (topic
+//! specs and provisioning), [`schema`] (Avro schemas with located errors), [`compat`]
+//! (compatibility levels), [`contract`] (topics and schemas together, and their registry
+//! subjects), [`registry`] (the registry client) and [`telemetry`].
+
+pub mod broker;
+pub mod compat;
+pub mod contract;
+pub mod error;
+pub mod registry;
+pub mod schema;
+pub mod telemetry;
+pub mod topic;
+
+pub use error::{Error, Result};

@@ -1,0 +1,903 @@
+//! Avro schemas: parsing with located errors, the named-type graph, and a stable text form.
+//!
+//! The runtime keeps its own model of a schema instead of walking `apache-avro`'s, for two
+//! reasons: every rejection must name its location (`/fields/3/type/items`), which
+//! `apache-avro`'s parser does not report, and the compatibility checker needs the raw facts
+//! (aliases, defaults, enum defaults) in one stable shape. Every schema accepted here is also
+//! parsed by `apache-avro`, so the codec can never be handed one it cannot use.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// An invalid schema: where in the document, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    /// The file or subject the schema came from, when known.
+    pub source: Option<String>,
+    /// A JSON-pointer-like path into the schema document (`/fields/3/type`), or `line L, column
+    /// C` for text that is not JSON.
+    pub location: String,
+    /// A plain-English reason.
+    pub reason: String,
+}
+
+impl SchemaError {
+    fn at(location: &str, reason: impl Into<String>) -> Self {
+        SchemaError {
+            source: None,
+            location: if location.is_empty() {
+                "/".to_owned()
+            } else {
+                location.to_owned()
+            },
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error, attributed to a file or subject.
+    #[must_use]
+    pub fn in_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(source) = &self.source {
+            write!(f, "{source}: ")?;
+        }
+        write!(
+            f,
+            "invalid Avro schema at {}: {}",
+            self.location, self.reason
+        )
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+/// A type in a schema. Named types live in [`Schema::named`] so that recursive types are finite.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Type {
+    /// `null`
+    Null,
+    /// `boolean`
+    Boolean,
+    /// `int` (also under the logical types date and time-millis)
+    Int,
+    /// `long` (also under the timestamp logical types)
+    Long,
+    /// `float`
+    Float,
+    /// `double`
+    Double,
+    /// `bytes` (also under decimal)
+    Bytes,
+    /// `string` (also under uuid)
+    String,
+    /// `{"type": "array", "items": ...}`
+    Array(Box<Type>),
+    /// `{"type": "map", "values": ...}`
+    Map(Box<Type>),
+    /// A union's branches, in order.
+    Union(Vec<Type>),
+    /// A record, enum or fixed: an index into [`Schema::named`].
+    Named(usize),
+}
+
+/// A record, enum or fixed type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    /// The full name, namespace included.
+    pub name: String,
+    /// Full names this type was known by before.
+    pub aliases: Vec<String>,
+    /// What kind of named type it is.
+    pub kind: NamedKind,
+}
+
+impl Named {
+    /// The name without its namespace.
+    pub fn simple_name(&self) -> &str {
+        self.name.rsplit('.').next().unwrap_or(&self.name)
+    }
+}
+
+/// The three kinds of named type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NamedKind {
+    /// A record and its fields, in order.
+    Record {
+        /// The fields.
+        fields: Vec<Field>,
+    },
+    /// An enum, its symbols and the symbol readers fall back to for unknown ones.
+    Enum {
+        /// The symbols, in order.
+        symbols: Vec<String>,
+        /// The fallback symbol, if any.
+        default: Option<String>,
+    },
+    /// Fixed-size bytes.
+    Fixed {
+        /// The size in bytes.
+        size: u64,
+    },
+}
+
+/// A field of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// The field name.
+    pub name: String,
+    /// Names this field was known by before.
+    pub aliases: Vec<String>,
+    /// The field's type.
+    pub ty: Type,
+    /// The default value, if the field has one.
+    pub default: Option<Value>,
+}
+
+/// A parsed, validated Avro schema.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    root: Type,
+    named: Vec<Named>,
+    canonical: String,
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
+    }
+}
+
+impl Eq for Schema {}
+
+impl Schema {
+    /// Parses and validates a schema document.
+    ///
+    /// # Errors
+    ///
+    /// A [`SchemaError`] naming the location and the reason when the text is not JSON, not a
+    /// valid Avro schema, or not accepted by `apache-avro`.
+    pub fn parse(text: &str) -> Result<Schema, SchemaError> {
+        let json: Value = serde_json::from_str(text).map_err(|e| {
+            SchemaError::at(
+                &format!("line {}, column {}", e.line(), e.column()),
+                format!("not valid JSON: {}", json_reason(&e)),
+            )
+        })?;
+        Self::from_json(&json)
+    }
+
+    /// Validates a schema document that is already JSON.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schema::parse`].
+    pub fn from_json(json: &Value) -> Result<Schema, SchemaError> {
+        let mut parser = Parser::default();
+        let root = parser.parse_type(json, "", None)?;
+        let canonical = json.to_string();
+        // A second opinion: the codec uses apache-avro, so a schema it rejects is unusable
+        // however valid it looks to us.
+        apache_avro::Schema::parse_str(&canonical)
+            .map_err(|e| SchemaError::at("", format!("rejected by the Avro library: {e}")))?;
+        Ok(Schema {
+            root,
+            named: parser.named,
+            canonical,
+        })
+    }
+
+    /// The top-level type.
+    pub fn root(&self) -> &Type {
+        &self.root
+    }
+
+    /// The named type behind [`Type::Named`].
+    ///
+    /// # Panics
+    ///
+    /// Never for a `Type` taken from this schema: the parser only creates indexes it has filled.
+    pub fn named(&self, index: usize) -> &Named {
+        &self.named[index]
+    }
+
+    /// The schema as compact JSON, keys in their original order. Two documents that differ only
+    /// in white space have the same canonical text; this is the schema's identity in the registry.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The full name of the top-level type, when it is named.
+    pub fn full_name(&self) -> Option<&str> {
+        match self.root {
+            Type::Named(i) => Some(&self.named[i].name),
+            _ => None,
+        }
+    }
+
+    /// A short human name for a type: `int`, `array<string>`, `record a.B`.
+    pub fn describe(&self, ty: &Type) -> String {
+        match ty {
+            Type::Null => "null".into(),
+            Type::Boolean => "boolean".into(),
+            Type::Int => "int".into(),
+            Type::Long => "long".into(),
+            Type::Float => "float".into(),
+            Type::Double => "double".into(),
+            Type::Bytes => "bytes".into(),
+            Type::String => "string".into(),
+            Type::Array(items) => format!("array<{}>", self.describe(items)),
+            Type::Map(values) => format!("map<{}>", self.describe(values)),
+            Type::Union(branches) => {
+                let names: Vec<String> = branches.iter().map(|b| self.describe(b)).collect();
+                format!("union[{}]", names.join(", "))
+            }
+            Type::Named(i) => {
+                let named = &self.named[*i];
+                match &named.kind {
+                    NamedKind::Record { .. } => format!("record {}", named.name),
+                    NamedKind::Enum { .. } => format!("enum {}", named.name),
+                    NamedKind::Fixed { size } => format!("fixed {}({size})", named.name),
+                }
+            }
+        }
+    }
+}
+
+fn json_reason(e: &serde_json::Error) -> String {
+    // serde_json appends " at line L column C"; the location already says that.
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+#[derive(Default)]
+struct Parser {
+    named: Vec<Named>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Parser {
+    fn parse_type(
+        &mut self,
+        json: &Value,
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        match json {
+            Value::String(name) => self.resolve(name, at, namespace),
+            Value::Array(branches) => self.parse_union(branches, at, namespace),
+            Value::Object(object) => self.parse_object(object, at, namespace),
+            other => Err(SchemaError::at(
+                at,
+                format!(
+                    "a type must be a name, an object or a union array, not {}",
+                    kind_of(other)
+                ),
+            )),
+        }
+    }
+
+    fn resolve(&self, name: &str, at: &str, namespace: Option<&str>) -> Result<Type, SchemaError> {
+        if let Some(primitive) = primitive(name) {
+            return Ok(primitive);
+        }
+        let mut tried = Vec::new();
+        if !name.contains('.')
+            && let Some(ns) = namespace.filter(|ns| !ns.is_empty())
+        {
+            let full = format!("{ns}.{name}");
+            if let Some(&i) = self.by_name.get(&full) {
+                return Ok(Type::Named(i));
+            }
+            tried.push(full);
+        }
+        if let Some(&i) = self.by_name.get(name) {
+            return Ok(Type::Named(i));
+        }
+        tried.push(name.to_owned());
+        let reason = if name.is_empty() {
+            "empty type name".to_owned()
+        } else if tried.len() > 1 {
+            format!(
+                "unknown type name '{name}' (looked for {}); a named type must be defined before it is used",
+                tried.join(" and ")
+            )
+        } else {
+            format!("unknown type name '{name}'; a named type must be defined before it is used")
+        };
+        Err(SchemaError::at(at, reason))
+    }
+
+    fn parse_union(
+        &mut self,
+        branches: &[Value],
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        if branches.is_empty() {
+            return Err(SchemaError::at(at, "a union needs at least one branch"));
+        }
+        let mut parsed = Vec::with_capacity(branches.len());
+        let mut seen: Vec<String> = Vec::new();
+        for (i, branch) in branches.iter().enumerate() {
+            let here = format!("{at}/{i}");
+            let ty = self.parse_type(branch, &here, namespace)?;
+            let key = match &ty {
+                Type::Union(_) => {
+                    return Err(SchemaError::at(
+                        &here,
+                        "a union may not directly contain another union",
+                    ));
+                }
+                Type::Named(n) => self.named[*n].name.clone(),
+                Type::Array(_) => "array".into(),
+                Type::Map(_) => "map".into(),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            if seen.contains(&key) {
+                return Err(SchemaError::at(
+                    &here,
+                    format!(
+                        "the union already has a branch of type {key}; each type may appear once"
+                    ),
+                ));
+            }
+            seen.push(key);
+            parsed.push(ty);
+        }
+        Ok(Type::Union(parsed))
+    }
+
+    fn parse_object(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        let type_at = format!("{at}/type");
+        let Some(ty) = object.get("type") else {
+            return Err(SchemaError::at(at, "missing the \"type\" attribute"));
+        };
+        let name = match ty {
+            Value::String(name) => name.as_str(),
+            // {"type": {...}} and {"type": [...]} wrap a type; Avro allows it.
+            Value::Object(_) | Value::Array(_) => return self.parse_type(ty, &type_at, namespace),
+            other => {
+                return Err(SchemaError::at(
+                    &type_at,
+                    format!("\"type\" must be a string, not {}", kind_of(other)),
+                ));
+            }
+        };
+        match name {
+            "record" | "error" => self.parse_record(object, at, namespace),
+            "enum" => self.parse_enum(object, at, namespace),
+            "fixed" => self.parse_fixed(object, at, namespace),
+            "array" => {
+                let items = object
+                    .get("items")
+                    .ok_or_else(|| SchemaError::at(at, "an array needs \"items\""))?;
+                let items = self.parse_type(items, &format!("{at}/items"), namespace)?;
+                Ok(Type::Array(Box::new(items)))
+            }
+            "map" => {
+                let values = object
+                    .get("values")
+                    .ok_or_else(|| SchemaError::at(at, "a map needs \"values\""))?;
+                let values = self.parse_type(values, &format!("{at}/values"), namespace)?;
+                Ok(Type::Map(Box::new(values)))
+            }
+            // Logical types annotate a primitive; resolution works on the primitive.
+            other => self.resolve(other, &type_at, namespace),
+        }
+    }
+
+    fn define(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &str,
+        enclosing: Option<&str>,
+        kind: NamedKind,
+    ) -> Result<(usize, Option<String>), SchemaError> {
+        let name_at = format!("{at}/name");
+        let name = match object.get("name") {
+            Some(Value::String(name)) => name.as_str(),
+            Some(other) => {
+                return Err(SchemaError::at(
+                    &name_at,
+                    format!("\"name\" must be a string, not {}", kind_of(other)),
+                ));
+            }
+            None => return Err(SchemaError::at(at, "a named type needs a \"name\"")),
+        };
+        let namespace = match object.get("namespace") {
+            Some(Value::String(ns)) => Some(ns.as_str()),
+            Some(Value::Null) | None => enclosing,
+            Some(other) => {
+                return Err(SchemaError::at(
+                    &format!("{at}/namespace"),
+                    format!("\"namespace\" must be a string, not {}", kind_of(other)),
+                ));
+            }
+        };
+        let full = qualify(name, namespace);
+        check_full_name(&full).map_err(|reason| SchemaError::at(&name_at, reason))?;
+        if primitive(full.as_str()).is_some() || primitive(name).is_some() {
+            return Err(SchemaError::at(
+                &name_at,
+                format!("'{name}' is a primitive type and cannot name a new type"),
+            ));
+        }
+        if self.by_name.contains_key(&full) {
+            return Err(SchemaError::at(
+                &name_at,
+                format!("the type {full} is defined twice"),
+            ));
+        }
+        let own_namespace = full.rsplit_once('.').map(|(ns, _)| ns.to_owned());
+        let aliases = parse_aliases(object, at, own_namespace.as_deref(), true)?;
+        let index = self.named.len();
+        self.named.push(Named {
+            name: full.clone(),
+            aliases,
+            kind,
+        });
+        self.by_name.insert(full, index);
+        Ok((index, own_namespace))
+    }
+
+    fn parse_record(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        // Defined before its fields are parsed, so a field may refer to the record itself.
+        let (index, own_ns) = self.define(
+            object,
+            at,
+            namespace,
+            NamedKind::Record { fields: Vec::new() },
+        )?;
+        let fields_at = format!("{at}/fields");
+        let raw_fields = match object.get("fields") {
+            Some(Value::Array(fields)) => fields,
+            Some(other) => {
+                return Err(SchemaError::at(
+                    &fields_at,
+                    format!("\"fields\" must be an array, not {}", kind_of(other)),
+                ));
+            }
+            None => return Err(SchemaError::at(at, "a record needs \"fields\"")),
+        };
+        let mut fields: Vec<Field> = Vec::with_capacity(raw_fields.len());
+        for (i, raw) in raw_fields.iter().enumerate() {
+            let field_at = format!("{fields_at}/{i}");
+            let Value::Object(raw) = raw else {
+                return Err(SchemaError::at(&field_at, "a field must be an object"));
+            };
+            let name = match raw.get("name") {
+                Some(Value::String(name)) => name.clone(),
+                Some(_) => {
+                    return Err(SchemaError::at(
+                        &format!("{field_at}/name"),
+                        "a field name must be a string",
+                    ));
+                }
+                None => return Err(SchemaError::at(&field_at, "a field needs a \"name\"")),
+            };
+            check_simple_name(&name)
+                .map_err(|r| SchemaError::at(&format!("{field_at}/name"), r))?;
+            if fields.iter().any(|f| f.name == name) {
+                return Err(SchemaError::at(
+                    &format!("{field_at}/name"),
+                    format!("the field '{name}' appears twice"),
+                ));
+            }
+            let raw_type = raw.get("type").ok_or_else(|| {
+                SchemaError::at(&field_at, format!("the field '{name}' needs a \"type\""))
+            })?;
+            let ty = self.parse_type(raw_type, &format!("{field_at}/type"), own_ns.as_deref())?;
+            let default = raw.get("default").cloned();
+            if let Some(value) = &default {
+                self.check_default(&ty, value, &format!("{field_at}/default"))?;
+            }
+            let aliases = parse_aliases(raw, &field_at, None, false)?;
+            fields.push(Field {
+                name,
+                aliases,
+                ty,
+                default,
+            });
+        }
+        self.named[index].kind = NamedKind::Record { fields };
+        Ok(Type::Named(index))
+    }
+
+    fn parse_enum(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        let symbols_at = format!("{at}/symbols");
+        let Some(Value::Array(raw)) = object.get("symbols") else {
+            return Err(SchemaError::at(
+                at,
+                "an enum needs \"symbols\", an array of names",
+            ));
+        };
+        let mut symbols: Vec<String> = Vec::with_capacity(raw.len());
+        for (i, symbol) in raw.iter().enumerate() {
+            let here = format!("{symbols_at}/{i}");
+            let Value::String(symbol) = symbol else {
+                return Err(SchemaError::at(&here, "an enum symbol must be a string"));
+            };
+            check_simple_name(symbol).map_err(|r| SchemaError::at(&here, r))?;
+            if symbols.contains(symbol) {
+                return Err(SchemaError::at(
+                    &here,
+                    format!("the symbol {symbol} appears twice"),
+                ));
+            }
+            symbols.push(symbol.clone());
+        }
+        let default = match object.get("default") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) if symbols.contains(d) => Some(d.clone()),
+            Some(other) => {
+                return Err(SchemaError::at(
+                    &format!("{at}/default"),
+                    format!("the enum default {other} is not one of its symbols"),
+                ));
+            }
+        };
+        let (index, _) =
+            self.define(object, at, namespace, NamedKind::Enum { symbols, default })?;
+        Ok(Type::Named(index))
+    }
+
+    fn parse_fixed(
+        &mut self,
+        object: &Map<String, Value>,
+        at: &str,
+        namespace: Option<&str>,
+    ) -> Result<Type, SchemaError> {
+        let size = match object.get("size") {
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+            Some(other) => {
+                return Err(SchemaError::at(
+                    &format!("{at}/size"),
+                    format!("a fixed size must be a whole number of bytes, not {other}"),
+                ));
+            }
+            None => return Err(SchemaError::at(at, "a fixed type needs a \"size\"")),
+        };
+        let (index, _) = self.define(object, at, namespace, NamedKind::Fixed { size })?;
+        Ok(Type::Named(index))
+    }
+
+    fn check_default(&self, ty: &Type, value: &Value, at: &str) -> Result<(), SchemaError> {
+        let bad = |expected: &str| {
+            SchemaError::at(
+                at,
+                format!(
+                    "the default {} does not fit the field's type: expected {expected}",
+                    short(value)
+                ),
+            )
+        };
+        match (ty, value) {
+            (Type::Null, Value::Null) | (Type::Boolean, Value::Bool(_)) => Ok(()),
+            (Type::Int, Value::Number(n))
+                if n.as_i64().is_some_and(|v| i32::try_from(v).is_ok()) =>
+            {
+                Ok(())
+            }
+            (Type::Long, Value::Number(n)) if n.as_i64().is_some() => Ok(()),
+            (Type::Float | Type::Double, Value::Number(_)) => Ok(()),
+            (Type::Bytes | Type::String, Value::String(_)) => Ok(()),
+            (Type::Array(items), Value::Array(values)) => {
+                for (i, v) in values.iter().enumerate() {
+                    self.check_default(items, v, &format!("{at}/{i}"))?;
+                }
+                Ok(())
+            }
+            (Type::Map(values), Value::Object(entries)) => {
+                for (k, v) in entries {
+                    self.check_default(values, v, &format!("{at}/{k}"))?;
+                }
+                Ok(())
+            }
+            (Type::Union(branches), _) => {
+                // Avro: a union's default must be a value of its first branch.
+                let first = branches.first().ok_or_else(|| bad("a union branch"))?;
+                self.check_default(first, value, at).map_err(|_| {
+                    SchemaError::at(
+                        at,
+                        format!(
+                            "the default {} does not fit the union's first branch; Avro requires a union's default to be of its first type",
+                            short(value)
+                        ),
+                    )
+                })
+            }
+            (Type::Named(i), _) => match (&self.named[*i].kind, value) {
+                (NamedKind::Enum { symbols, .. }, Value::String(s)) if symbols.contains(s) => {
+                    Ok(())
+                }
+                (NamedKind::Enum { .. }, _) => Err(bad("one of the enum's symbols")),
+                (NamedKind::Fixed { .. }, Value::String(_)) => Ok(()),
+                (NamedKind::Fixed { .. }, _) => Err(bad("a string of bytes")),
+                (NamedKind::Record { fields }, Value::Object(entries)) => {
+                    for field in fields {
+                        match entries.get(&field.name) {
+                            Some(v) => {
+                                self.check_default(&field.ty, v, &format!("{at}/{}", field.name))?
+                            }
+                            None if field.default.is_some() => {}
+                            None => {
+                                return Err(SchemaError::at(
+                                    at,
+                                    format!(
+                                        "the default lacks the field '{}', which has no default of its own",
+                                        field.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                (NamedKind::Record { .. }, _) => Err(bad("an object")),
+            },
+            (Type::Null, _) => Err(bad("null")),
+            (Type::Boolean, _) => Err(bad("true or false")),
+            (Type::Int, _) => Err(bad("a 32-bit integer")),
+            (Type::Long, _) => Err(bad("a 64-bit integer")),
+            (Type::Float | Type::Double, _) => Err(bad("a number")),
+            (Type::Bytes | Type::String, _) => Err(bad("a string")),
+            (Type::Array(_), _) => Err(bad("an array")),
+            (Type::Map(_), _) => Err(bad("an object")),
+        }
+    }
+}
+
+fn parse_aliases(
+    object: &Map<String, Value>,
+    at: &str,
+    namespace: Option<&str>,
+    qualified: bool,
+) -> Result<Vec<String>, SchemaError> {
+    let here = format!("{at}/aliases");
+    match object.get("aliases") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(raw)) => raw
+            .iter()
+            .enumerate()
+            .map(|(i, alias)| {
+                let alias_at = format!("{here}/{i}");
+                let Value::String(alias) = alias else {
+                    return Err(SchemaError::at(&alias_at, "an alias must be a string"));
+                };
+                if qualified {
+                    let full = qualify(alias, namespace);
+                    check_full_name(&full).map_err(|r| SchemaError::at(&alias_at, r))?;
+                    Ok(full)
+                } else {
+                    check_simple_name(alias).map_err(|r| SchemaError::at(&alias_at, r))?;
+                    Ok(alias.clone())
+                }
+            })
+            .collect(),
+        Some(_) => Err(SchemaError::at(
+            &here,
+            "\"aliases\" must be an array of names",
+        )),
+    }
+}
+
+fn qualify(name: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if !name.contains('.') && !ns.is_empty() => format!("{ns}.{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+fn check_simple_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid Avro name: it must start with a letter or _ and contain only letters, digits and _"
+        ))
+    }
+}
+
+fn check_full_name(name: &str) -> Result<(), String> {
+    name.split('.')
+        .try_for_each(check_simple_name)
+        .map_err(|_| format!("'{name}' is not a valid Avro name: each dot-separated part must start with a letter or _ and contain only letters, digits and _"))
+}
+
+fn primitive(name: &str) -> Option<Type> {
+    Some(match name {
+        "null" => Type::Null,
+        "boolean" => Type::Boolean,
+        "int" => Type::Int,
+        "long" => Type::Long,
+        "float" => Type::Float,
+        "double" => Type::Double,
+        "bytes" => Type::Bytes,
+        "string" => Type::String,
+        _ => return None,
+    })
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() > 40 {
+        let cut = text.char_indices().nth(37).map_or(text.len(), |(i, _)| i);
+        format!("{}...", &text[..cut])
+    } else {
+        text
+    }
+}
+
+/// The primitive type names of Avro.
+pub fn primitive_names() -> &'static [&'static str] {
+    &PRIMITIVES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> SchemaError {
+        match Schema::parse(text) {
+            Ok(_) => panic!("expected {text} to be rejected"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_valid_record_with_nested_and_recursive_types_parses() {
+        let schema = Schema::parse(
+            r#"{"type":"record","name":"Node","namespace":"t","fields":[
+                {"name":"value","type":{"type":"bytes","logicalType":"decimal","precision":9,"scale":2}},
+                {"name":"next","type":["null","Node"],"default":null},
+                {"name":"tags","type":{"type":"map","values":{"type":"array","items":"string"}},"default":{}}
+            ]}"#,
+        )
+        .expect("valid schema");
+        assert_eq!(schema.full_name(), Some("t.Node"));
+        assert_eq!(schema.describe(schema.root()), "record t.Node");
+    }
+
+    #[test]
+    fn white_space_does_not_change_the_canonical_text() {
+        let a = Schema::parse(r#"{"type": "enum", "name": "E", "symbols": ["A", "B"]}"#)
+            .expect("valid");
+        let b = Schema::parse("{\"type\":\"enum\",\n\"name\":\"E\",\"symbols\":[\"A\",\"B\"]}")
+            .expect("valid");
+        assert_eq!(a.canonical(), b.canonical());
+    }
+
+    #[test]
+    fn text_that_is_not_json_names_line_and_column() {
+        let e = error("{\"type\": \"record\",\n  \"name\": }");
+        assert_eq!(e.location, "line 2, column 11");
+        assert!(e.reason.starts_with("not valid JSON"), "{}", e.reason);
+    }
+
+    #[test]
+    fn an_unknown_type_name_is_located() {
+        let e = error(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":{"type":"array","items":"Missing"}}]}"#,
+        );
+        assert_eq!(e.location, "/fields/1/type/items");
+        assert!(
+            e.reason.contains("unknown type name 'Missing'"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn a_default_that_does_not_fit_is_rejected() {
+        let e = error(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":["string","null"],"default":null}]}"#,
+        );
+        assert_eq!(e.location, "/fields/0/default");
+        assert!(e.reason.contains("first branch"), "{}", e.reason);
+        let e = error(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":3000000000}]}"#,
+        );
+        assert!(e.reason.contains("32-bit"), "{}", e.reason);
+    }
+
+    #[test]
+    fn structural_mistakes_are_rejected_with_reasons() {
+        assert_eq!(
+            error(r#"{"name":"R"}"#).reason,
+            "missing the \"type\" attribute"
+        );
+        assert_eq!(
+            error(r#"{"type":"record","name":"R"}"#).reason,
+            "a record needs \"fields\""
+        );
+        assert_eq!(
+            error(r#"{"type":"enum","name":"E","symbols":["A","A"]}"#).location,
+            "/symbols/1"
+        );
+        assert_eq!(
+            error(r#"{"type":"fixed","name":"F","size":-1}"#).location,
+            "/size"
+        );
+        assert_eq!(error(r#"["int","int"]"#).location, "/1");
+        assert_eq!(error(r#"["int",["null"]]"#).location, "/1");
+        assert_eq!(
+            error(r#"{"type":"record","name":"9R","fields":[]}"#).location,
+            "/name"
+        );
+        assert_eq!(
+            error(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"a","type":"int"}]}"#).location,
+            "/fields/1/name"
+        );
+        assert_eq!(
+            error("42").reason,
+            "a type must be a name, an object or a union array, not a number"
+        );
+        assert!(
+            error(r#"{"type":"enum","name":"E","symbols":["A"],"default":"B"}"#)
+                .reason
+                .contains("not one of its symbols")
+        );
+    }
+
+    #[test]
+    fn names_resolve_against_the_enclosing_namespace() {
+        let schema = Schema::parse(
+            r#"{"type":"record","name":"Outer","namespace":"a.b","fields":[
+                {"name":"x","type":{"type":"fixed","name":"Id","size":16}},
+                {"name":"y","type":"Id"},
+                {"name":"z","type":"a.b.Id"}]}"#,
+        )
+        .expect("valid");
+        let NamedKind::Record { fields } = &schema.named(0).kind else {
+            panic!("root is a record")
+        };
+        assert_eq!(schema.describe(&fields[1].ty), "fixed a.b.Id(16)");
+        assert_eq!(fields[1].ty, fields[2].ty);
+    }
+}
