@@ -1,0 +1,549 @@
+//! The Confluent Schema Registry REST API, served from the replicated state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use streams::compat::{self, Level};
+use streams::registry::CONTENT_TYPE;
+use streams::schema::Schema;
+
+use crate::error::ApiError;
+use crate::log::Log;
+use crate::state::{self, Command, Mode, State};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    /// The state, written only by the log's applier.
+    pub state: Arc<RwLock<State>>,
+    /// The log, for writes.
+    pub log: Arc<Log>,
+}
+
+impl App {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Only the applier writes, and `State::apply` does not panic on any command.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+type Params = Query<HashMap<String, String>>;
+
+/// The router of the whole API.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(|| async { json_response(&json!({})) }))
+        .route("/subjects", get(list_subjects))
+        .route("/subjects/{subject}", post(lookup).delete(delete_subject))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
+        )
+        .route(
+            "/schemas/types",
+            get(|| async { json_response(&json!(["AVRO"])) }),
+        )
+        .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
+        .route("/schemas/ids/{id}/subjects", get(subjects_by_id))
+        .route("/schemas/ids/{id}/versions", get(versions_by_id))
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(compatible_with_all),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compatible_with_one),
+        )
+        .route(
+            "/config",
+            get(get_global_config)
+                .put(put_global_config)
+                .delete(delete_global_config),
+        )
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
+        .route("/mode", get(get_mode).put(put_mode))
+        .fallback(|uri: Uri| async move { ApiError::no_such_endpoint(uri.path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(app)
+}
+
+fn json_response(value: &Value) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], value.to_string()).into_response()
+}
+
+fn flag(params: &HashMap<String, String>, name: &str) -> bool {
+    params
+        .get(name)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// `latest` and `-1` mean the latest version (`None`); otherwise 1..=2^31-1.
+fn parse_version(text: &str) -> Result<Option<i32>, ApiError> {
+    if text == "latest" || text == "-1" {
+        return Ok(None);
+    }
+    match text.parse::<i32>() {
+        Ok(v) if v >= 1 => Ok(Some(v)),
+        _ => Err(ApiError::invalid_version(text)),
+    }
+}
+
+fn parse_id(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| ApiError::schema_not_found(text))
+}
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: Option<String>,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Value>,
+}
+
+/// Parses a request body holding a schema. Unknown fields are accepted, as Confluent's newer
+/// clients send metadata and rule sets along.
+fn schema_from_body(body: &Bytes) -> Result<Schema, ApiError> {
+    let body: SchemaBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "The request body is not a JSON object with a schema: {e}"
+        ))
+    })?;
+    if let Some(kind) = body.schema_type.as_deref()
+        && !kind.eq_ignore_ascii_case("AVRO")
+    {
+        return Err(ApiError::unusable_schema(format!(
+            "Schema type {kind} is not supported; this registry stores AVRO schemas."
+        )));
+    }
+    if !body.references.is_empty() {
+        return Err(ApiError::unusable_schema(
+            "Schema references are not supported by this registry; inline the referenced types.",
+        ));
+    }
+    let text = body
+        .schema
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::unusable_schema("Empty schema"))?;
+    Schema::parse(&text).map_err(|e| ApiError::invalid_schema(&e))
+}
+
+async fn list_subjects(Extract(app): Extract<App>, Query(params): Params) -> Answer {
+    let state = app.read();
+    Ok(json_response(&json!(
+        state.subjects(flag(&params, "deleted"))
+    )))
+}
+
+async fn list_versions(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+) -> Answer {
+    let state = app.read();
+    let deleted = flag(&params, "deleted");
+    if !state.has_subject(&subject, deleted) {
+        return Err(ApiError::subject_not_found(&subject));
+    }
+    let versions: Vec<i32> = state
+        .versions(&subject, deleted)
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    Ok(json_response(&json!(versions)))
+}
+
+fn version_body(
+    state: &State,
+    subject: &str,
+    version: &str,
+    deleted: bool,
+) -> Result<Value, ApiError> {
+    let number = parse_version(version)?;
+    if !state.has_subject(subject, true) {
+        return Err(ApiError::subject_not_found(subject));
+    }
+    let found = state
+        .version(subject, number, deleted)
+        .ok_or_else(|| ApiError::version_not_found(subject, number))?;
+    let schema = state
+        .schema(found.id)
+        .ok_or_else(|| ApiError::schema_not_found(&found.id.to_string()))?;
+    Ok(json!({
+        "subject": subject,
+        "version": found.version,
+        "id": found.id,
+        "schema": schema.schema.canonical(),
+    }))
+}
+
+async fn get_version(
+    Extract(app): Extract<App>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(params): Params,
+) -> Answer {
+    let state = app.read();
+    Ok(json_response(&version_body(
+        &state,
+        &subject,
+        &version,
+        flag(&params, "deleted"),
+    )?))
+}
+
+async fn get_version_schema(
+    Extract(app): Extract<App>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(params): Params,
+) -> Answer {
+    let state = app.read();
+    let body = version_body(&state, &subject, &version, flag(&params, "deleted"))?;
+    let text = body["schema"].as_str().unwrap_or_default().to_owned();
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+async fn referenced_by(
+    Extract(app): Extract<App>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Answer {
+    let state = app.read();
+    version_body(&state, &subject, &version, false)?;
+    // References are not supported, so no schema can refer to this one.
+    Ok(json_response(&json!([])))
+}
+
+async fn register(Extract(app): Extract<App>, Path(subject): Path<String>, body: Bytes) -> Answer {
+    let schema = schema_from_body(&body)?;
+    {
+        // Re-registering is a read: answer without a round trip through the log.
+        let state = app.read();
+        if let Some(found) = state.find_in_subject(&subject, schema.canonical(), false) {
+            return Ok(json_response(&json!({ "id": found.id })));
+        }
+    }
+    let answer = app
+        .log
+        .propose(Command::Register {
+            subject,
+            schema: schema.canonical().to_owned(),
+        })
+        .await?;
+    Ok(json_response(&answer))
+}
+
+async fn lookup(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+    body: Bytes,
+) -> Answer {
+    let schema = schema_from_body(&body)?;
+    let state = app.read();
+    let deleted = flag(&params, "deleted");
+    if !state.has_subject(&subject, deleted) {
+        return Err(ApiError::subject_not_found(&subject));
+    }
+    let found = state
+        .find_in_subject(&subject, schema.canonical(), deleted)
+        .ok_or_else(|| ApiError::schema_not_found("not found under this subject;"))?;
+    Ok(json_response(&json!({
+        "subject": subject,
+        "version": found.version,
+        "id": found.id,
+        "schema": schema.canonical(),
+    })))
+}
+
+async fn delete_subject(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+) -> Answer {
+    let permanent = flag(&params, "permanent");
+    Ok(json_response(
+        &app.log
+            .propose(Command::DeleteSubject { subject, permanent })
+            .await?,
+    ))
+}
+
+async fn delete_version(
+    Extract(app): Extract<App>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(params): Params,
+) -> Answer {
+    let version = parse_version(&version)?;
+    let permanent = flag(&params, "permanent");
+    let answer = app
+        .log
+        .propose(Command::DeleteVersion {
+            subject,
+            version,
+            permanent,
+        })
+        .await?;
+    Ok(json_response(&answer))
+}
+
+async fn schema_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> Answer {
+    let id = parse_id(&id)?;
+    let body = app.read().schema(id).map(|s| s.body.clone());
+    match body {
+        Some(body) => {
+            Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], Body::from(body)).into_response())
+        }
+        None => Err(ApiError::schema_not_found(&id.to_string())),
+    }
+}
+
+async fn raw_schema_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> Answer {
+    let id = parse_id(&id)?;
+    let state = app.read();
+    let schema = state
+        .schema(id)
+        .ok_or_else(|| ApiError::schema_not_found(&id.to_string()))?;
+    Ok((
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        schema.schema.canonical().to_owned(),
+    )
+        .into_response())
+}
+
+async fn subjects_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> Answer {
+    let id = parse_id(&id)?;
+    let state = app.read();
+    state
+        .schema(id)
+        .ok_or_else(|| ApiError::schema_not_found(&id.to_string()))?;
+    let mut subjects: Vec<&str> = state.uses_of(id).into_iter().map(|(s, _)| s).collect();
+    subjects.dedup();
+    Ok(json_response(&json!(subjects)))
+}
+
+async fn versions_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> Answer {
+    let id = parse_id(&id)?;
+    let state = app.read();
+    state
+        .schema(id)
+        .ok_or_else(|| ApiError::schema_not_found(&id.to_string()))?;
+    let uses: Vec<Value> = state
+        .uses_of(id)
+        .into_iter()
+        .map(|(subject, version)| json!({ "subject": subject, "version": version }))
+        .collect();
+    Ok(json_response(&json!(uses)))
+}
+
+fn compatibility_answer(
+    level: Level,
+    schema: &Schema,
+    against: &[(i32, Arc<Schema>)],
+    verbose: bool,
+) -> Response {
+    let refs: Vec<&Schema> = against.iter().map(|(_, s)| s.as_ref()).collect();
+    let versions: Vec<i32> = against.iter().map(|(v, _)| *v).collect();
+    let violations = compat::check(level, schema, &refs);
+    let mut answer = json!({ "is_compatible": violations.is_empty() });
+    if verbose {
+        answer["messages"] = json!(state::describe(&violations, &versions));
+    }
+    json_response(&answer)
+}
+
+async fn compatible_with_one(
+    Extract(app): Extract<App>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(params): Params,
+    body: Bytes,
+) -> Answer {
+    let number = parse_version(&version)?;
+    let schema = schema_from_body(&body)?;
+    let state = app.read();
+    if !state.has_subject(&subject, false) {
+        return Err(ApiError::subject_not_found(&subject));
+    }
+    let found = state
+        .version(&subject, number, false)
+        .ok_or_else(|| ApiError::version_not_found(&subject, number))?;
+    let against: Vec<(i32, Arc<Schema>)> = state
+        .active_schemas(&subject)
+        .into_iter()
+        .filter(|(v, _)| *v == found.version)
+        .collect();
+    Ok(compatibility_answer(
+        state.level_of(&subject),
+        &schema,
+        &against,
+        flag(&params, "verbose"),
+    ))
+}
+
+async fn compatible_with_all(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+    body: Bytes,
+) -> Answer {
+    let schema = schema_from_body(&body)?;
+    let state = app.read();
+    let against = state.active_schemas(&subject);
+    Ok(compatibility_answer(
+        state.level_of(&subject),
+        &schema,
+        &against,
+        flag(&params, "verbose"),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    compatibility: Option<String>,
+    #[serde(rename = "compatibilityLevel")]
+    compatibility_level: Option<String>,
+}
+
+fn level_from_body(body: &Bytes) -> Result<Level, ApiError> {
+    let body: ConfigBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "The request body is not a JSON object with a compatibility: {e}"
+        ))
+    })?;
+    let text = body
+        .compatibility
+        .or(body.compatibility_level)
+        .unwrap_or_default();
+    text.parse().map_err(|_| ApiError::invalid_level(&text))
+}
+
+async fn get_global_config(Extract(app): Extract<App>) -> Answer {
+    Ok(json_response(
+        &json!({ "compatibilityLevel": app.read().global_level().as_str() }),
+    ))
+}
+
+async fn put_global_config(Extract(app): Extract<App>, body: Bytes) -> Answer {
+    let level = level_from_body(&body)?;
+    Ok(json_response(
+        &app.log
+            .propose(Command::SetLevel {
+                subject: None,
+                level: Some(level),
+            })
+            .await?,
+    ))
+}
+
+async fn delete_global_config(Extract(app): Extract<App>) -> Answer {
+    Ok(json_response(
+        &app.log
+            .propose(Command::SetLevel {
+                subject: None,
+                level: None,
+            })
+            .await?,
+    ))
+}
+
+async fn get_subject_config(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+) -> Answer {
+    let state = app.read();
+    match state.subject_level(&subject) {
+        Some(level) => Ok(json_response(
+            &json!({ "compatibilityLevel": level.as_str() }),
+        )),
+        None if flag(&params, "defaultToGlobal") => Ok(json_response(
+            &json!({ "compatibilityLevel": state.global_level().as_str() }),
+        )),
+        None => Err(ApiError::subject_level_not_configured(&subject)),
+    }
+}
+
+async fn put_subject_config(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let level = level_from_body(&body)?;
+    let answer = app
+        .log
+        .propose(Command::SetLevel {
+            subject: Some(subject),
+            level: Some(level),
+        })
+        .await?;
+    Ok(json_response(&answer))
+}
+
+async fn delete_subject_config(Extract(app): Extract<App>, Path(subject): Path<String>) -> Answer {
+    if app.read().subject_level(&subject).is_none() && !app.read().has_subject(&subject, true) {
+        return Err(ApiError::subject_not_found(&subject));
+    }
+    let answer = app
+        .log
+        .propose(Command::SetLevel {
+            subject: Some(subject),
+            level: None,
+        })
+        .await?;
+    Ok(json_response(&answer))
+}
+
+async fn get_mode(Extract(app): Extract<App>) -> Answer {
+    Ok(json_response(
+        &json!({ "mode": app.read().mode().as_str() }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ModeBody {
+    mode: Option<String>,
+}
+
+async fn put_mode(Extract(app): Extract<App>, body: Bytes) -> Answer {
+    let body: ModeBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "The request body is not a JSON object with a mode: {e}"
+        ))
+    })?;
+    let text = body.mode.unwrap_or_default();
+    let mode = match text.to_ascii_uppercase().as_str() {
+        "READWRITE" => Mode::Readwrite,
+        "READONLY" => Mode::Readonly,
+        _ => return Err(ApiError::invalid_mode(&text)),
+    };
+    Ok(json_response(
+        &app.log.propose(Command::SetMode { mode }).await?,
+    ))
+}

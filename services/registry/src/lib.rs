@@ -1,0 +1,235 @@
+//! A Confluent-compatible schema registry whose state lives in the `_schemas` topic.
+//!
+//! Writes are commands appended to the one-partition `_schemas` topic; every instance applies
+//! the log in order (see [`state`]), so ids agree across instances and survive restarts.
+//! Several instances may run against one broker: each accepts writes, the log orders them, and
+//! each answers a write once it has applied it. Reads on another instance see a write as soon
+//! as that instance has read it from the log (milliseconds).
+
+pub mod api;
+pub mod error;
+pub mod log;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use streams::compat::Level;
+use streams::topic::{CleanupPolicy, TopicSpec};
+use tokio::sync::watch;
+
+/// The default name of the registry's topic, as in Confluent's registry.
+pub const SCHEMAS_TOPIC: &str = "_schemas";
+
+/// Everything the registry needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to serve HTTP; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `bootstrap.servers` of the cluster holding the log.
+    pub bootstrap: String,
+    /// The log topic.
+    pub topic: String,
+    /// The global compatibility level of a new registry, and after `DELETE /config`.
+    pub default_level: Level,
+}
+
+impl Settings {
+    /// Defaults for a registry on `bootstrap`, listening on `listen`.
+    pub fn new(listen: SocketAddr, bootstrap: impl Into<String>) -> Self {
+        Settings {
+            listen,
+            bootstrap: bootstrap.into(),
+            topic: SCHEMAS_TOPIC.into(),
+            default_level: Level::Backward,
+        }
+    }
+}
+
+/// Why the registry could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kafka call failed.
+    #[error("Kafka {action} failed: {source}")]
+    Kafka {
+        /// What the registry was doing.
+        action: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The log did not answer in time.
+    #[error("timed out {0}")]
+    Timeout(String),
+    /// The registry's topic is missing and cannot be created.
+    #[error("{0}")]
+    Topic(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn kafka(action: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// The spec of the registry's topic: one partition so that the log totally orders writes,
+/// kept forever (compacted on brokers that compact; keys are unique per write, so compaction
+/// never drops a command).
+pub fn topic_spec(topic: &str) -> TopicSpec {
+    TopicSpec {
+        name: topic.to_owned(),
+        description: "Schema registry commands, applied in order by every registry instance."
+            .into(),
+        partitions: 1,
+        replication_factor: 3,
+        retention: "forever".into(),
+        cleanup_policy: CleanupPolicy::Compact,
+        record_types: Vec::new(),
+        compatibility: Level::None,
+        dead_letter: None,
+        config: Default::default(),
+    }
+}
+
+/// Creates the registry's topic where it is missing, with [`topic_spec`].
+///
+/// # Errors
+///
+/// [`Error::Topic`] when the broker cannot be reached or cannot create it (a `tripstream
+/// broker` process creates the topics of `topics/` only when it starts).
+pub async fn ensure_topic(bootstrap: &str, topic: &str) -> Result<(), Error> {
+    let reports = streams::topic::apply(
+        streams::topic::Target::Kafka(bootstrap),
+        &[topic_spec(topic)],
+    )
+    .await
+    .map_err(|e| Error::Topic(e.to_string()))?;
+    for report in reports {
+        if let streams::topic::Outcome::Missing(reason) = report.outcome {
+            return Err(Error::Topic(format!(
+                "topic {} is missing: {reason}",
+                report.topic
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A started registry: the log is replayed and the listener bound.
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    tail: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL of the API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves until `shutdown` completes, then stops: in-flight requests finish first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serve`] when the HTTP server fails.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        shutdown.await;
+        self.stop().await
+    }
+
+    /// Stops serving and reading the log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serve`] when the HTTP server had failed.
+    pub async fn stop(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        let served = self.server.await;
+        let _ = self.tail.await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Serve(e)),
+            Err(e) => Err(Error::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Replays the log, binds the listener and starts serving.
+///
+/// The topic must exist: `tripstream broker`, `tripstream topics apply` or the caller's
+/// provisioning creates it (see [`topic_spec`]).
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when the log cannot be read, [`Error::Bind`] when the address is taken.
+pub async fn start(settings: Settings) -> Result<Running, Error> {
+    let state = Arc::new(RwLock::new(state::State::new(settings.default_level)));
+    let (stop, stopped) = watch::channel(false);
+    let (log, tail) = log::Log::open(
+        &settings.bootstrap,
+        &settings.topic,
+        state.clone(),
+        stopped.clone(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    let app = api::router(api::App {
+        state,
+        log: Arc::new(log),
+    });
+    let mut stopped_http = stopped;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped_http.changed().await;
+            })
+            .await
+    });
+    tracing::info!(%addr, topic = %settings.topic, "Schema registry listening");
+    Ok(Running {
+        addr,
+        stop,
+        server,
+        tail,
+    })
+}
+
+/// Runs the registry until `shutdown` completes.
+///
+/// # Errors
+///
+/// As [`start`] and [`Running::run_until`].
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    start(settings).await?.run_until(shutdown).await
+}
