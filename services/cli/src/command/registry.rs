@@ -1,0 +1,71 @@
+//! `tripstream registry`: the schema registry, on an embedded broker unless --brokers is given.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use streams::contract::Contract;
+
+use crate::command::broker::start_embedded;
+
+/// Arguments of `tripstream registry`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to serve the REST API on (port 0 picks a free one).
+    #[arg(
+        long,
+        env = "TRIPSTREAM_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    listen: SocketAddr,
+    /// Kafka bootstrap servers holding `_schemas`; without it an embedded broker is started in
+    /// this process and the registry's state lasts as long as the process.
+    #[arg(long, env = "TRIPSTREAM_BROKERS")]
+    brokers: Option<String>,
+    /// Do not register the project's schemas/ when starting on an embedded broker.
+    #[arg(long)]
+    no_schemas: bool,
+}
+
+/// Runs the registry until interrupted.
+pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let (embedded, bootstrap) = match args.brokers {
+        Some(brokers) => {
+            registry::ensure_topic(&brokers, registry::SCHEMAS_TOPIC).await?;
+            (None, brokers)
+        }
+        None => {
+            let broker = start_embedded(root, 1).await?;
+            let bootstrap = broker.bootstrap_servers().to_owned();
+            (Some(broker), bootstrap)
+        }
+    };
+    let running = registry::start(registry::Settings::new(args.listen, bootstrap.clone())).await?;
+    let url = running.url();
+    println!(
+        "Schema registry at {url} (log: {} on {bootstrap})",
+        registry::SCHEMAS_TOPIC
+    );
+    if embedded.is_some() && !args.no_schemas && root.join("schemas").is_dir() {
+        match Contract::load(root) {
+            Ok(contract) => {
+                let (registered, failed) =
+                    crate::command::schemas::register_all(&contract, &url, false).await?;
+                println!(
+                    "Registered {registered} subjects from {}/schemas ({failed} failed).",
+                    root.display()
+                );
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("warning: {e}");
+                }
+                eprintln!("warning: the project's schemas were not registered");
+            }
+        }
+    }
+    println!("Try: curl {url}/subjects    (Ctrl-C stops the registry)");
+    running.run_until(crate::interrupted()).await?;
+    drop(embedded);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,115 @@
+//! The `tripstream` command line: argument definitions and dispatch to one module per command.
+
+mod brokers;
+mod command;
+mod git;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use command::schemas::Format;
+
+/// Exit code for input that cannot be used (bad files, unreachable services, wrong arguments).
+pub const EXIT_UNUSABLE: u8 = 2;
+
+/// tripstream: a Kafka event-streaming platform for a travel-booking system.
+///
+/// Exit codes: 0 success, 1 the check found problems (incompatible schemas), 2 an input could
+/// not be used (invalid file, bad arguments, unreachable broker or registry).
+#[derive(Debug, Parser)]
+#[command(
+    name = "tripstream",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace). TRIPSTREAM_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The project directory holding topics/ and schemas/.
+    #[arg(long, global = true, env = "TRIPSTREAM_ROOT", default_value = ".")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Cli {
+    /// The default log filter for the chosen verbosity.
+    pub fn log_filter(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn,tripstream=info,registry=info,streams=info",
+            1 => "info,registry=debug,streams=debug",
+            _ => "debug",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded Kafka-protocol broker as a standalone process on 127.0.0.1.
+    Broker(command::broker::Args),
+    /// Run the schema registry (on an embedded broker unless --brokers is given).
+    Registry(command::registry::Args),
+    /// Provision and list the topics of topics/.
+    #[command(subcommand)]
+    Topics(command::topics::Command),
+    /// Check, compare and register the Avro schemas of schemas/.
+    #[command(subcommand)]
+    Schemas(command::schemas::Command),
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_UNUSABLE);
+        }
+    };
+    let root = cli.root;
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Broker(args) => command::broker::run(&root, args).await,
+            Command::Registry(args) => command::registry::run(&root, args).await,
+            Command::Topics(command) => command::topics::run(&root, command).await,
+            Command::Schemas(command) => command::schemas::run(&root, command).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_UNUSABLE)
+        }
+    }
+}
+
+/// Resolves when the process receives Ctrl-C (or SIGTERM on Unix).
+pub(crate) async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
