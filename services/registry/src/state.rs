@@ -541,7 +541,8 @@ mod tests {
 
     #[test]
     fn replaying_the_same_commands_gives_the_same_state() {
-        let commands = [Command::Register {
+        let commands = [
+            Command::Register {
                 subject: "a".into(),
                 schema: V1.into(),
             },
@@ -560,7 +561,8 @@ mod tests {
             Command::Register {
                 subject: "a".into(),
                 schema: V2_NO_DEFAULT.into(),
-            }];
+            },
+        ];
         let run = || {
             let mut state = State::new(Level::Backward);
             let answers: Vec<String> = commands
