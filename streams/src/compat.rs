@@ -376,8 +376,8 @@ impl Checker<'_> {
         let reader = self.reader.named(r);
         let writer = self.writer.named(w);
         let mut problems = Vec::new();
-        let names_match = reader.simple_name() == writer.simple_name()
-            || reader.aliases.contains(&writer.name);
+        let names_match =
+            reader.simple_name() == writer.simple_name() || reader.aliases.contains(&writer.name);
         let kinds_match = matches!(
             (&reader.kind, &writer.kind),
             (NamedKind::Record { .. }, NamedKind::Record { .. })

@@ -164,12 +164,13 @@ impl TopicSpec {
         self.retention_ms()
             .map_err(|reason| fail("retention", reason))?;
         if let Some(dlq) = &self.dead_letter
-            && (!valid_topic_name(dlq) || dlq == &self.name) {
-                return Err(fail(
-                    "dead_letter",
-                    format!("'{dlq}' is not a valid topic name distinct from the topic itself"),
-                ));
-            }
+            && (!valid_topic_name(dlq) || dlq == &self.name)
+        {
+            return Err(fail(
+                "dead_letter",
+                format!("'{dlq}' is not a valid topic name distinct from the topic itself"),
+            ));
+        }
         for (i, record) in self.record_types.iter().enumerate() {
             if record.split('.').count() < 2 || record.split('.').any(|p| p.is_empty()) {
                 return Err(fail(
