@@ -382,6 +382,16 @@ fn an_invalid_topic_spec_names_the_file_the_field_and_the_reason() {
     }
 }
 
+/// A child process, killed on drop so a failing test leaves nothing running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `tripstream broker` process, stopped on drop.
 struct BrokerProcess {
     child: Child,
@@ -399,15 +409,18 @@ impl BrokerProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("broker starts");
+        // Owned before waiting, so a failed wait still stops the process on drop.
+        let mut broker = BrokerProcess {
+            child,
+            bootstrap: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(file)
                 && !text.trim().is_empty()
             {
-                return BrokerProcess {
-                    child,
-                    bootstrap: text.trim().to_owned(),
-                };
+                broker.bootstrap = text.trim().to_owned();
+                return broker;
             }
             assert!(
                 Instant::now() < deadline,
@@ -468,20 +481,22 @@ fn a_standalone_broker_serves_topics_a_registry_and_schema_registration() {
     );
 
     // A registry process on that broker, then the project's schemas registered and checked.
-    let mut registry = tripstream()
-        .args([
-            "registry",
-            "--listen",
-            "127.0.0.1:0",
-            "--brokers",
-            &broker.bootstrap,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("registry starts");
+    let mut registry = KillOnDrop(
+        tripstream()
+            .args([
+                "registry",
+                "--listen",
+                "127.0.0.1:0",
+                "--brokers",
+                &broker.bootstrap,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("registry starts"),
+    );
     let mut first_line = String::new();
-    BufReader::new(registry.stdout.take().expect("stdout"))
+    BufReader::new(registry.0.stdout.take().expect("stdout"))
         .read_line(&mut first_line)
         .expect("registry prints its URL");
     let url = first_line
@@ -505,8 +520,7 @@ fn a_standalone_broker_serves_topics_a_registry_and_schema_registration() {
             .arg("--root")
             .arg(&root)
             .args(["schemas", "check", "--registry", &url]));
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(" 0 new, 0 incompatible"),
