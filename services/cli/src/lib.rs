@@ -91,6 +91,26 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Prints a line for people from a long-running command. Unlike `println!`, a closed stdout
+/// (a reader that went away) or stderr does not panic: a server must not die because whoever
+/// started it stopped listening to its banner.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// As [`say!`], on stderr.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Resolves when the process receives Ctrl-C (or SIGTERM on Unix).
 pub(crate) async fn interrupted() {
     #[cfg(unix)]

@@ -495,10 +495,14 @@ fn a_standalone_broker_serves_topics_a_registry_and_schema_registration() {
             .spawn()
             .expect("registry starts"),
     );
-    let mut first_line = String::new();
-    BufReader::new(registry.0.stdout.take().expect("stdout"))
-        .read_line(&mut first_line)
+    // Read the first line for the URL, then keep draining stdout so the registry never
+    // writes into a closed pipe.
+    let mut lines = BufReader::new(registry.0.stdout.take().expect("stdout")).lines();
+    let first_line = lines
+        .next()
+        .expect("a line")
         .expect("registry prints its URL");
+    std::thread::spawn(move || lines.for_each(drop));
     let url = first_line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))

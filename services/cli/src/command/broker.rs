@@ -69,8 +69,8 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&partial, format!("{}\n", broker.bootstrap_servers()))
         .and_then(|()| std::fs::rename(&partial, &file))
         .with_context(|| format!("cannot write the bootstrap address to {}", file.display()))?;
-    println!("{}", broker.bootstrap_servers());
-    eprintln!(
+    crate::say!("{}", broker.bootstrap_servers());
+    crate::note!(
         "Embedded broker ({} broker{}) at {}; address written to {}. Ctrl-C stops it (its data is not kept).",
         args.brokers,
         if args.brokers == 1 { "" } else { "s" },
@@ -82,6 +82,6 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if std::fs::read_to_string(&file).is_ok_and(|t| t.trim() == broker.bootstrap_servers()) {
         let _ = std::fs::remove_file(&file);
     }
-    eprintln!("Embedded broker stopped.");
+    crate::note!("Embedded broker stopped.");
     Ok(ExitCode::SUCCESS)
 }

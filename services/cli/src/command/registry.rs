@@ -42,7 +42,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     };
     let running = registry::start(registry::Settings::new(args.listen, bootstrap.clone())).await?;
     let url = running.url();
-    println!(
+    crate::say!(
         "Schema registry at {url} (log: {} on {bootstrap})",
         registry::SCHEMAS_TOPIC
     );
@@ -51,21 +51,22 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             Ok(contract) => {
                 let (registered, failed) =
                     crate::command::schemas::register_all(&contract, &url, false).await?;
-                println!(
+                crate::say!(
                     "Registered {registered} subjects from {}/schemas ({failed} failed).",
                     root.display()
                 );
             }
             Err(errors) => {
                 for e in errors {
-                    eprintln!("warning: {e}");
+                    crate::note!("warning: {e}");
                 }
-                eprintln!("warning: the project's schemas were not registered");
+                crate::note!("warning: the project's schemas were not registered");
             }
         }
     }
-    println!("Try: curl {url}/subjects    (Ctrl-C stops the registry)");
+    crate::say!("Try: curl {url}/subjects    (Ctrl-C stops the registry)");
     running.run_until(crate::interrupted()).await?;
     drop(embedded);
+    crate::note!("Schema registry stopped.");
     Ok(ExitCode::SUCCESS)
 }
