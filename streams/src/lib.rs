@@ -6,10 +6,12 @@
 //! subjects), [`registry`] (the registry client) and [`telemetry`].
 
 pub mod broker;
+pub mod codec;
 pub mod compat;
 pub mod contract;
 pub mod error;
 pub mod registry;
+pub mod resolve;
 pub mod schema;
 pub mod telemetry;
 pub mod topic;

@@ -1,0 +1,356 @@
+//! The Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary) and typed
+//! events: encoding with the registered writer schema, decoding any registered version.
+//!
+//! The hot path is `serde_avro_fast` in both directions: a record written with the reader's own
+//! schema (same Parsing Canonical Form) decodes straight into the Rust type. A record written
+//! with another version is first rewritten by [`crate::resolve`] (Avro's schema resolution:
+//! defaults filled, promotions applied, removed fields skipped) and then decoded the same way,
+//! so old events replay into new code with the reader's defaults. (`apache-avro` 0.22's own
+//! resolution refuses small bytes-backed decimals such as our money amounts, hence our own.)
+//! Every malformed payload is an error value, never a panic.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::contract::subject_name;
+use crate::registry::Client;
+use crate::schema::Schema;
+
+/// The first byte of every Confluent-framed payload.
+pub const MAGIC: u8 = 0;
+/// Magic byte plus schema id.
+pub const HEADER_LEN: usize = 5;
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Fewer bytes than the header.
+    #[error("the payload has {len} bytes, fewer than the 5-byte Confluent header")]
+    Short {
+        /// The payload's length.
+        len: usize,
+    },
+    /// The first byte is not the magic byte.
+    #[error("the payload starts with byte {found:#04x}, not the Confluent magic byte 0x00")]
+    Magic {
+        /// The byte found.
+        found: u8,
+    },
+    /// The registry has no schema with that id.
+    #[error("schema id {id} is not known to the registry")]
+    UnknownSchema {
+        /// The id in the payload.
+        id: u32,
+    },
+    /// The body does not decode with the writer's schema into the reader's type.
+    #[error("the payload does not decode with schema id {id}: {reason}")]
+    Decode {
+        /// The writer's schema id.
+        id: u32,
+        /// The decoder's reason.
+        reason: String,
+    },
+    /// The event does not fit its own schema.
+    #[error("a {record} does not encode with its schema: {reason}")]
+    Encode {
+        /// The record's full name.
+        record: String,
+        /// The encoder's reason.
+        reason: String,
+    },
+    /// The event type's schema is itself invalid (a programming error caught at first use).
+    #[error("the schema of {record} is invalid: {reason}")]
+    BadSchema {
+        /// The record's full name.
+        record: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry could not be asked or refused a registration.
+    #[error(transparent)]
+    Registry(crate::Error),
+}
+
+impl CodecError {
+    /// Whether a retry may succeed: only a registry outage passes. Everything else is about
+    /// the bytes or the types, which waiting does not change.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, CodecError::Registry(e) if e.is_retriable())
+    }
+}
+
+/// A typed event with its Avro schema.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The schema's text: usually `include_str!` of `schemas/<full name>.avsc`.
+    const SCHEMA: &'static str;
+
+    /// The aggregate id the event is keyed by, so one aggregate's events stay in order.
+    fn key(&self) -> String;
+}
+
+/// Splits a framed payload into its schema id and Avro body.
+///
+/// # Errors
+///
+/// [`CodecError::Short`] or [`CodecError::Magic`].
+pub fn split(payload: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    match payload {
+        [MAGIC, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [found, _, _, _, _, ..] => Err(CodecError::Magic { found: *found }),
+        _ => Err(CodecError::Short { len: payload.len() }),
+    }
+}
+
+/// Writes the header for a schema id.
+pub fn write_header(out: &mut Vec<u8>, id: u32) {
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+/// A reader type's compiled schema, built once per type.
+struct Local {
+    name: String,
+    parsed: Schema,
+    fast: serde_avro_fast::Schema,
+    fingerprint: String,
+}
+
+impl Local {
+    fn build<E: Event>() -> Result<Local, CodecError> {
+        let bad = |reason: String| CodecError::BadSchema {
+            record: std::any::type_name::<E>().to_owned(),
+            reason,
+        };
+        let parsed = Schema::parse(E::SCHEMA).map_err(|e| bad(e.to_string()))?;
+        let fast: serde_avro_fast::Schema = parsed
+            .canonical()
+            .parse()
+            .map_err(|e| bad(format!("{e}")))?;
+        let fingerprint = apache_avro::Schema::parse_str(parsed.canonical())
+            .map_err(|e| bad(e.to_string()))?
+            .canonical_form();
+        Ok(Local {
+            name: parsed
+                .full_name()
+                .unwrap_or(std::any::type_name::<E>())
+                .to_owned(),
+            parsed,
+            fast,
+            fingerprint,
+        })
+    }
+}
+
+/// How to decode a given writer id into a given reader type.
+enum Plan {
+    /// Same binary layout: decode directly.
+    Direct,
+    /// Another version: resolve from this writer schema first.
+    Resolve(Arc<Schema>),
+}
+
+/// A cache shared by clones of the codec.
+type Cache<K, V> = Arc<RwLock<HashMap<K, V>>>;
+
+/// Encodes and decodes typed events, with the registry's ids. Cloning shares every cache.
+#[derive(Clone)]
+pub struct Codec {
+    registry: Client,
+    locals: Cache<TypeId, Arc<Local>>,
+    writer_ids: Cache<(TypeId, String), u32>,
+    plans: Cache<(TypeId, u32), Arc<Plan>>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("registry", &self.registry.url())
+            .finish()
+    }
+}
+
+impl Codec {
+    /// A codec using the given registry.
+    pub fn new(registry: Client) -> Self {
+        Codec {
+            registry,
+            locals: Arc::default(),
+            writer_ids: Arc::default(),
+            plans: Arc::default(),
+        }
+    }
+
+    /// The registry client.
+    pub fn registry(&self) -> &Client {
+        &self.registry
+    }
+
+    fn local<E: Event>(&self) -> Result<Arc<Local>, CodecError> {
+        if let Some(local) = read(&self.locals).get(&TypeId::of::<E>()) {
+            return Ok(local.clone());
+        }
+        let local = Arc::new(Local::build::<E>()?);
+        write(&self.locals).insert(TypeId::of::<E>(), local.clone());
+        Ok(local)
+    }
+
+    /// The schema id events of type `E` carry on `topic`, registering the schema under the
+    /// subject `<topic>-<record>` on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Registry`] when the registry is down or refuses the schema.
+    pub async fn writer_id<E: Event>(&self, topic: &str) -> Result<u32, CodecError> {
+        let key = (TypeId::of::<E>(), topic.to_owned());
+        if let Some(id) = read(&self.writer_ids).get(&key) {
+            return Ok(*id);
+        }
+        let local = self.local::<E>()?;
+        let subject = subject_name(topic, &local.name);
+        let id = self
+            .registry
+            .register(&subject, &local.parsed)
+            .await
+            .map_err(CodecError::Registry)?;
+        write(&self.writer_ids).insert(key, id);
+        Ok(id)
+    }
+
+    /// Encodes an event for `topic` in the Confluent wire format.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Registry`] on first use when the registry cannot register the schema;
+    /// [`CodecError::Encode`] when the value does not fit its schema.
+    pub async fn encode<E: Event>(&self, topic: &str, event: &E) -> Result<Vec<u8>, CodecError> {
+        let id = self.writer_id::<E>(topic).await?;
+        self.encode_with_id(id, event)
+    }
+
+    /// Encodes with a known writer id (from [`Codec::writer_id`]); never calls the registry.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Encode`] when the value does not fit its schema.
+    pub fn encode_with_id<E: Event>(&self, id: u32, event: &E) -> Result<Vec<u8>, CodecError> {
+        let local = self.local::<E>()?;
+        let mut out = Vec::with_capacity(128);
+        write_header(&mut out, id);
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&local.fast);
+        serde_avro_fast::to_datum(event, out, &mut config).map_err(|e| CodecError::Encode {
+            record: local.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes a payload written with any registered version into `E`.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Short`], [`CodecError::Magic`], [`CodecError::UnknownSchema`] and
+    /// [`CodecError::Decode`] for bad bytes (poison: never retry), [`CodecError::Registry`]
+    /// when the registry is unreachable (retry).
+    pub async fn decode<E: Event>(&self, payload: &[u8]) -> Result<E, CodecError> {
+        let (id, body) = split(payload)?;
+        let local = self.local::<E>()?;
+        let plan = self.plan::<E>(id, &local).await?;
+        match plan.as_ref() {
+            Plan::Direct => decode_direct(&local, id, body),
+            Plan::Resolve(writer) => {
+                let resolved =
+                    crate::resolve::transcode(writer, &local.parsed, body).map_err(|e| {
+                        CodecError::Decode {
+                            id,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                decode_direct(&local, id, &resolved)
+            }
+        }
+    }
+
+    async fn plan<E: Event>(&self, id: u32, local: &Local) -> Result<Arc<Plan>, CodecError> {
+        let key = (TypeId::of::<E>(), id);
+        if let Some(plan) = read(&self.plans).get(&key) {
+            return Ok(plan.clone());
+        }
+        let writer = match self.registry.schema(id).await {
+            Ok(writer) => writer,
+            Err(crate::Error::Registry { code: 40403, .. }) => {
+                return Err(CodecError::UnknownSchema { id });
+            }
+            Err(crate::Error::Schema(e)) => {
+                return Err(CodecError::Decode {
+                    id,
+                    reason: format!("the registry's schema is unusable: {e}"),
+                });
+            }
+            Err(e) => return Err(CodecError::Registry(e)),
+        };
+        let fingerprint = apache_avro::Schema::parse_str(writer.canonical())
+            .map_err(|e| CodecError::Decode {
+                id,
+                reason: format!("the registry's schema is unusable: {e}"),
+            })?
+            .canonical_form();
+        // The same Parsing Canonical Form means the same binary layout.
+        let plan = if fingerprint == local.fingerprint {
+            Plan::Direct
+        } else {
+            Plan::Resolve(writer)
+        };
+        let plan = Arc::new(plan);
+        write(&self.plans).insert(key, plan.clone());
+        Ok(plan)
+    }
+}
+
+fn decode_direct<E: Event>(local: &Local, id: u32, body: &[u8]) -> Result<E, CodecError> {
+    serde_avro_fast::from_datum_slice::<E>(body, &local.fast).map_err(|e| CodecError::Decode {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Caches only ever gain complete entries; a panic elsewhere cannot leave one half-written.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rejects_short_and_foreign_payloads_without_panicking() {
+        assert!(matches!(split(&[]), Err(CodecError::Short { len: 0 })));
+        assert!(matches!(
+            split(&[0, 0, 0, 1]),
+            Err(CodecError::Short { len: 4 })
+        ));
+        assert!(matches!(
+            split(b"{\"json\": true}"),
+            Err(CodecError::Magic { found: b'{' })
+        ));
+        assert_eq!(split(&[0, 0, 0, 1, 2, 9]).ok(), Some((258, &[9u8][..])));
+        assert_eq!(split(&[0, 0, 0, 0, 7]).ok(), Some((7, &[][..])));
+    }
+
+    #[test]
+    fn the_header_is_the_magic_byte_and_a_big_endian_id() {
+        let mut out = Vec::new();
+        write_header(&mut out, 0x0102_0304);
+        assert_eq!(out, [0, 1, 2, 3, 4]);
+    }
+}
