@@ -147,15 +147,71 @@ impl Local {
 }
 
 /// How to decode a given writer id into a given reader type.
-enum Plan {
-    /// Same binary layout: decode directly.
-    Direct,
-    /// Another version: resolve from this writer schema first.
-    Resolve(Arc<Schema>),
+struct Plan {
+    local: Arc<Local>,
+    /// `None`: same binary layout, decode directly. `Some`: another version, resolve from
+    /// this writer schema first.
+    writer: Option<Arc<Schema>>,
+}
+
+impl Plan {
+    fn decode<E: Event>(&self, id: u32, body: &[u8]) -> Result<E, CodecError> {
+        match &self.writer {
+            None => decode_direct(&self.local, id, body),
+            Some(writer) => {
+                let resolved = crate::resolve::transcode(writer, &self.local.parsed, body)
+                    .map_err(|e| CodecError::Decode {
+                        id,
+                        reason: e.to_string(),
+                    })?;
+                decode_direct(&self.local, id, &resolved)
+            }
+        }
+    }
+}
+
+fn encode_local<E: Event>(local: &Local, id: u32, event: &E) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(128);
+    write_header(&mut out, id);
+    let mut config = serde_avro_fast::ser::SerializerConfig::new(&local.fast);
+    serde_avro_fast::to_datum(event, out, &mut config).map_err(|e| CodecError::Encode {
+        record: local.name.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// A hasher for the codec's small integer keys (type ids, schema ids): SipHash's protection
+/// against chosen keys buys nothing here and costs a third of a cached decode.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A cache shared by clones of the codec.
-type Cache<K, V> = Arc<RwLock<HashMap<K, V>>>;
+type Cache<K, V> = Arc<RwLock<HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>>>;
 
 /// Encodes and decodes typed events, with the registry's ids. Cloning shares every cache.
 #[derive(Clone)]
@@ -194,6 +250,11 @@ impl Codec {
         if let Some(local) = read(&self.locals).get(&TypeId::of::<E>()) {
             return Ok(local.clone());
         }
+        self.build_local::<E>()
+    }
+
+    #[cold]
+    fn build_local<E: Event>(&self) -> Result<Arc<Local>, CodecError> {
         let local = Arc::new(Local::build::<E>()?);
         write(&self.locals).insert(TypeId::of::<E>(), local.clone());
         Ok(local)
@@ -238,14 +299,14 @@ impl Codec {
     ///
     /// [`CodecError::Encode`] when the value does not fit its schema.
     pub fn encode_with_id<E: Event>(&self, id: u32, event: &E) -> Result<Vec<u8>, CodecError> {
-        let local = self.local::<E>()?;
-        let mut out = Vec::with_capacity(128);
-        write_header(&mut out, id);
-        let mut config = serde_avro_fast::ser::SerializerConfig::new(&local.fast);
-        serde_avro_fast::to_datum(event, out, &mut config).map_err(|e| CodecError::Encode {
-            record: local.name.clone(),
-            reason: e.to_string(),
-        })
+        {
+            // The read guard is held while encoding instead of cloning the entry's Arc.
+            let locals = read(&self.locals);
+            if let Some(local) = locals.get(&TypeId::of::<E>()) {
+                return encode_local(local, id, event);
+            }
+        }
+        encode_local(&*self.build_local::<E>()?, id, event)
     }
 
     /// Decodes a payload written with any registered version into `E`.
@@ -257,24 +318,23 @@ impl Codec {
     /// when the registry is unreachable (retry).
     pub async fn decode<E: Event>(&self, payload: &[u8]) -> Result<E, CodecError> {
         let (id, body) = split(payload)?;
+        if let Some(decoded) = self.decode_cached::<E>(id, body) {
+            return decoded;
+        }
         let local = self.local::<E>()?;
         let plan = self.plan::<E>(id, &local).await?;
-        match plan.as_ref() {
-            Plan::Direct => decode_direct(&local, id, body),
-            Plan::Resolve(writer) => {
-                let resolved =
-                    crate::resolve::transcode(writer, &local.parsed, body).map_err(|e| {
-                        CodecError::Decode {
-                            id,
-                            reason: e.to_string(),
-                        }
-                    })?;
-                decode_direct(&local, id, &resolved)
-            }
-        }
+        plan.decode(id, body)
     }
 
-    async fn plan<E: Event>(&self, id: u32, local: &Local) -> Result<Arc<Plan>, CodecError> {
+    /// The hot path: one lookup, no await, no registry.
+    fn decode_cached<E: Event>(&self, id: u32, body: &[u8]) -> Option<Result<E, CodecError>> {
+        let plans = read(&self.plans);
+        plans
+            .get(&(TypeId::of::<E>(), id))
+            .map(|plan| plan.decode(id, body))
+    }
+
+    async fn plan<E: Event>(&self, id: u32, local: &Arc<Local>) -> Result<Arc<Plan>, CodecError> {
         let key = (TypeId::of::<E>(), id);
         if let Some(plan) = read(&self.plans).get(&key) {
             return Ok(plan.clone());
@@ -299,12 +359,10 @@ impl Codec {
             })?
             .canonical_form();
         // The same Parsing Canonical Form means the same binary layout.
-        let plan = if fingerprint == local.fingerprint {
-            Plan::Direct
-        } else {
-            Plan::Resolve(writer)
-        };
-        let plan = Arc::new(plan);
+        let plan = Arc::new(Plan {
+            local: local.clone(),
+            writer: (fingerprint != local.fingerprint).then_some(writer),
+        });
         write(&self.plans).insert(key, plan.clone());
         Ok(plan)
     }

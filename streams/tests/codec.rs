@@ -259,3 +259,11 @@ async fn after_warm_up_encoding_and_decoding_need_no_registry() {
         "{error}"
     );
 }
+
+#[test]
+fn codec_futures_can_be_spawned() {
+    fn send<T: Send>(_: &T) {}
+    let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+    send(&codec.decode::<TripV1>(&[]));
+    send(&codec.encode("trips", &trip_v1()));
+}
