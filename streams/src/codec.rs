@@ -260,6 +260,15 @@ impl Codec {
         Ok(local)
     }
 
+    /// The record full name of `E`, from its schema.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::BadSchema`] when `E::SCHEMA` is invalid.
+    pub fn record_name<E: Event>(&self) -> Result<String, CodecError> {
+        Ok(self.local::<E>()?.name.clone())
+    }
+
     /// The schema id events of type `E` carry on `topic`, registering the schema under the
     /// subject `<topic>-<record>` on first use.
     ///

@@ -61,6 +61,12 @@ pub enum Error {
     /// The embedded broker could not do what was asked.
     #[error("embedded broker: {0}")]
     Embedded(String),
+    /// An event could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(Box<crate::codec::CodecError>),
+    /// The local sled store failed.
+    #[error("local store: {0}")]
+    Store(String),
     /// A broker operation gave up after its deadline.
     #[error("timed out after {seconds} s while {action}")]
     Timeout {
@@ -82,8 +88,13 @@ impl Error {
                 !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidConfig)
             }),
             Error::Registry { status, .. } => *status >= 500,
+            Error::Codec(e) => e.is_retriable(),
             Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
-            Error::Schema(_) | Error::TopicSpec { .. } | Error::Io { .. } | Error::Embedded(_) => {
+            Error::Schema(_)
+            | Error::TopicSpec { .. }
+            | Error::Io { .. }
+            | Error::Embedded(_)
+            | Error::Store(_) => {
                 false
             }
         }

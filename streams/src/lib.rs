@@ -10,9 +10,12 @@ pub mod codec;
 pub mod compat;
 pub mod contract;
 pub mod error;
+pub mod processor;
+pub mod producer;
 pub mod registry;
 pub mod resolve;
 pub mod schema;
+pub mod store;
 pub mod telemetry;
 pub mod topic;
 

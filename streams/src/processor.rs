@@ -1,0 +1,575 @@
+//! The consumer-group runner a service plugs its handler into.
+//!
+//! Delivery guarantee: **effects effectively-once, outputs at-least-once with consumer-side
+//! dedupe.** For each record, the handler's changes to the service's sled state, the record's
+//! offset, its event-id dedupe mark and the events it emits (the outbox) are written in one
+//! sled transaction. On assignment the processor starts each partition at the offset stored in
+//! sled, not at Kafka's committed offset, so a crash between the sled commit and the Kafka
+//! commit replays nothing. A relay publishes the outbox and clears each entry after the broker
+//! acked it; a crash between the two publishes the entry again with the same event id, which
+//! consumers skip. Kafka offsets are committed too (periodically, on revocation and on
+//! shutdown), but only for tools that show lag: correctness rests on sled.
+//!
+//! Poison records (undecodable, unknown schema id, rejected by the handler as invalid) go to
+//! the topic's dead-letter topic with the reason in headers, and processing goes on. Retriable
+//! failures (broker or registry down) are retried with backoff and never skip a record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::codec::{Codec, CodecError, Event};
+use crate::error::{Error, Result};
+use crate::producer::{self, Metadata, Producer};
+use crate::store::{Effects, OutboxEntry, Position, Store};
+
+/// Headers a dead letter carries besides the original record's own.
+pub mod dead_letter {
+    /// `decode`, `unknown-schema`, `invalid` or `empty`.
+    pub const KIND: &str = "dlq.error.kind";
+    /// The reason, for people.
+    pub const MESSAGE: &str = "dlq.error.message";
+    /// Where the record was read.
+    pub const TOPIC: &str = "dlq.original.topic";
+    /// Its partition.
+    pub const PARTITION: &str = "dlq.original.partition";
+    /// Its offset.
+    pub const OFFSET: &str = "dlq.original.offset";
+}
+
+/// What a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The record can never be processed (bad content): it goes to the dead-letter topic.
+    #[error("invalid record: {0}")]
+    Invalid(String),
+    /// Something outside is down: the same record is retried after a pause.
+    #[error("temporary failure: {0}")]
+    Retry(String),
+    /// Decoding or encoding failed; its own `is_retriable` decides.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The store failed: retried, since sled errors are I/O errors.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// A consumed record, as a handler sees it.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value (Confluent-framed Avro).
+    pub payload: &'a [u8],
+    /// Metadata from headers, when the producer set them.
+    pub metadata: Option<Metadata>,
+}
+
+impl Record<'_> {
+    /// The record's full name from its `event_type` header, if any.
+    pub fn event_type(&self) -> Option<&str> {
+        self.metadata.as_ref().and_then(|m| m.event_type.as_deref())
+    }
+}
+
+/// What a handler reads and writes while processing one record.
+pub struct Context<'a> {
+    store: &'a Store,
+    codec: &'a Codec,
+    cause: Metadata,
+    effects: Effects,
+}
+
+impl Context<'_> {
+    /// Decodes the record into `E` (any registered version of its schema).
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::decode`].
+    pub async fn decode<E: Event>(&self, record: &Record<'_>) -> Result<E, HandlerError> {
+        Ok(self.codec.decode(record.payload).await?)
+    }
+
+    /// Reads a business-state key, seeing this record's own writes.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::Store`] on an I/O failure.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
+        match self.effects.pending(key) {
+            Some(value) => Ok(value.map(<[u8]>::to_vec)),
+            None => Ok(self.store.get(key)?),
+        }
+    }
+
+    /// Sets a business-state key (applied with the record's offset).
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.effects.put(key, value);
+    }
+
+    /// Removes a business-state key (applied with the record's offset).
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.effects.remove(key);
+    }
+
+    /// Emits an event caused by this record; published after the record's transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::encode`].
+    pub async fn emit<E: Event>(&mut self, topic: &str, event: &E) -> Result<(), HandlerError> {
+        let metadata = Metadata::caused_by(&self.cause);
+        let entry = producer::record(self.codec, topic, event, &metadata).await?;
+        self.effects.emit(entry);
+        Ok(())
+    }
+}
+
+/// A service's logic: what one record does.
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one record: read state, write state, emit events through `ctx`.
+    fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How a processor connects and what it reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// Consumer group: processors with the same group share the partitions.
+    pub group: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Dead-letter topic of each consumed topic (from the topic specs).
+    pub dead_letters: HashMap<String, String>,
+    /// Raw librdkafka consumer settings, applied last.
+    pub consumer: Vec<(String, String)>,
+    /// How often Kafka offsets are committed (for lag tools; sled holds the truth).
+    pub commit_interval: Duration,
+}
+
+impl Settings {
+    /// Settings with defaults: commit every second, `<topic>.dlq` dead letters.
+    pub fn new(bootstrap: impl Into<String>, group: impl Into<String>, topics: &[&str]) -> Self {
+        Settings {
+            bootstrap: bootstrap.into(),
+            group: group.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            dead_letters: topics.iter().map(|t| ((*t).to_owned(), format!("{t}.dlq"))).collect(),
+            consumer: Vec::new(),
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The next offset this processor will apply.
+    pub next: i64,
+    /// The partition's high watermark when last read.
+    pub high_watermark: i64,
+}
+
+impl PartitionPosition {
+    /// Records not yet applied.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.next).max(0)
+    }
+}
+
+/// Per-partition positions of a running processor, for metrics and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Positions(Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>);
+
+impl Positions {
+    /// A snapshot: (topic, partition) → position.
+    pub fn snapshot(&self) -> BTreeMap<(String, i32), PartitionPosition> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, topic: &str, partition: i32, position: PartitionPosition) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((topic.to_owned(), partition), position);
+    }
+}
+
+/// Starts partitions at sled's offsets and commits sled's offsets to Kafka before giving
+/// partitions up.
+struct ProcessorContext {
+    store: Store,
+    group: String,
+}
+
+impl ClientContext for ProcessorContext {}
+
+impl ConsumerContext for ProcessorContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                for (topic, partition) in partitions {
+                    match self.store.next_offset(&self.group, &topic, partition) {
+                        Ok(Some(next)) => {
+                            let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(next));
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, topic, partition, "Cannot read the stored offset"),
+                    }
+                }
+                tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions assigned");
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(error) = assigned {
+                    tracing::error!(%error, "Assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Records are processed one at a time inside the poll loop, so nothing is in
+                // flight here: sled already holds every applied offset.
+                commit_from_store(consumer, &self.store, &self.group, Some(tpl), CommitMode::Sync);
+                tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
+                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(error) = unassigned {
+                    tracing::error!(%error, "Unassigning partitions failed");
+                }
+            }
+            other => tracing::warn!(error = ?other, "Rebalance error"),
+        }
+    }
+}
+
+fn commit_from_store<C: Consumer<ProcessorContext>>(
+    consumer: &C,
+    store: &Store,
+    group: &str,
+    only: Option<&TopicPartitionList>,
+    mode: CommitMode,
+) {
+    let Ok(offsets) = store.offsets(group) else { return };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        let wanted = only.is_none_or(|only| only.find_partition(&topic, partition).is_some());
+        if wanted {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0
+        && let Err(error) = consumer.commit(&tpl, mode)
+    {
+        tracing::debug!(%error, "Committing offsets to Kafka failed; sled keeps them");
+    }
+}
+
+/// Why one attempt at a record failed.
+enum Failure {
+    /// Retry the same record later.
+    Retry(String),
+    /// Dead-letter it with this kind and reason.
+    Poison(&'static str, String),
+}
+
+/// A running processor's handles.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// Positions and lag per partition.
+    pub positions: Positions,
+}
+
+/// Runs `handler` over `settings.topics` until `shutdown` completes, with the relay that
+/// publishes its outbox. On shutdown it finishes the current record, publishes what the outbox
+/// holds (for up to 5 s), commits offsets to Kafka synchronously and returns.
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when the consumer cannot be created or subscribed.
+pub async fn run<H: Handler>(
+    settings: Settings,
+    store: Store,
+    codec: Codec,
+    handler: H,
+    positions: Positions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &settings.consumer {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer<ProcessorContext> = config
+        .create_with_context(ProcessorContext {
+            store: store.clone(),
+            group: settings.group.clone(),
+        })
+        .map_err(|e| Error::kafka("creating a consumer", e))?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))?;
+    let producer = Producer::new(&settings.bootstrap, codec.clone(), &[])?;
+
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(relay(store.clone(), producer.clone(), relay_stopped));
+
+    tokio::pin!(shutdown);
+    let mut last_commit = Instant::now();
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "Consuming failed; librdkafka retries");
+                continue;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match process(&settings, &store, &codec, &handler, &message).await {
+                Ok(()) => break,
+                Err(Failure::Retry(reason)) => {
+                    tracing::warn!(reason, topic = message.topic(), partition = message.partition(), offset = message.offset(), "Retrying a record");
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            finish(&consumer, &store, &settings, stop_relay, relay).await;
+                            return Ok(());
+                        }
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(Failure::Poison(kind, reason)) => {
+                    dead_letter(&settings, &store, &producer, &message, kind, &reason, &mut shutdown).await?;
+                    break;
+                }
+            }
+        }
+        let (topic, partition) = (message.topic(), message.partition());
+        let high = consumer
+            .fetch_watermarks(topic, partition, Duration::ZERO)
+            .map(|(_, high)| high)
+            .unwrap_or(message.offset() + 1);
+        positions.set(
+            topic,
+            partition,
+            PartitionPosition {
+                next: message.offset() + 1,
+                high_watermark: high.max(message.offset() + 1),
+            },
+        );
+        if last_commit.elapsed() >= settings.commit_interval {
+            commit_from_store(&consumer, &store, &settings.group, None, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    finish(&consumer, &store, &settings, stop_relay, relay).await;
+    Ok(())
+}
+
+async fn finish(
+    consumer: &StreamConsumer<ProcessorContext>,
+    store: &Store,
+    settings: &Settings,
+    stop_relay: tokio::sync::watch::Sender<bool>,
+    relay: tokio::task::JoinHandle<()>,
+) {
+    let _ = stop_relay.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    commit_from_store(consumer, store, &settings.group, None, CommitMode::Sync);
+    let _ = store.flush();
+    tracing::info!(group = %settings.group, "Processor stopped");
+}
+
+async fn process<H: Handler>(
+    settings: &Settings,
+    store: &Store,
+    codec: &Codec,
+    handler: &H,
+    message: &BorrowedMessage<'_>,
+) -> Result<(), Failure> {
+    let at = Position {
+        group: &settings.group,
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let store_error = |e: Error| Failure::Retry(e.to_string());
+    // Already applied (the partition restarted below sled's offset): nothing to do.
+    if store
+        .next_offset(at.group, at.topic, at.partition)
+        .map_err(store_error)?
+        .is_some_and(|next| at.offset < next)
+    {
+        return Ok(());
+    }
+    let metadata = Metadata::from_headers(message.headers());
+    let event_id = metadata.as_ref().map(|m| m.event_id.clone());
+    if let Some(id) = &event_id
+        && store.seen(id.as_bytes()).map_err(store_error)?
+    {
+        tracing::debug!(event_id = %id, "Skipping a duplicate event");
+        return store.commit(&at, None, &Effects::default()).map_err(store_error);
+    }
+    let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
+        return Err(Failure::Poison("empty", "the record has no value".into()));
+    };
+    let record = Record {
+        topic: at.topic,
+        partition: at.partition,
+        offset: at.offset,
+        key: message.key(),
+        payload,
+        metadata: metadata.clone(),
+    };
+    let cause = metadata.unwrap_or_else(|| {
+        // A record from a producer that sets no headers: its effects still get traceable ids.
+        let mut m = Metadata::new(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
+        m.event_id = format!("{}/{}/{}", at.topic, at.partition, at.offset);
+        m
+    });
+    let mut ctx = Context {
+        store,
+        codec,
+        cause,
+        effects: Effects::default(),
+    };
+    match handler.handle(&mut ctx, &record).await {
+        Ok(()) => store
+            .commit(&at, event_id.as_deref().map(str::as_bytes), &ctx.effects)
+            .map_err(store_error),
+        Err(HandlerError::Invalid(reason)) => Err(Failure::Poison("invalid", reason)),
+        Err(HandlerError::Retry(reason)) => Err(Failure::Retry(reason)),
+        Err(HandlerError::Store(e)) => Err(Failure::Retry(e.to_string())),
+        Err(HandlerError::Codec(e)) if e.is_retriable() => Err(Failure::Retry(e.to_string())),
+        Err(HandlerError::Codec(e)) => {
+            let kind = match e {
+                CodecError::UnknownSchema { .. } => "unknown-schema",
+                _ => "decode",
+            };
+            Err(Failure::Poison(kind, e.to_string()))
+        }
+    }
+}
+
+async fn dead_letter(
+    settings: &Settings,
+    store: &Store,
+    producer: &Producer,
+    message: &BorrowedMessage<'_>,
+    kind: &'static str,
+    reason: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<()> {
+    let topic = message.topic();
+    let dlq = settings
+        .dead_letters
+        .get(topic)
+        .cloned()
+        .unwrap_or_else(|| format!("{topic}.dlq"));
+    tracing::warn!(topic, partition = message.partition(), offset = message.offset(), kind, reason, dead_letter = %dlq, "Dead-lettering a record");
+    let mut headers: Vec<(String, Vec<u8>)> = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    headers.extend([
+        (dead_letter::KIND.to_owned(), kind.as_bytes().to_vec()),
+        (dead_letter::MESSAGE.to_owned(), reason.as_bytes().to_vec()),
+        (dead_letter::TOPIC.to_owned(), topic.as_bytes().to_vec()),
+        (dead_letter::PARTITION.to_owned(), message.partition().to_string().into_bytes()),
+        (dead_letter::OFFSET.to_owned(), message.offset().to_string().into_bytes()),
+    ]);
+    let entry = OutboxEntry {
+        topic: dlq,
+        key: message.key().unwrap_or_default().to_vec(),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        headers,
+    };
+    // The dead letter must be stored before the offset moves past it: nothing is lost.
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match producer.send_record(&entry).await {
+            Ok(_) => break,
+            Err(error) => {
+                tracing::warn!(%error, "Writing a dead letter failed; retrying");
+                tokio::select! {
+                    () = &mut *shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let at = Position {
+        group: &settings.group,
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    store.commit(&at, None, &Effects::default())
+}
+
+/// Publishes the outbox in order until stopped, clearing each entry once the broker acked it.
+async fn relay(store: Store, producer: Producer, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match relay_once(&store, &producer, 256).await {
+            Ok(0) => {}
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "Publishing the outbox failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = stopped.changed() => {}
+            () = store.outbox_changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Publishes up to `max` outbox entries and clears them; returns how many.
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when a send fails (the entry stays for the next attempt), or
+/// [`Error::Store`].
+pub async fn relay_once(store: &Store, producer: &Producer, max: usize) -> Result<usize> {
+    let entries = store.outbox(max)?;
+    let sends = entries.iter().map(|(_, entry)| producer.send_record(entry));
+    let results = futures::future::join_all(sends).await;
+    let mut published = 0;
+    // Entries are cleared in order and only up to the first failure, so that a later attempt
+    // republishes from there rather than leaving a hole.
+    for ((id, _), result) in entries.iter().zip(results) {
+        result?;
+        store.clear_outbox(*id)?;
+        published += 1;
+    }
+    Ok(published)
+}

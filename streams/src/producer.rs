@@ -1,0 +1,225 @@
+//! The typed producer: idempotent, keyed by aggregate id, with event metadata in headers.
+//!
+//! Headers: `event_id` (unique per event; consumers dedupe on it), `correlation_id` (the
+//! booking the event belongs to), `causation_id` (the event that caused it), `event_type`
+//! (the record's full name) and `traceparent` (W3C trace context, passed along).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::codec::{Codec, CodecError, Event};
+use crate::error::{Error, Result};
+use crate::store::OutboxEntry;
+
+/// Header names.
+pub mod header {
+    /// Unique id of the event.
+    pub const EVENT_ID: &str = "event_id";
+    /// The business transaction (booking) the event belongs to.
+    pub const CORRELATION_ID: &str = "correlation_id";
+    /// The event that caused this one.
+    pub const CAUSATION_ID: &str = "causation_id";
+    /// The record's full name.
+    pub const EVENT_TYPE: &str = "event_type";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// An event's metadata, carried in record headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Unique id of this event.
+    pub event_id: String,
+    /// The booking (or other business transaction) it belongs to.
+    pub correlation_id: String,
+    /// The event that caused it, if any.
+    pub causation_id: Option<String>,
+    /// The record's full name, when known.
+    pub event_type: Option<String>,
+    /// Trace context, passed from cause to effect.
+    pub traceparent: Option<String>,
+}
+
+impl Metadata {
+    /// Metadata for an event that starts a business transaction.
+    pub fn new(correlation_id: impl Into<String>) -> Self {
+        Metadata {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: correlation_id.into(),
+            causation_id: None,
+            event_type: None,
+            traceparent: None,
+        }
+    }
+
+    /// Metadata for an event caused by `cause`: same correlation and trace, new id.
+    pub fn caused_by(cause: &Metadata) -> Self {
+        Metadata {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: cause.correlation_id.clone(),
+            causation_id: Some(cause.event_id.clone()),
+            event_type: None,
+            traceparent: cause.traceparent.clone(),
+        }
+    }
+
+    /// Reads metadata from record headers; `None` without an `event_id` header.
+    pub fn from_headers<H: Headers>(headers: Option<&H>) -> Option<Self> {
+        let headers = headers?;
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        };
+        Some(Metadata {
+            event_id: get(header::EVENT_ID)?,
+            correlation_id: get(header::CORRELATION_ID).unwrap_or_default(),
+            causation_id: get(header::CAUSATION_ID),
+            event_type: get(header::EVENT_TYPE),
+            traceparent: get(header::TRACEPARENT),
+        })
+    }
+
+    /// The headers, as name and value pairs.
+    pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
+        let mut pairs = vec![
+            (header::EVENT_ID.to_owned(), self.event_id.as_bytes().to_vec()),
+            (header::CORRELATION_ID.to_owned(), self.correlation_id.as_bytes().to_vec()),
+        ];
+        let optional = [
+            (header::CAUSATION_ID, &self.causation_id),
+            (header::EVENT_TYPE, &self.event_type),
+            (header::TRACEPARENT, &self.traceparent),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                pairs.push((name.to_owned(), value.as_bytes().to_vec()));
+            }
+        }
+        pairs
+    }
+}
+
+/// Encodes an event into a record ready to send (or to queue in an outbox).
+///
+/// # Errors
+///
+/// As [`Codec::encode`].
+pub async fn record<E: Event>(codec: &Codec, topic: &str, event: &E, metadata: &Metadata) -> Result<OutboxEntry, CodecError> {
+    let payload = codec.encode(topic, event).await?;
+    let mut metadata = metadata.clone();
+    metadata.event_type = Some(codec.record_name::<E>()?);
+    Ok(OutboxEntry {
+        topic: topic.to_owned(),
+        key: event.key().into_bytes(),
+        payload,
+        headers: metadata.to_pairs(),
+    })
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// An idempotent producer of typed events.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    codec: Codec,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+/// The producer settings every tripstream producer uses, before `overrides`.
+pub fn client_config(bootstrap: &str, overrides: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        // Retried internally by librdkafka for this long before a send fails.
+        .set("message.timeout.ms", "60000");
+    for (key, value) in overrides {
+        config.set(key, value);
+    }
+    config
+}
+
+impl Producer {
+    /// A producer on `bootstrap`; `overrides` are raw librdkafka settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when the configuration is refused.
+    pub fn new(bootstrap: &str, codec: Codec, overrides: &[(String, String)]) -> Result<Self> {
+        let inner = client_config(bootstrap, overrides)
+            .create()
+            .map_err(|e| Error::kafka("creating a producer", e))?;
+        Ok(Producer { inner, codec })
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// Encodes and sends an event, keyed by its aggregate id; returns once the broker acked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] when it cannot be encoded, [`Error::Kafka`] when the broker did not
+    /// take it within the message timeout.
+    pub async fn send<E: Event>(&self, topic: &str, event: &E, metadata: &Metadata) -> Result<Delivery> {
+        let entry = record(&self.codec, topic, event, metadata)
+            .await
+            .map_err(|e| Error::Codec(Box::new(e)))?;
+        self.send_record(&entry).await
+    }
+
+    /// Sends an already framed record (from an outbox, or a dead letter).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when the broker did not take it within the message timeout.
+    pub async fn send_record(&self, entry: &OutboxEntry) -> Result<Delivery> {
+        let mut headers = OwnedHeaders::new_with_capacity(entry.headers.len());
+        for (key, value) in &entry.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        let mut record = FutureRecord::to(&entry.topic).payload(&entry.payload).headers(headers);
+        if !entry.key.is_empty() {
+            record = record.key(&entry.key);
+        }
+        let (partition, offset) = self
+            .inner
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| Error::kafka(format!("sending to {}", entry.topic), e))
+            .map(|delivery| (delivery.partition, delivery.offset))?;
+        Ok(Delivery { partition, offset })
+    }
+
+    /// The underlying rdkafka producer (to flush, or for raw sends in benchmarks).
+    pub fn inner(&self) -> &FutureProducer {
+        &self.inner
+    }
+}
