@@ -94,9 +94,7 @@ impl Error {
             | Error::TopicSpec { .. }
             | Error::Io { .. }
             | Error::Embedded(_)
-            | Error::Store(_) => {
-                false
-            }
+            | Error::Store(_) => false,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod processor;
 pub mod producer;
 pub mod registry;
+pub mod replay;
 pub mod resolve;
 pub mod schema;
 pub mod store;

@@ -19,7 +19,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -140,7 +142,11 @@ impl Context<'_> {
 /// A service's logic: what one record does.
 pub trait Handler: Send + Sync + 'static {
     /// Processes one record: read state, write state, emit events through `ctx`.
-    fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        ctx: &mut Context<'_>,
+        record: &Record<'_>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// How a processor connects and what it reads.
@@ -167,7 +173,10 @@ impl Settings {
             bootstrap: bootstrap.into(),
             group: group.into(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-            dead_letters: topics.iter().map(|t| ((*t).to_owned(), format!("{t}.dlq"))).collect(),
+            dead_letters: topics
+                .iter()
+                .map(|t| ((*t).to_owned(), format!("{t}.dlq")))
+                .collect(),
             consumer: Vec::new(),
             commit_interval: Duration::from_secs(1),
         }
@@ -190,14 +199,18 @@ impl PartitionPosition {
     }
 }
 
-/// Per-partition positions of a running processor, for metrics and tests.
+/// Per-partition positions of a running processor, for metrics and tests: the partitions it
+/// holds (from assignment on) and, once records flow, how far it is.
 #[derive(Debug, Clone, Default)]
 pub struct Positions(Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>);
 
 impl Positions {
     /// A snapshot: (topic, partition) → position.
     pub fn snapshot(&self) -> BTreeMap<(String, i32), PartitionPosition> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn set(&self, topic: &str, partition: i32, position: PartitionPosition) {
@@ -206,6 +219,13 @@ impl Positions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert((topic.to_owned(), partition), position);
     }
+
+    fn remove(&self, topic: &str, partition: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(topic.to_owned(), partition));
+    }
 }
 
 /// Starts partitions at sled's offsets and commits sled's offsets to Kafka before giving
@@ -213,28 +233,57 @@ impl Positions {
 struct ProcessorContext {
     store: Store,
     group: String,
+    positions: Positions,
 }
 
 impl ClientContext for ProcessorContext {}
 
 impl ConsumerContext for ProcessorContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                let partitions: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
                 for (topic, partition) in partitions {
                     match self.store.next_offset(&self.group, &topic, partition) {
-                        Ok(Some(next)) => {
-                            let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(next));
+                        Ok(stored) => {
+                            if let Some(next) = stored {
+                                let _ = tpl.set_partition_offset(
+                                    &topic,
+                                    partition,
+                                    Offset::Offset(next),
+                                );
+                            }
+                            let next = stored.unwrap_or(0);
+                            let position = PartitionPosition {
+                                next,
+                                high_watermark: next,
+                            };
+                            self.positions.set(&topic, partition, position);
                         }
-                        Ok(None) => {}
-                        Err(error) => tracing::error!(%error, topic, partition, "Cannot read the stored offset"),
+                        Err(error) => {
+                            tracing::error!(%error, topic, partition, "Cannot read the stored offset")
+                        }
                     }
                 }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions assigned");
-                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(error) = assigned {
                     tracing::error!(%error, "Assigning partitions failed");
                 }
@@ -242,9 +291,22 @@ impl ConsumerContext for ProcessorContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Records are processed one at a time inside the poll loop, so nothing is in
                 // flight here: sled already holds every applied offset.
-                commit_from_store(consumer, &self.store, &self.group, Some(tpl), CommitMode::Sync);
+                commit_from_store(
+                    consumer,
+                    &self.store,
+                    &self.group,
+                    Some(tpl),
+                    CommitMode::Sync,
+                );
+                for element in tpl.elements() {
+                    self.positions.remove(element.topic(), element.partition());
+                }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
-                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(error) = unassigned {
                     tracing::error!(%error, "Unassigning partitions failed");
                 }
@@ -261,7 +323,9 @@ fn commit_from_store<C: Consumer<ProcessorContext>>(
     only: Option<&TopicPartitionList>,
     mode: CommitMode,
 ) {
-    let Ok(offsets) = store.offsets(group) else { return };
+    let Ok(offsets) = store.offsets(group) else {
+        return;
+    };
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, next) in offsets {
         let wanted = only.is_none_or(|only| only.find_partition(&topic, partition).is_some());
@@ -277,7 +341,7 @@ fn commit_from_store<C: Consumer<ProcessorContext>>(
 }
 
 /// Why one attempt at a record failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Retry the same record later.
     Retry(String),
     /// Dead-letter it with this kind and reason.
@@ -321,6 +385,7 @@ pub async fn run<H: Handler>(
         .create_with_context(ProcessorContext {
             store: store.clone(),
             group: settings.group.clone(),
+            positions: positions.clone(),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
@@ -348,10 +413,16 @@ pub async fn run<H: Handler>(
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match process(&settings, &store, &codec, &handler, &message).await {
+            match process(&settings.group, &store, &codec, &handler, &message).await {
                 Ok(()) => break,
                 Err(Failure::Retry(reason)) => {
-                    tracing::warn!(reason, topic = message.topic(), partition = message.partition(), offset = message.offset(), "Retrying a record");
+                    tracing::warn!(
+                        reason,
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "Retrying a record"
+                    );
                     tokio::select! {
                         () = &mut shutdown => {
                             finish(&consumer, &store, &settings, stop_relay, relay).await;
@@ -362,7 +433,16 @@ pub async fn run<H: Handler>(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(Failure::Poison(kind, reason)) => {
-                    dead_letter(&settings, &store, &producer, &message, kind, &reason, &mut shutdown).await?;
+                    dead_letter(
+                        &settings,
+                        &store,
+                        &producer,
+                        &message,
+                        kind,
+                        &reason,
+                        &mut shutdown,
+                    )
+                    .await?;
                     break;
                 }
             }
@@ -403,15 +483,15 @@ async fn finish(
     tracing::info!(group = %settings.group, "Processor stopped");
 }
 
-async fn process<H: Handler>(
-    settings: &Settings,
+pub(crate) async fn process<H: Handler>(
+    group: &str,
     store: &Store,
     codec: &Codec,
     handler: &H,
     message: &BorrowedMessage<'_>,
 ) -> Result<(), Failure> {
     let at = Position {
-        group: &settings.group,
+        group,
         topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
@@ -431,7 +511,9 @@ async fn process<H: Handler>(
         && store.seen(id.as_bytes()).map_err(store_error)?
     {
         tracing::debug!(event_id = %id, "Skipping a duplicate event");
-        return store.commit(&at, None, &Effects::default()).map_err(store_error);
+        return store
+            .commit(&at, None, &Effects::default())
+            .map_err(store_error);
     }
     let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
         return Err(Failure::Poison("empty", "the record has no value".into()));
@@ -446,7 +528,8 @@ async fn process<H: Handler>(
     };
     let cause = metadata.unwrap_or_else(|| {
         // A record from a producer that sets no headers: its effects still get traceable ids.
-        let mut m = Metadata::new(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
+        let mut m =
+            Metadata::new(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
         m.event_id = format!("{}/{}/{}", at.topic, at.partition, at.offset);
         m
     });
@@ -492,14 +575,24 @@ async fn dead_letter(
     tracing::warn!(topic, partition = message.partition(), offset = message.offset(), kind, reason, dead_letter = %dlq, "Dead-lettering a record");
     let mut headers: Vec<(String, Vec<u8>)> = message
         .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
         .unwrap_or_default();
     headers.extend([
         (dead_letter::KIND.to_owned(), kind.as_bytes().to_vec()),
         (dead_letter::MESSAGE.to_owned(), reason.as_bytes().to_vec()),
         (dead_letter::TOPIC.to_owned(), topic.as_bytes().to_vec()),
-        (dead_letter::PARTITION.to_owned(), message.partition().to_string().into_bytes()),
-        (dead_letter::OFFSET.to_owned(), message.offset().to_string().into_bytes()),
+        (
+            dead_letter::PARTITION.to_owned(),
+            message.partition().to_string().into_bytes(),
+        ),
+        (
+            dead_letter::OFFSET.to_owned(),
+            message.offset().to_string().into_bytes(),
+        ),
     ]);
     let entry = OutboxEntry {
         topic: dlq,

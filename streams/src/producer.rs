@@ -89,8 +89,14 @@ impl Metadata {
     /// The headers, as name and value pairs.
     pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
         let mut pairs = vec![
-            (header::EVENT_ID.to_owned(), self.event_id.as_bytes().to_vec()),
-            (header::CORRELATION_ID.to_owned(), self.correlation_id.as_bytes().to_vec()),
+            (
+                header::EVENT_ID.to_owned(),
+                self.event_id.as_bytes().to_vec(),
+            ),
+            (
+                header::CORRELATION_ID.to_owned(),
+                self.correlation_id.as_bytes().to_vec(),
+            ),
         ];
         let optional = [
             (header::CAUSATION_ID, &self.causation_id),
@@ -111,7 +117,12 @@ impl Metadata {
 /// # Errors
 ///
 /// As [`Codec::encode`].
-pub async fn record<E: Event>(codec: &Codec, topic: &str, event: &E, metadata: &Metadata) -> Result<OutboxEntry, CodecError> {
+pub async fn record<E: Event>(
+    codec: &Codec,
+    topic: &str,
+    event: &E,
+    metadata: &Metadata,
+) -> Result<OutboxEntry, CodecError> {
     let payload = codec.encode(topic, event).await?;
     let mut metadata = metadata.clone();
     metadata.event_type = Some(codec.record_name::<E>()?);
@@ -185,7 +196,12 @@ impl Producer {
     ///
     /// [`Error::Codec`] when it cannot be encoded, [`Error::Kafka`] when the broker did not
     /// take it within the message timeout.
-    pub async fn send<E: Event>(&self, topic: &str, event: &E, metadata: &Metadata) -> Result<Delivery> {
+    pub async fn send<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+        metadata: &Metadata,
+    ) -> Result<Delivery> {
         let entry = record(&self.codec, topic, event, metadata)
             .await
             .map_err(|e| Error::Codec(Box::new(e)))?;
@@ -205,7 +221,9 @@ impl Producer {
                 value: Some(value.as_slice()),
             });
         }
-        let mut record = FutureRecord::to(&entry.topic).payload(&entry.payload).headers(headers);
+        let mut record = FutureRecord::to(&entry.topic)
+            .payload(&entry.payload)
+            .headers(headers);
         if !entry.key.is_empty() {
             record = record.key(&entry.key);
         }

@@ -205,7 +205,10 @@ impl Store {
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.state
             .scan_prefix(prefix)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| Error::Store(e.to_string())))
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| Error::Store(e.to_string()))
+            })
             .collect()
     }
 
@@ -234,8 +237,12 @@ impl Store {
         for entry in self.offsets.scan_prefix(prefix.as_bytes()) {
             let (key, value) = entry.map_err(|e| Error::Store(e.to_string()))?;
             let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let Some((topic, partition)) = key.rsplit_once('\u{0}') else { continue };
-            let (Ok(partition), Ok(bytes)) = (partition.parse(), <[u8; 8]>::try_from(value.as_ref())) else {
+            let Some((topic, partition)) = key.rsplit_once('\u{0}') else {
+                continue;
+            };
+            let (Ok(partition), Ok(bytes)) =
+                (partition.parse(), <[u8; 8]>::try_from(value.as_ref()))
+            else {
                 continue;
             };
             found.push((topic.to_owned(), partition, i64::from_be_bytes(bytes)));
@@ -249,7 +256,9 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn seen(&self, event_id: &[u8]) -> Result<bool> {
-        self.dedupe.contains_key(event_id).map_err(|e| Error::Store(e.to_string()))
+        self.dedupe
+            .contains_key(event_id)
+            .map_err(|e| Error::Store(e.to_string()))
     }
 
     /// Applies a record's effects, its offset, its dedupe mark and its emitted events in one
@@ -258,7 +267,12 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::Store`] when the transaction cannot be written.
-    pub fn commit(&self, at: &Position<'_>, event_id: Option<&[u8]>, effects: &Effects) -> Result<()> {
+    pub fn commit(
+        &self,
+        at: &Position<'_>,
+        event_id: Option<&[u8]>,
+        effects: &Effects,
+    ) -> Result<()> {
         let offset_key = offset_key(at.group, at.topic, at.partition);
         let next = (at.offset + 1).to_be_bytes();
         let marker = format!("{}/{}/{}", at.topic, at.partition, at.offset);
@@ -269,22 +283,24 @@ impl Store {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Store(e.to_string()))?;
         let result: std::result::Result<(), TransactionError<()>> =
-            (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(|(state, offsets, dedupe, outbox)| {
-                for (key, value) in &effects.puts {
-                    match value {
-                        Some(value) => state.insert(key.as_slice(), value.as_slice())?,
-                        None => state.remove(key.as_slice())?,
-                    };
-                }
-                offsets.insert(offset_key.as_bytes(), &next)?;
-                if let Some(id) = event_id {
-                    dedupe.insert(id, marker.as_bytes())?;
-                }
-                for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
-                    outbox.insert(&id.to_be_bytes(), entry.encode())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+            (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
+                |(state, offsets, dedupe, outbox)| {
+                    for (key, value) in &effects.puts {
+                        match value {
+                            Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                            None => state.remove(key.as_slice())?,
+                        };
+                    }
+                    offsets.insert(offset_key.as_bytes(), &next)?;
+                    if let Some(id) = event_id {
+                        dedupe.insert(id, marker.as_bytes())?;
+                    }
+                    for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
+                        outbox.insert(&id.to_be_bytes(), entry.encode())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
         result.map_err(|e| Error::Store(format!("{e:?}")))?;
         if !effects.emits.is_empty() {
             self.outbox_signal.notify_one();
@@ -301,7 +317,9 @@ impl Store {
         let mut entries = Vec::new();
         for item in self.outbox.iter().take(max) {
             let (key, value) = item.map_err(|e| Error::Store(e.to_string()))?;
-            let id = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes).unwrap_or_default();
+            let id = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or_default();
             let entry = OutboxEntry::decode(&value)
                 .ok_or_else(|| Error::Store(format!("outbox entry {id} is corrupt")))?;
             entries.push((id, entry));
@@ -345,7 +363,10 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map(drop).map_err(|e| Error::Store(e.to_string()))
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| Error::Store(e.to_string()))
     }
 }
 
@@ -405,7 +426,10 @@ mod tests {
         store.commit(&at, Some(b"e1"), &effects).expect("commit");
         assert_eq!(store.get(b"seats/LH1").expect("get"), Some(b"3".to_vec()));
         assert_eq!(store.next_offset("g", "t", 2).expect("offset"), Some(42));
-        assert_eq!(store.offsets("g").expect("offsets"), vec![("t".to_owned(), 2, 42)]);
+        assert_eq!(
+            store.offsets("g").expect("offsets"),
+            vec![("t".to_owned(), 2, 42)]
+        );
         assert!(store.seen(b"e1").expect("seen"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
     }

@@ -1,0 +1,209 @@
+//! Replay: an independent consumer that rebuilds a store from topics with a service's handler.
+//!
+//! It assigns partitions directly (no consumer group join, no offset commits), so it never
+//! disturbs live groups, and reads up to the end each partition had when the replay started.
+//! Poison records are skipped and counted (the live service already dead-lettered them).
+//! Replaying the same input through the same handler gives the same digest as the live store.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::processor::{Failure, Handler, process};
+use crate::store::{Effects, Position, Store};
+
+/// Where the replay starts in each partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest retained record.
+    Beginning,
+    /// Given offsets, as (partition, offset); partitions not listed start at the beginning.
+    Offsets(Vec<(i32, i64)>),
+    /// The first record at or after this time (milliseconds since the epoch).
+    Timestamp(i64),
+}
+
+/// How far a replay has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Records read so far.
+    pub records: u64,
+    /// Records to read in all (from the start offsets to the end at the start of the replay).
+    pub total: u64,
+}
+
+/// What a finished replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Records applied.
+    pub applied: u64,
+    /// Poison records skipped.
+    pub skipped: u64,
+    /// Digest of the rebuilt store.
+    pub digest: String,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The offsets group name a replay stores under, so replayed stores can be replayed further.
+pub const GROUP: &str = "replay";
+
+/// Rebuilds `store` from `topics` with `handler`, calling `progress` now and then.
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when the topics cannot be read, [`Error::Store`] when the store fails.
+pub async fn replay<H: Handler>(
+    bootstrap: &str,
+    topics: &[&str],
+    start: &Start,
+    store: &Store,
+    codec: &Codec,
+    handler: &H,
+    mut progress: impl FnMut(Progress),
+) -> Result<Summary> {
+    let began = Instant::now();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // assign() needs a group handle; this group is never joined and never committed to.
+        .set(
+            "group.id",
+            format!("tripstream-replay-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| Error::kafka("creating the replay consumer", e))?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(|e| Error::kafka("reading topic metadata", e))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: Vec<(String, i32, i64)> = Vec::new();
+    let mut total = 0u64;
+    for topic in topics {
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == *topic) else {
+            return Err(Error::kafka(
+                format!("replaying {topic}"),
+                rdkafka::error::KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopic,
+                ),
+            ));
+        };
+        for partition in found.partitions() {
+            let id = partition.id();
+            let (low, high) = consumer
+                .fetch_watermarks(topic, id, Duration::from_secs(30))
+                .map_err(|e| Error::kafka(format!("reading the end of {topic}/{id}"), e))?;
+            let from = match start {
+                Start::Beginning => low,
+                Start::Offsets(offsets) => offsets
+                    .iter()
+                    .find(|(p, _)| *p == id)
+                    .map_or(low, |(_, o)| (*o).clamp(low, high)),
+                Start::Timestamp(ms) => {
+                    let mut query = TopicPartitionList::new();
+                    let _ = query.add_partition_offset(topic, id, Offset::Offset(*ms));
+                    consumer
+                        .offsets_for_times(query, Duration::from_secs(30))
+                        .ok()
+                        .and_then(|found| found.find_partition(topic, id).map(|e| e.offset()))
+                        .and_then(|o| o.to_raw())
+                        .filter(|o| *o >= 0)
+                        .unwrap_or(high)
+                }
+            };
+            if from < high {
+                total += (high - from) as u64;
+                ends.push(((*topic).to_owned(), id, high));
+                assignment
+                    .add_partition_offset(topic, id, Offset::Offset(from))
+                    .map_err(|e| Error::kafka("assigning partitions", e))?;
+            }
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| Error::kafka("assigning partitions", e))?;
+    let (mut applied, mut skipped) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    progress(Progress { records: 0, total });
+    while !ends.is_empty() {
+        let message = consumer
+            .recv()
+            .await
+            .map_err(|e| Error::kafka("reading records to replay", e))?;
+        let (topic, partition, offset) = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        let Some(end) = ends
+            .iter()
+            .position(|(t, p, _)| *t == topic && *p == partition)
+        else {
+            continue;
+        };
+        if offset >= ends[end].2 {
+            ends.swap_remove(end);
+            continue;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match process(GROUP, store, codec, handler, &message).await {
+                Ok(()) => {
+                    applied += 1;
+                    break;
+                }
+                Err(Failure::Poison(kind, reason)) => {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        offset,
+                        kind,
+                        reason,
+                        "Skipping a poison record"
+                    );
+                    let at = Position {
+                        group: GROUP,
+                        topic: &topic,
+                        partition,
+                        offset,
+                    };
+                    store.commit(&at, None, &Effects::default())?;
+                    skipped += 1;
+                    break;
+                }
+                Err(Failure::Retry(reason)) => {
+                    tracing::warn!(reason, "Retrying a replayed record");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if offset + 1 >= ends[end].2 {
+            ends.swap_remove(end);
+        }
+        if last_report.elapsed() >= Duration::from_millis(100) {
+            progress(Progress {
+                records: applied + skipped,
+                total,
+            });
+            last_report = Instant::now();
+        }
+    }
+    progress(Progress {
+        records: applied + skipped,
+        total,
+    });
+    store.flush()?;
+    Ok(Summary {
+        applied,
+        skipped,
+        digest: store.digest()?,
+        elapsed: began.elapsed(),
+    })
+}

@@ -1,0 +1,584 @@
+//! The processor's guarantees on the embedded broker: partitions shared and taken over, crashes
+//! between the sled and Kafka commits, relay duplicates, poison records, broker faults, replay.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaApiKey;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use streams::broker::EmbeddedBroker;
+use streams::codec::{Codec, Event};
+use streams::processor::{self, Context, Handler, HandlerError, Positions, Record, Settings};
+use streams::producer::{Metadata, Producer};
+use streams::registry::Client;
+use streams::replay::{self, Start};
+use streams::store::{Effects, Position, Store};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Booked {
+    booking_id: String,
+    route: String,
+}
+
+impl Event for Booked {
+    const SCHEMA: &'static str = r#"{"type":"record","name":"Booked","namespace":"test","fields":[
+        {"name":"booking_id","type":"string"},{"name":"route","type":"string"}]}"#;
+
+    fn key(&self) -> String {
+        self.booking_id.clone()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Counted {
+    booking_id: String,
+}
+
+impl Event for Counted {
+    const SCHEMA: &'static str = r#"{"type":"record","name":"Counted","namespace":"test","fields":[{"name":"booking_id","type":"string"}]}"#;
+
+    fn key(&self) -> String {
+        self.booking_id.clone()
+    }
+}
+
+/// Counts bookings per route; a booking without a route is invalid. Optionally emits.
+#[derive(Clone)]
+struct RouteCounter {
+    emit_to: Option<&'static str>,
+}
+
+fn add_one(ctx: &mut Context<'_>, key: String) -> Result<(), HandlerError> {
+    let current = ctx
+        .get(key.as_bytes())?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    ctx.put(key.into_bytes(), (current + 1).to_string().into_bytes());
+    Ok(())
+}
+
+impl Handler for RouteCounter {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        let booked: Booked = ctx.decode(record).await?;
+        if booked.route.is_empty() {
+            return Err(HandlerError::Invalid(format!(
+                "booking {} has no route",
+                booked.booking_id
+            )));
+        }
+        add_one(ctx, format!("route/{}", booked.route))?;
+        if let Some(topic) = self.emit_to {
+            ctx.emit(
+                topic,
+                &Counted {
+                    booking_id: booked.booking_id,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts how often each booking was seen.
+struct SeenCounter;
+
+impl Handler for SeenCounter {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        let counted: Counted = ctx.decode(record).await?;
+        add_one(ctx, format!("seen/{}", counted.booking_id))
+    }
+}
+
+struct Harness {
+    broker: EmbeddedBroker,
+    _registry: registry::Running,
+    codec: Codec,
+    producer: Producer,
+}
+
+async fn harness() -> Harness {
+    streams::telemetry::init("info");
+    let broker = EmbeddedBroker::start(1).expect("broker");
+    for (topic, partitions) in [
+        (registry::SCHEMAS_TOPIC, 1),
+        ("bookings", 4),
+        ("bookings.dlq", 1),
+        ("counted", 2),
+        ("counted.dlq", 1),
+    ] {
+        broker.create_topic(topic, partitions, 1).expect("topic");
+    }
+    let running = registry::start(registry::Settings::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        broker.bootstrap_servers(),
+    ))
+    .await
+    .expect("registry");
+    let codec = Codec::new(Client::new(&running.url()).expect("client"));
+    let producer = Producer::new(broker.bootstrap_servers(), codec.clone(), &[]).expect("producer");
+    Harness {
+        broker,
+        _registry: running,
+        codec,
+        producer,
+    }
+}
+
+impl Harness {
+    fn settings(&self, group: &str, topic: &str) -> Settings {
+        let mut settings = Settings::new(self.broker.bootstrap_servers(), group, &[topic]);
+        settings.consumer = vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "300".into()),
+            ("fetch.wait.max.ms".into(), "20".into()),
+        ];
+        settings
+    }
+
+    /// Sends `count` bookings numbered from `first`, each on one of three routes.
+    async fn book(&self, first: usize, count: usize) {
+        for i in first..first + count {
+            let booked = Booked {
+                booking_id: format!("b{i:05}"),
+                route: ["LIS-OPO", "LIS-FAO", "OPO-FAO"][i % 3].into(),
+            };
+            // A test producer that retries on its own: the runtime must cope with duplicates.
+            loop {
+                match self
+                    .producer
+                    .send("bookings", &booked, &Metadata::new(&booked.booking_id))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        eprintln!("retrying a send: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start<H: Handler>(&self, settings: Settings, store: &Store, handler: H) -> Running {
+        let positions = Positions::default();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(processor::run(
+            settings,
+            store.clone(),
+            self.codec.clone(),
+            handler,
+            positions.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Running {
+            stop: Some(stop),
+            task: Some(task),
+            positions,
+        }
+    }
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<streams::Result<()>>>,
+    positions: Positions,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("joined").expect("clean stop");
+        }
+    }
+
+    /// Drops the processor where it stands: no draining, no Kafka commit.
+    async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn partitions(&self) -> usize {
+        self.positions.snapshot().len()
+    }
+
+    fn applied(&self) -> i64 {
+        self.positions.snapshot().values().map(|p| p.next).sum()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failing test must not leave a consumer running after its broker is gone.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn total(store: &Store, prefix: &str) -> u64 {
+    store
+        .scan(prefix.as_bytes())
+        .expect("scan")
+        .iter()
+        .filter_map(|(_, v)| String::from_utf8_lossy(v).parse::<u64>().ok())
+        .sum()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processors_share_the_partitions_and_one_takes_over_when_the_other_stops() {
+    let h = harness().await;
+    let store = Store::temporary().expect("store");
+    let counter = || RouteCounter { emit_to: None };
+    let first = h.start(h.settings("counter", "bookings"), &store, counter());
+    wait_for(
+        "the first member's partitions",
+        Duration::from_secs(30),
+        || first.partitions() == 4,
+    )
+    .await;
+    let second = h.start(h.settings("counter", "bookings"), &store, counter());
+    wait_for(
+        "the partitions to be shared",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (first.partitions(), second.partitions());
+            a > 0 && b > 0 && a + b == 4
+        },
+    )
+    .await;
+    h.book(0, 120).await;
+    wait_for("the first 120 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 120
+    })
+    .await;
+    // Each member applied part of the work.
+    assert!(
+        first.applied() > 0 && second.applied() > 0,
+        "both members applied records"
+    );
+    assert_eq!(first.applied() + second.applied(), 120);
+
+    first.stop().await;
+    h.book(120, 80).await;
+    wait_for("all 200 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        total(&store, "route/"),
+        200,
+        "every booking applied exactly once"
+    );
+    let taken_over = second.positions.snapshot();
+    assert_eq!(
+        taken_over.len(),
+        4,
+        "the remaining member holds every partition: {taken_over:?}"
+    );
+    assert!(taken_over.values().all(|p| p.lag() == 0));
+    second.stop().await;
+
+    // A replay from the beginning rebuilds the same state.
+    let rebuilt = Store::temporary().expect("store");
+    let summary = replay::replay(
+        h.broker.bootstrap_servers(),
+        &["bookings"],
+        &Start::Beginning,
+        &rebuilt,
+        &h.codec,
+        &RouteCounter { emit_to: None },
+        |_| {},
+    )
+    .await
+    .expect("replay");
+    assert_eq!(summary.applied, 200);
+    assert_eq!(summary.digest, store.digest().expect("digest"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_between_its_sled_commit_and_its_kafka_commit_applies_nothing_twice() {
+    let h = harness().await;
+    h.book(0, 100).await;
+    let store = Store::temporary().expect("store");
+    let mut settings = h.settings("counter", "bookings");
+    // Never commit to Kafka while running: every applied record is past Kafka's offset.
+    settings.commit_interval = Duration::from_secs(3600);
+    let first = h.start(settings.clone(), &store, RouteCounter { emit_to: None });
+    wait_for("100 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 100
+    })
+    .await;
+    first.kill().await;
+
+    let restarted = h.start(settings, &store, RouteCounter { emit_to: None });
+    h.book(100, 50).await;
+    wait_for("150 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") >= 150
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        total(&store, "route/"),
+        150,
+        "the restarted processor resumed at sled's offsets"
+    );
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_skip() {
+    let h = harness().await;
+    // A service store whose record emitted one event, still in the outbox.
+    let service = Store::temporary().expect("store");
+    let mut effects = Effects::default();
+    let cause = Metadata::new("b00001");
+    let entry = streams::producer::record(
+        &h.codec,
+        "counted",
+        &Counted {
+            booking_id: "b00001".into(),
+        },
+        &Metadata::caused_by(&cause),
+    )
+    .await
+    .expect("encodes");
+    effects.emit(entry);
+    let at = Position {
+        group: "svc",
+        topic: "bookings",
+        partition: 0,
+        offset: 0,
+    };
+    service.commit(&at, None, &effects).expect("commit");
+    // The relay published it, then crashed before clearing it...
+    let (_, pending) = service.outbox(1).expect("outbox").remove(0);
+    h.producer.send_record(&pending).await.expect("published");
+    // ...so the restarted relay publishes it again.
+    assert_eq!(
+        processor::relay_once(&service, &h.producer, 10)
+            .await
+            .expect("relay"),
+        1
+    );
+    assert!(service.outbox(10).expect("outbox").is_empty());
+
+    let consumer_store = Store::temporary().expect("store");
+    let consumer = h.start(h.settings("seen", "counted"), &consumer_store, SeenCounter);
+    wait_for("both copies read", Duration::from_secs(30), || {
+        consumer
+            .positions
+            .snapshot()
+            .values()
+            .map(|p| p.next)
+            .sum::<i64>()
+            >= 2
+    })
+    .await;
+    assert_eq!(
+        total(&consumer_store, "seen/"),
+        1,
+        "the duplicate was skipped"
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_are_applied() {
+    let h = harness().await;
+    let good = |id: &str| Booked {
+        booking_id: id.into(),
+        route: "LIS-OPO".into(),
+    };
+    let framed = h
+        .codec
+        .encode("bookings", &good("x"))
+        .await
+        .expect("encodes");
+    let raw = |payload: Vec<u8>| streams::store::OutboxEntry {
+        topic: "bookings".into(),
+        key: b"poison".to_vec(),
+        payload,
+        headers: vec![],
+    };
+    h.producer
+        .send("bookings", &good("b1"), &Metadata::new("b1"))
+        .await
+        .expect("sent");
+    let poisons = [
+        (raw(b"{\"not\": \"avro\"}".to_vec()), "decode"),
+        (raw(vec![0, 0, 0, 3, 231, 2, 0]), "unknown-schema"),
+        (raw([&framed[..5], &[0x80, 0x80, 0x80]].concat()), "decode"),
+        (raw(Vec::new()), "empty"),
+    ];
+    for (entry, _) in &poisons {
+        h.producer.send_record(entry).await.expect("sent");
+    }
+    let no_route = Booked {
+        booking_id: "b2".into(),
+        route: String::new(),
+    };
+    h.producer
+        .send("bookings", &no_route, &Metadata::new("b2"))
+        .await
+        .expect("sent");
+    h.producer
+        .send("bookings", &good("b3"), &Metadata::new("b3"))
+        .await
+        .expect("sent");
+
+    let store = Store::temporary().expect("store");
+    let running = h.start(
+        h.settings("counter", "bookings"),
+        &store,
+        RouteCounter { emit_to: None },
+    );
+    wait_for("the good bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 2
+    })
+    .await;
+
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", h.broker.bootstrap_servers())
+        .set("group.id", "dlq-reader")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("bookings.dlq", 0, Offset::Beginning)
+        .expect("tpl");
+    dlq.assign(&tpl).expect("assign");
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kinds.len() < 5 && Instant::now() < deadline {
+        let Some(Ok(message)) = dlq.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == name)
+                        .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(header(processor::dead_letter::TOPIC), "bookings");
+        assert!(!header(processor::dead_letter::MESSAGE).is_empty());
+        assert!(
+            header(processor::dead_letter::OFFSET)
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert!(
+            header(processor::dead_letter::PARTITION)
+                .parse::<i32>()
+                .is_ok()
+        );
+        kinds.push(header(processor::dead_letter::KIND));
+    }
+    kinds.sort();
+    let mut expected: Vec<String> = poisons
+        .iter()
+        .map(|(_, k)| (*k).to_owned())
+        .chain(["invalid".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(kinds, expected);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_faults_lose_nothing_and_apply_nothing_twice() {
+    let h = harness().await;
+    let store = Store::temporary().expect("store");
+    let running = h.start(
+        h.settings("counter", "bookings"),
+        &store,
+        RouteCounter {
+            emit_to: Some("counted"),
+        },
+    );
+    h.book(0, 30).await;
+    let mock = h.broker.mock();
+    mock.broker_round_trip_time(1, Duration::from_millis(40))
+        .expect("rtt");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+        ],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        ],
+    );
+    h.book(30, 30).await;
+    mock.broker_down(1).expect("down");
+    let sender = {
+        let producer = h.producer.clone();
+        tokio::spawn(async move {
+            for i in 60..90 {
+                let booked = Booked {
+                    booking_id: format!("b{i:05}"),
+                    route: "LIS-OPO".into(),
+                };
+                while producer
+                    .send("bookings", &booked, &Metadata::new(&booked.booking_id))
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mock.broker_up(1).expect("up");
+    sender.await.expect("sender finished");
+    mock.broker_round_trip_time(1, Duration::ZERO).expect("rtt");
+    wait_for("90 bookings", Duration::from_secs(60), || {
+        total(&store, "route/") >= 90
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(total(&store, "route/"), 90, "each booking applied once");
+
+    // Every emitted event reached the output, once per booking after dedupe.
+    let seen = Store::temporary().expect("store");
+    let reader = h.start(h.settings("seen", "counted"), &seen, SeenCounter);
+    wait_for("90 counted events", Duration::from_secs(60), || {
+        seen.scan(b"seen/").map(|s| s.len()).unwrap_or(0) >= 90
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(total(&seen, "seen/"), 90);
+    running.stop().await;
+    reader.stop().await;
+}
