@@ -220,6 +220,7 @@ pub struct Codec {
     locals: Cache<TypeId, Arc<Local>>,
     writer_ids: Cache<(TypeId, String), u32>,
     plans: Cache<(TypeId, u32), Arc<Plan>>,
+    generic: Cache<u32, Arc<(Option<String>, serde_avro_fast::Schema)>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -238,6 +239,7 @@ impl Codec {
             locals: Arc::default(),
             writer_ids: Arc::default(),
             plans: Arc::default(),
+            generic: Arc::default(),
         }
     }
 
@@ -333,6 +335,83 @@ impl Codec {
         let local = self.local::<E>()?;
         let plan = self.plan::<E>(id, &local).await?;
         plan.decode(id, body)
+    }
+
+    /// Encodes a JSON value with a schema registered for `topic` (for command-line producers
+    /// and other programs without Rust types): objects are records, strings are enum symbols
+    /// and decimals, `null` picks a union's null branch.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Registry`] when the schema cannot be registered, [`CodecError::Encode`]
+    /// when the value does not fit it.
+    pub async fn encode_json(
+        &self,
+        topic: &str,
+        schema: &Schema,
+        value: &serde_json::Value,
+    ) -> Result<Vec<u8>, CodecError> {
+        let record = schema.full_name().unwrap_or("schema").to_owned();
+        let id = self
+            .registry
+            .register(&subject_name(topic, &record), schema)
+            .await
+            .map_err(CodecError::Registry)?;
+        let fast: serde_avro_fast::Schema =
+            schema
+                .canonical()
+                .parse()
+                .map_err(|e| CodecError::BadSchema {
+                    record: record.clone(),
+                    reason: format!("{e}"),
+                })?;
+        let mut out = Vec::with_capacity(128);
+        write_header(&mut out, id);
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&fast);
+        serde_avro_fast::to_datum(value, out, &mut config).map_err(|e| CodecError::Encode {
+            record,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes any payload into JSON with its writer's schema: returns the schema id, the
+    /// record's full name and the value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::decode`].
+    pub async fn decode_json(
+        &self,
+        payload: &[u8],
+    ) -> Result<(u32, Option<String>, serde_json::Value), CodecError> {
+        let (id, body) = split(payload)?;
+        let cached = read(&self.generic).get(&id).cloned();
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let writer = match self.registry.schema(id).await {
+                    Ok(writer) => writer,
+                    Err(crate::Error::Registry { code: 40403, .. }) => {
+                        return Err(CodecError::UnknownSchema { id });
+                    }
+                    Err(e) => return Err(CodecError::Registry(e)),
+                };
+                let fast: serde_avro_fast::Schema =
+                    writer.canonical().parse().map_err(|e| CodecError::Decode {
+                        id,
+                        reason: format!("the registry's schema is unusable: {e}"),
+                    })?;
+                let entry = Arc::new((writer.full_name().map(str::to_owned), fast));
+                write(&self.generic).insert(id, entry.clone());
+                entry
+            }
+        };
+        let value =
+            serde_avro_fast::from_datum_slice(body, &entry.1).map_err(|e| CodecError::Decode {
+                id,
+                reason: e.to_string(),
+            })?;
+        Ok((id, entry.0.clone(), value))
     }
 
     /// The hot path: one lookup, no await, no registry.

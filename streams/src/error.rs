@@ -12,12 +12,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A Kafka client call failed.
-    #[error("Kafka {action} failed: {source}")]
+    // The librdkafka error is part of the message rather than a `source`, so that error
+    // chains (`{:#}`) do not print it twice.
+    #[error("Kafka {action} failed: {cause}")]
     Kafka {
         /// What the runtime was doing, e.g. "creating a producer".
         action: String,
         /// The librdkafka error.
-        source: rdkafka::error::KafkaError,
+        cause: rdkafka::error::KafkaError,
     },
     /// An Avro schema is not valid.
     #[error("{0}")]
@@ -84,7 +86,7 @@ impl Error {
     /// outages of the broker or the registry may end.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Kafka { source, .. } => source.rdkafka_error_code().is_none_or(|code| {
+            Error::Kafka { cause, .. } => cause.rdkafka_error_code().is_none_or(|code| {
                 !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidConfig)
             }),
             Error::Registry { status, .. } => *status >= 500,
@@ -98,10 +100,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn kafka(action: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(action: impl Into<String>, cause: rdkafka::error::KafkaError) -> Self {
         Error::Kafka {
             action: action.into(),
-            source,
+            cause,
         }
     }
 

@@ -1,6 +1,9 @@
 //! One module per `tripstream` subcommand.
 
 pub mod broker;
+pub mod consume;
+pub mod produce;
 pub mod registry;
+pub mod replay;
 pub mod schemas;
 pub mod topics;

@@ -59,6 +59,12 @@ enum Command {
     /// Check, compare and register the Avro schemas of schemas/.
     #[command(subcommand)]
     Schemas(command::schemas::Command),
+    /// Write JSON lines from stdin to a topic as Avro events.
+    Produce(command::produce::Args),
+    /// Print a topic's records as JSON lines.
+    Consume(command::consume::Args),
+    /// Rebuild a store from a topic with a built-in handler and print its digest.
+    Replay(command::replay::Args),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -80,6 +86,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Registry(args) => command::registry::run(&root, args).await,
             Command::Topics(command) => command::topics::run(&root, command).await,
             Command::Schemas(command) => command::schemas::run(&root, command).await,
+            Command::Produce(args) => command::produce::run(&root, args).await,
+            Command::Consume(args) => command::consume::run(&root, args).await,
+            Command::Replay(args) => command::replay::run(&root, args).await,
         }
     });
     match outcome {

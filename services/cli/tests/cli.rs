@@ -546,3 +546,144 @@ fn topics_apply_without_a_broker_says_how_to_get_one() {
         "{err}"
     );
 }
+
+#[test]
+fn produce_consume_and_replay_round_trip_json_lines_through_the_broker() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = TempDir::new().expect("tmp");
+    let broker = BrokerProcess::start(&root, &tmp.path().join("bootstrap"));
+    let mut registry = KillOnDrop(
+        tripstream()
+            .args([
+                "registry",
+                "--listen",
+                "127.0.0.1:0",
+                "--brokers",
+                &broker.bootstrap,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("registry starts"),
+    );
+    let mut lines = BufReader::new(registry.0.stdout.take().expect("stdout")).lines();
+    let first_line = lines
+        .next()
+        .expect("a line")
+        .expect("registry prints its URL");
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = first_line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("URL")
+        .to_owned();
+    let with_env = |command: &mut Command| {
+        command
+            .arg("--root")
+            .arg(&root)
+            .env("TRIPSTREAM_BROKERS", &broker.bootstrap)
+            .env("TRIPSTREAM_REGISTRY", &url);
+    };
+
+    let input = [
+        r#"{"booking_id":"0b6f2f7e-4a57-4c1e-9d59-1f6e7b2a9c10","user_id":"5e0c9a3b-77d2-4f0e-8a41-c2d9f1b3e6a7","total":{"amount":"1234.50","currency":"EUR"},"confirmed_at":1764000000000}"#,
+        "not json",
+        r#"{"booking_id":"only"}"#,
+        r#"{"booking_id":"1b6f2f7e-4a57-4c1e-9d59-1f6e7b2a9c10","user_id":"5e0c9a3b-77d2-4f0e-8a41-c2d9f1b3e6a7","total":{"amount":"99.00","currency":"EUR"},"confirmed_at":1764000000001}"#,
+    ]
+    .join("\n");
+    let mut produce = tripstream();
+    with_env(&mut produce);
+    let mut child = produce
+        .args([
+            "produce",
+            "--topic",
+            "bookings",
+            "--type",
+            "tripstream.booking.BookingConfirmed",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("produce starts");
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("written");
+    }
+    let output = child.wait_with_output().expect("produce ends");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "two lines were rejected: {err}"
+    );
+    assert!(
+        err.contains("line 2: not JSON")
+            && err.contains("line 3:")
+            && err.contains("Produced 2 records"),
+        "{err}"
+    );
+
+    let mut consume = tripstream();
+    with_env(&mut consume);
+    let (code, out, err) = run(consume.args([
+        "consume",
+        "--topic",
+        "bookings",
+        "--from-beginning",
+        "--max",
+        "2",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        assert_eq!(record["type"], "tripstream.booking.BookingConfirmed");
+        assert_eq!(
+            record["headers"]["event_type"],
+            "tripstream.booking.BookingConfirmed"
+        );
+        assert!(record["headers"]["event_id"].is_string());
+        assert_eq!(record["value"]["total"]["currency"], "EUR");
+    }
+
+    let mut replay = tripstream();
+    with_env(&mut replay);
+    let store = tmp.path().join("store");
+    let (code, out, err) = run(replay
+        .args([
+            "replay",
+            "--topic",
+            "bookings",
+            "--handler",
+            "latest",
+            "--into",
+        ])
+        .arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Replayed 2 records of bookings"), "{out}");
+    assert!(out.contains("digest 2:"), "{out}");
+    let mut again = tripstream();
+    with_env(&mut again);
+    let (code, _, err) = run(again
+        .args([
+            "replay",
+            "--topic",
+            "bookings",
+            "--handler",
+            "latest",
+            "--into",
+        ])
+        .arg(&store));
+    assert_eq!(code, 2);
+    assert!(err.contains("already holds a store"), "{err}");
+}

@@ -52,12 +52,12 @@ impl Settings {
 #[non_exhaustive]
 pub enum Error {
     /// A Kafka call failed.
-    #[error("Kafka {action} failed: {source}")]
+    #[error("Kafka {action} failed: {cause}")]
     Kafka {
         /// What the registry was doing.
         action: String,
-        /// The client's error.
-        source: rdkafka::error::KafkaError,
+        /// The client's error (in the message, not a `source`, so chains print it once).
+        cause: rdkafka::error::KafkaError,
     },
     /// The log did not answer in time.
     #[error("timed out {0}")]
@@ -79,10 +79,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn kafka(action: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(action: impl Into<String>, cause: rdkafka::error::KafkaError) -> Self {
         Error::Kafka {
             action: action.into(),
-            source,
+            cause,
         }
     }
 }
