@@ -218,7 +218,7 @@ type Cache<K, V> = Arc<RwLock<HashMap<K, V, std::hash::BuildHasherDefault<KeyHas
 pub struct Codec {
     registry: Client,
     locals: Cache<TypeId, Arc<Local>>,
-    writer_ids: Cache<(TypeId, String), u32>,
+    writer_ids: Cache<TypeId, HashMap<String, u32>>,
     plans: Cache<(TypeId, u32), Arc<Plan>>,
     generic: Cache<u32, Arc<(Option<String>, serde_avro_fast::Schema)>>,
 }
@@ -278,8 +278,11 @@ impl Codec {
     ///
     /// [`CodecError::Registry`] when the registry is down or refuses the schema.
     pub async fn writer_id<E: Event>(&self, topic: &str) -> Result<u32, CodecError> {
-        let key = (TypeId::of::<E>(), topic.to_owned());
-        if let Some(id) = read(&self.writer_ids).get(&key) {
+        // Looked up by borrowed topic: the hot path allocates nothing.
+        if let Some(id) = read(&self.writer_ids)
+            .get(&TypeId::of::<E>())
+            .and_then(|by_topic| by_topic.get(topic))
+        {
             return Ok(*id);
         }
         let local = self.local::<E>()?;
@@ -289,7 +292,10 @@ impl Codec {
             .register(&subject, &local.parsed)
             .await
             .map_err(CodecError::Registry)?;
-        write(&self.writer_ids).insert(key, id);
+        write(&self.writer_ids)
+            .entry(TypeId::of::<E>())
+            .or_default()
+            .insert(topic.to_owned(), id);
         Ok(id)
     }
 

@@ -65,6 +65,9 @@ enum Command {
     Consume(command::consume::Args),
     /// Rebuild a store from a topic with a built-in handler and print its digest.
     Replay(command::replay::Args),
+    /// Measure whole-system figures on the embedded broker against same-run baselines.
+    #[command(subcommand)]
+    Bench(command::bench::Command),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Produce(args) => command::produce::run(&root, args).await,
             Command::Consume(args) => command::consume::run(&root, args).await,
             Command::Replay(args) => command::replay::run(&root, args).await,
+            Command::Bench(command) => command::bench::run(command).await,
         }
     });
     match outcome {

@@ -1,0 +1,306 @@
+//! `tripstream bench`: whole-system figures on the embedded broker, each against a baseline
+//! measured in the same run.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use streams::broker::EmbeddedBroker;
+use streams::codec::{Codec, Event};
+use streams::processor::{Context, Handler, HandlerError, Record};
+use streams::producer::{Metadata, Producer};
+use streams::replay::{self, Start};
+use streams::store::{OutboxEntry, Store};
+
+/// Subcommands of `tripstream bench`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Typed events through the whole produce path against raw rdkafka sending the same
+    /// pre-encoded bytes, on the same embedded broker.
+    Produce {
+        /// How many events each side sends.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
+    /// Rebuilding a store from a topic against a raw consumer that only counts the records.
+    Replay {
+        /// How many events the topic holds.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FlightSelection {
+    flight_id: String,
+    seats: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HotelSelection {
+    hotel_id: String,
+    check_in: i32,
+    check_out: i32,
+    rooms: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BookingRequested {
+    booking_id: String,
+    user_id: String,
+    flight: FlightSelection,
+    hotel: HotelSelection,
+    extras: Vec<serde_json::Value>,
+    requested_at: i64,
+}
+
+impl Event for BookingRequested {
+    const SCHEMA: &'static str =
+        include_str!("../../../../schemas/tripstream.booking.BookingRequested.avsc");
+
+    fn key(&self) -> String {
+        self.booking_id.clone()
+    }
+}
+
+fn booking(i: usize) -> BookingRequested {
+    BookingRequested {
+        booking_id: format!("{i:08x}-4a57-4c1e-9d59-1f6e7b2a9c10"),
+        user_id: "5e0c9a3b-77d2-4f0e-8a41-c2d9f1b3e6a7".into(),
+        flight: FlightSelection {
+            flight_id: format!("LH{}", 1000 + i % 50),
+            seats: 1 + (i % 3) as i32,
+        },
+        hotel: HotelSelection {
+            hotel_id: format!("hotel-{}", i % 40),
+            check_in: 20_423,
+            check_out: 20_426,
+            rooms: 1,
+        },
+        extras: Vec::new(),
+        requested_at: 1_764_000_000_000 + i as i64,
+    }
+}
+
+/// Counts bookings per flight: a store rebuilt with real decoding and state writes.
+struct PerFlight;
+
+impl Handler for PerFlight {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        let booking: BookingRequested = ctx.decode(record).await?;
+        let key = format!("flight/{}", booking.flight.flight_id);
+        let n = ctx
+            .get(key.as_bytes())?
+            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap_or_default()));
+        ctx.put(key, (n + 1).to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+struct Bench {
+    broker: EmbeddedBroker,
+    registry: registry::Running,
+    codec: Codec,
+}
+
+async fn setup(partitions: i32) -> anyhow::Result<Bench> {
+    let broker = EmbeddedBroker::start(1)?;
+    broker.create_topic(registry::SCHEMAS_TOPIC, 1, 1)?;
+    // Many partitions: the mock keeps only a few MiB per partition.
+    broker.create_topic("bench.typed", partitions, 1)?;
+    broker.create_topic("bench.raw", partitions, 1)?;
+    let registry = registry::start(registry::Settings::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        broker.bootstrap_servers(),
+    ))
+    .await?;
+    let codec = Codec::new(streams::registry::Client::new(&registry.url())?);
+    Ok(Bench {
+        broker,
+        registry,
+        codec,
+    })
+}
+
+/// Sends through the typed producer, `window` sends in flight at a time; returns events/s.
+async fn produce_typed(producer: &Producer, events: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(5_000) {
+        let sends = chunk.iter().map(|i| {
+            let event = booking(*i);
+            async move {
+                producer
+                    .send(
+                        "bench.typed",
+                        &event,
+                        &Metadata::new(event.booking_id.clone()),
+                    )
+                    .await
+            }
+        });
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+    }
+    Ok(events as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Sends pre-encoded bytes with the same headers through raw rdkafka; returns events/s.
+async fn produce_raw(raw: &FutureProducer, payloads: &[OutboxEntry]) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    for chunk in payloads.chunks(5_000) {
+        let sends = chunk.iter().map(
+            |OutboxEntry {
+                 key,
+                 payload,
+                 headers,
+                 ..
+             }| {
+                let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+                for (k, v) in headers {
+                    owned = owned.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                raw.send(
+                    FutureRecord::to("bench.raw")
+                        .key(key)
+                        .payload(payload)
+                        .headers(owned),
+                    Duration::from_secs(30),
+                )
+            },
+        );
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(payloads.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs a bench and prints its figures; the last line is the ratio.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Produce { events } => {
+            let bench = setup(16).await?;
+            let producer =
+                Producer::new(bench.broker.bootstrap_servers(), bench.codec.clone(), &[])?;
+            // Warm-up: registers the schema and fills the codec's caches.
+            produce_typed(&producer, 1_000).await?;
+            let id = bench
+                .codec
+                .writer_id::<BookingRequested>("bench.typed")
+                .await?;
+            let payloads: Vec<_> = (0..events)
+                .map(|i| {
+                    let event = booking(i);
+                    let payload = bench
+                        .codec
+                        .encode_with_id(id, &event)
+                        .map_err(anyhow::Error::from)?;
+                    let mut metadata = Metadata::new(event.booking_id.clone());
+                    metadata.event_type = Some("tripstream.booking.BookingRequested".into());
+                    Ok(OutboxEntry {
+                        topic: "bench.raw".into(),
+                        key: event.booking_id.into_bytes(),
+                        payload,
+                        headers: metadata.to_pairs(),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let raw: FutureProducer =
+                streams::producer::client_config(bench.broker.bootstrap_servers(), &[]).create()?;
+            let raw_rate = produce_raw(&raw, &payloads).await?;
+            let typed_rate = produce_typed(&producer, events).await?;
+            println!("raw rdkafka, pre-encoded: {raw_rate:>10.0} events/s");
+            println!(
+                "tripstream typed produce: {typed_rate:>10.0} events/s (encode + headers + idempotent send)"
+            );
+            println!("ratio: {:.2} of raw", typed_rate / raw_rate);
+            bench.registry.stop().await?;
+        }
+        Command::Replay { events } => {
+            let bench = setup(64).await?;
+            let producer =
+                Producer::new(bench.broker.bootstrap_servers(), bench.codec.clone(), &[])?;
+            eprintln!("Writing {events} events...");
+            produce_typed(&producer, events).await?;
+            let bootstrap = bench.broker.bootstrap_servers().to_owned();
+
+            let start = Instant::now();
+            let counted =
+                tokio::task::spawn_blocking(move || count_raw(&bootstrap, "bench.typed")).await??;
+            let raw_rate = counted as f64 / start.elapsed().as_secs_f64();
+
+            let store = Store::temporary()?;
+            let summary = replay::replay(
+                bench.broker.bootstrap_servers(),
+                &["bench.typed"],
+                &Start::Beginning,
+                &store,
+                &bench.codec,
+                &PerFlight,
+                |_| {},
+            )
+            .await?;
+            let replay_rate = summary.applied as f64 / summary.elapsed.as_secs_f64();
+            println!("raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records)");
+            println!(
+                "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {})",
+                summary.applied, summary.digest
+            );
+            if let Some(peak) = peak_memory_mib() {
+                println!(
+                    "peak memory of the process (broker, registry, both consumers): {peak:.0} MiB"
+                );
+            }
+            println!("ratio: {:.2} of raw", replay_rate / raw_rate);
+            bench.registry.stop().await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count_raw(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = streams::producer::client_config(bootstrap, &[])
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut counted = 0u64;
+    while remaining > 0 {
+        if let Some(message) = consumer.poll(Duration::from_secs(5)) {
+            message?;
+            counted += 1;
+            remaining -= 1;
+        } else {
+            anyhow::bail!("the raw consumer stalled with {remaining} records left");
+        }
+    }
+    Ok(counted)
+}
