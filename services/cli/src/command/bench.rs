@@ -275,7 +275,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn count_raw(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = streams::producer::client_config(bootstrap, &[])
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
         .create()?;
