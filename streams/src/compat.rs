@@ -360,13 +360,7 @@ impl Checker<'_> {
     fn same_named(&self, reader: usize, writer: usize) -> bool {
         let r = self.reader.named(reader);
         let w = self.writer.named(writer);
-        let same_kind = matches!(
-            (&r.kind, &w.kind),
-            (NamedKind::Record { .. }, NamedKind::Record { .. })
-                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
-                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
-        );
-        same_kind && (r.simple_name() == w.simple_name() || r.aliases.contains(&w.name))
+        r.same_kind(w) && r.reads_name_of(w)
     }
 
     fn compare_named(&mut self, r: usize, w: usize, location: &mut String) -> Vec<Incompatibility> {
@@ -376,14 +370,8 @@ impl Checker<'_> {
         let reader = self.reader.named(r);
         let writer = self.writer.named(w);
         let mut problems = Vec::new();
-        let names_match =
-            reader.simple_name() == writer.simple_name() || reader.aliases.contains(&writer.name);
-        let kinds_match = matches!(
-            (&reader.kind, &writer.kind),
-            (NamedKind::Record { .. }, NamedKind::Record { .. })
-                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
-                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
-        );
+        let names_match = reader.reads_name_of(writer);
+        let kinds_match = reader.same_kind(writer);
         if !kinds_match {
             problems.push(self.problem(
                 Kind::TypeMismatch,

@@ -287,15 +287,8 @@ impl Resolver<'_> {
     }
 
     fn same_named(&self, wi: usize, ri: usize) -> bool {
-        let w = self.writer.named(wi);
-        let r = self.reader.named(ri);
-        let kinds = matches!(
-            (&w.kind, &r.kind),
-            (NamedKind::Record { .. }, NamedKind::Record { .. })
-                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
-                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
-        );
-        kinds && (w.simple_name() == r.simple_name() || r.aliases.contains(&w.name))
+        let (w, r) = (self.writer.named(wi), self.reader.named(ri));
+        r.same_kind(w) && r.reads_name_of(w)
     }
 
     fn named(&mut self, wi: usize, ri: usize, out: &mut Vec<u8>) -> Result<()> {

@@ -104,6 +104,22 @@ impl Named {
     pub fn simple_name(&self) -> &str {
         self.name.rsplit('.').next().unwrap_or(&self.name)
     }
+
+    /// Whether both are records, both enums or both fixed.
+    pub fn same_kind(&self, other: &Named) -> bool {
+        matches!(
+            (&self.kind, &other.kind),
+            (NamedKind::Record { .. }, NamedKind::Record { .. })
+                | (NamedKind::Enum { .. }, NamedKind::Enum { .. })
+                | (NamedKind::Fixed { .. }, NamedKind::Fixed { .. })
+        )
+    }
+
+    /// Whether this type, as a reader, answers to the writer's name: the same unqualified name
+    /// (as Avro and the Confluent registry compare them) or one of this type's aliases.
+    pub fn reads_name_of(&self, writer: &Named) -> bool {
+        self.simple_name() == writer.simple_name() || self.aliases.contains(&writer.name)
+    }
 }
 
 /// The three kinds of named type.

@@ -153,15 +153,7 @@ impl Store {
             .flush_every_ms(Some(200))
             .open()
             .map_err(|e| sled_error(path, e))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error(path, e));
-        Ok(Store {
-            state: tree("state")?,
-            offsets: tree("offsets")?,
-            dedupe: tree("dedupe")?,
-            outbox: tree("outbox")?,
-            db,
-            outbox_signal: std::sync::Arc::default(),
-        })
+        Self::from_db(db).map_err(|e| Error::Store(format!("{}: {e}", path.display())))
     }
 
     /// A store that lives in memory only (tests, replays compared and thrown away).
@@ -174,6 +166,10 @@ impl Store {
             .temporary(true)
             .open()
             .map_err(|e| Error::Store(e.to_string()))?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store> {
         let tree = |name: &str| db.open_tree(name).map_err(|e| Error::Store(e.to_string()));
         Ok(Store {
             state: tree("state")?,

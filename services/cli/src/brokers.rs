@@ -33,3 +33,18 @@ pub fn resolve(root: &Path, explicit: Option<&str>) -> anyhow::Result<String> {
         Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
     }
 }
+
+/// The broker and registry options shared by commands that read or write events.
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
+    #[arg(long, env = "TRIPSTREAM_BROKERS")]
+    pub brokers: Option<String>,
+    /// The schema registry.
+    #[arg(
+        long,
+        env = "TRIPSTREAM_REGISTRY",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry: String,
+}

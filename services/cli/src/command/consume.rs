@@ -30,23 +30,15 @@ pub struct Args {
     /// Stop after this many records.
     #[arg(long)]
     max: Option<u64>,
-    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    brokers: Option<String>,
-    /// The schema registry.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry: String,
+    #[command(flatten)]
+    connection: brokers::Connection,
 }
 
 /// Prints one JSON line per record until interrupted or `--max` is reached. A record that
 /// cannot be decoded prints its error in place of the value, and the command goes on.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let bootstrap = brokers::resolve(root, args.brokers.as_deref())?;
-    let codec = Codec::new(Client::new(&args.registry)?);
+    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let codec = Codec::new(Client::new(&args.connection.registry)?);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &bootstrap)

@@ -26,16 +26,8 @@ pub struct Args {
     /// The field whose value is the record key [default: the record's first field].
     #[arg(long)]
     key: Option<String>,
-    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    brokers: Option<String>,
-    /// The schema registry.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry: String,
+    #[command(flatten)]
+    connection: brokers::Connection,
 }
 
 /// Reads JSON lines from stdin and produces one event per line. Lines that are not JSON or do
@@ -62,8 +54,8 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             first_field(&file.schema).context("the record has no fields to key by; pass --key")?
         }
     };
-    let bootstrap = brokers::resolve(root, args.brokers.as_deref())?;
-    let codec = Codec::new(Client::new(&args.registry)?);
+    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let codec = Codec::new(Client::new(&args.connection.registry)?);
     let producer = Producer::new(&bootstrap, codec.clone(), &[])?;
     let (mut produced, mut rejected) = (0u64, 0u64);
     let stdin = std::io::stdin();

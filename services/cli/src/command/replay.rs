@@ -44,16 +44,8 @@ pub struct Args {
     /// What the store holds.
     #[arg(long, value_enum)]
     handler: HandlerName,
-    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    brokers: Option<String>,
-    /// The schema registry.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry: String,
+    #[command(flatten)]
+    connection: brokers::Connection,
 }
 
 fn parse_offset(text: &str) -> Result<(i32, i64), String> {
@@ -94,7 +86,7 @@ impl Handler for Count {
 
 /// Rebuilds the store and prints its digest.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let bootstrap = brokers::resolve(root, args.brokers.as_deref())?;
+    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
     let store = Store::open(&args.into)
         .with_context(|| format!("cannot open a store in {}", args.into.display()))?;
     if !store.digest()?.starts_with("0:") {
@@ -103,7 +95,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             args.into.display()
         );
     }
-    let codec = Codec::new(Client::new(&args.registry)?);
+    let codec = Codec::new(Client::new(&args.connection.registry)?);
     let start = match (args.offset.is_empty(), args.timestamp) {
         (false, _) => Start::Offsets(args.offset.clone()),
         (true, Some(ms)) => Start::Timestamp(ms),
