@@ -29,7 +29,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::codec::{Codec, CodecError, Event};
 use crate::error::{Error, Result};
 use crate::producer::{self, Metadata, Producer};
-use crate::store::{Effects, OutboxEntry, Position, Store};
+use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
 
 /// Headers a dead letter carries besides the original record's own.
 pub mod dead_letter {
@@ -89,6 +89,8 @@ impl Record<'_> {
 /// What a handler reads and writes while processing one record.
 pub struct Context<'a> {
     store: &'a Store,
+    /// Effects of earlier records not yet committed (a replay's batch).
+    overlay: Option<&'a Effects>,
     codec: &'a Codec,
     cause: Metadata,
     effects: Effects,
@@ -110,7 +112,11 @@ impl Context<'_> {
     ///
     /// [`HandlerError::Store`] on an I/O failure.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
-        match self.effects.pending(key) {
+        let pending = self
+            .effects
+            .pending(key)
+            .or_else(|| self.overlay.and_then(|o| o.pending(key)));
+        match pending {
             Some(value) => Ok(value.map(<[u8]>::to_vec)),
             None => Ok(self.store.get(key)?),
         }
@@ -413,7 +419,7 @@ pub async fn run<H: Handler>(
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match process(&settings.group, &store, &codec, &handler, &message).await {
+            match process(&settings.group, &store, &codec, &handler, &message, None).await {
                 Ok(()) => break,
                 Err(Failure::Retry(reason)) => {
                     tracing::warn!(
@@ -483,12 +489,14 @@ async fn finish(
     tracing::info!(group = %settings.group, "Processor stopped");
 }
 
+/// Applies one record: committed at once, or added to `batch` when one is given.
 pub(crate) async fn process<H: Handler>(
     group: &str,
     store: &Store,
     codec: &Codec,
     handler: &H,
     message: &BorrowedMessage<'_>,
+    batch: Option<&mut Batch>,
 ) -> Result<(), Failure> {
     let at = Position {
         group,
@@ -508,12 +516,19 @@ pub(crate) async fn process<H: Handler>(
     let metadata = Metadata::from_headers(message.headers());
     let event_id = metadata.as_ref().map(|m| m.event_id.clone());
     if let Some(id) = &event_id
-        && store.seen(id.as_bytes()).map_err(store_error)?
+        && (batch.as_ref().is_some_and(|b| b.seen(id.as_bytes()))
+            || store.seen(id.as_bytes()).map_err(store_error)?)
     {
         tracing::debug!(event_id = %id, "Skipping a duplicate event");
-        return store
-            .commit(&at, None, &Effects::default())
-            .map_err(store_error);
+        return match batch {
+            Some(batch) => {
+                batch.add(&at, None, Effects::default());
+                Ok(())
+            }
+            None => store
+                .commit(&at, None, &Effects::default())
+                .map_err(store_error),
+        };
     }
     let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
         return Err(Failure::Poison("empty", "the record has no value".into()));
@@ -535,14 +550,24 @@ pub(crate) async fn process<H: Handler>(
     });
     let mut ctx = Context {
         store,
+        overlay: batch.as_deref().map(Batch::effects),
         codec,
         cause,
         effects: Effects::default(),
     };
-    match handler.handle(&mut ctx, &record).await {
-        Ok(()) => store
-            .commit(&at, event_id.as_deref().map(str::as_bytes), &ctx.effects)
-            .map_err(store_error),
+    let outcome = handler.handle(&mut ctx, &record).await;
+    let effects = ctx.effects;
+    match outcome {
+        Ok(()) => {
+            let id = event_id.as_deref().map(str::as_bytes);
+            match batch {
+                Some(batch) => {
+                    batch.add(&at, id, effects);
+                    Ok(())
+                }
+                None => store.commit(&at, id, &effects).map_err(store_error),
+            }
+        }
         Err(HandlerError::Invalid(reason)) => Err(Failure::Poison("invalid", reason)),
         Err(HandlerError::Retry(reason)) => Err(Failure::Retry(reason)),
         Err(HandlerError::Store(e)) => Err(Failure::Retry(e.to_string())),

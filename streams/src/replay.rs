@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::processor::{Failure, Handler, process};
-use crate::store::{Effects, Position, Store};
+use crate::store::{Batch, Effects, Position, Store};
 
 /// Where the replay starts in each partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct Summary {
     /// How long it took.
     pub elapsed: Duration,
 }
+
+/// Records per transaction.
+const BATCH_RECORDS: usize = 1_000;
 
 /// The offsets group name a replay stores under, so replayed stores can be replayed further.
 pub const GROUP: &str = "replay";
@@ -129,6 +132,10 @@ pub async fn replay<H: Handler>(
         .assign(&assignment)
         .map_err(|e| Error::kafka("assigning partitions", e))?;
     let (mut applied, mut skipped) = (0u64, 0u64);
+    // Records are committed in batches: each batch's effects and offsets are one transaction,
+    // so a replay stopped midway resumes consistently, and sled's per-transaction cost is paid
+    // once per batch instead of once per record.
+    let mut batch = Batch::default();
     let mut last_report = Instant::now();
     progress(Progress { records: 0, total });
     while !ends.is_empty() {
@@ -153,7 +160,7 @@ pub async fn replay<H: Handler>(
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match process(GROUP, store, codec, handler, &message).await {
+            match process(GROUP, store, codec, handler, &message, Some(&mut batch)).await {
                 Ok(()) => {
                     applied += 1;
                     break;
@@ -173,7 +180,7 @@ pub async fn replay<H: Handler>(
                         partition,
                         offset,
                     };
-                    store.commit(&at, None, &Effects::default())?;
+                    batch.add(&at, None, Effects::default());
                     skipped += 1;
                     break;
                 }
@@ -187,6 +194,10 @@ pub async fn replay<H: Handler>(
         if offset + 1 >= ends[end].2 {
             ends.swap_remove(end);
         }
+        if batch.len() >= BATCH_RECORDS {
+            store.commit_batch(&batch)?;
+            batch = Batch::default();
+        }
         if last_report.elapsed() >= Duration::from_millis(100) {
             progress(Progress {
                 records: applied + skipped,
@@ -194,6 +205,9 @@ pub async fn replay<H: Handler>(
             });
             last_report = Instant::now();
         }
+    }
+    if !batch.is_empty() {
+        store.commit_batch(&batch)?;
     }
     progress(Progress {
         records: applied + skipped,

@@ -113,6 +113,55 @@ impl Effects {
     }
 }
 
+/// Several records' effects, committed in one transaction by [`Store::commit_batch`]: the
+/// same all-or-nothing guarantee per batch instead of per record, for rebuilding a store fast.
+#[derive(Debug, Default)]
+pub struct Batch {
+    effects: Effects,
+    offsets: std::collections::BTreeMap<String, i64>,
+    marks: Vec<(Vec<u8>, String)>,
+    ids: std::collections::HashSet<Vec<u8>>,
+    records: usize,
+}
+
+impl Batch {
+    /// Adds one record's effects, offset and dedupe mark.
+    pub fn add(&mut self, at: &Position<'_>, event_id: Option<&[u8]>, effects: Effects) {
+        self.offsets
+            .insert(offset_key(at.group, at.topic, at.partition), at.offset + 1);
+        if let Some(id) = event_id {
+            self.ids.insert(id.to_vec());
+            self.marks.push((
+                id.to_vec(),
+                format!("{}/{}/{}", at.topic, at.partition, at.offset),
+            ));
+        }
+        self.effects.puts.extend(effects.puts);
+        self.effects.emits.extend(effects.emits);
+        self.records += 1;
+    }
+
+    /// Whether an event id is among the batch's records.
+    pub fn seen(&self, event_id: &[u8]) -> bool {
+        self.ids.contains(event_id)
+    }
+
+    /// The effects of the batch so far, to read through before the commit.
+    pub fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+}
+
 /// Where a consumed record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position<'a> {
@@ -269,9 +318,18 @@ impl Store {
         event_id: Option<&[u8]>,
         effects: &Effects,
     ) -> Result<()> {
-        let offset_key = offset_key(at.group, at.topic, at.partition);
-        let next = (at.offset + 1).to_be_bytes();
-        let marker = format!("{}/{}/{}", at.topic, at.partition, at.offset);
+        let mut batch = Batch::default();
+        batch.add(at, event_id, effects.clone());
+        self.commit_batch(&batch)
+    }
+
+    /// Applies a batch of records in one transaction (see [`Batch`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
+    pub fn commit_batch(&self, batch: &Batch) -> Result<()> {
+        let effects = &batch.effects;
         let outbox_ids: Vec<u64> = effects
             .emits
             .iter()
@@ -287,9 +345,11 @@ impl Store {
                             None => state.remove(key.as_slice())?,
                         };
                     }
-                    offsets.insert(offset_key.as_bytes(), &next)?;
-                    if let Some(id) = event_id {
-                        dedupe.insert(id, marker.as_bytes())?;
+                    for (key, next) in &batch.offsets {
+                        offsets.insert(key.as_bytes(), &next.to_be_bytes())?;
+                    }
+                    for (id, marker) in &batch.marks {
+                        dedupe.insert(id.as_slice(), marker.as_bytes())?;
                     }
                     for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
                         outbox.insert(&id.to_be_bytes(), entry.encode())?;
