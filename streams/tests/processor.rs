@@ -98,10 +98,14 @@ impl Handler for SeenCounter {
 
 struct Harness {
     broker: EmbeddedBroker,
-    _registry: registry::Running,
+    registry: registry::Running,
     codec: Codec,
     producer: Producer,
 }
+
+/// One scenario at a time: each runs a broker, a registry and several consumers, and on two
+/// cores parallel scenarios starve each other's group heartbeats into spurious rebalances.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn harness() -> Harness {
     streams::telemetry::init("info");
@@ -125,13 +129,21 @@ async fn harness() -> Harness {
     let producer = Producer::new(broker.bootstrap_servers(), codec.clone(), &[]).expect("producer");
     Harness {
         broker,
-        _registry: running,
+        registry: running,
         codec,
         producer,
     }
 }
 
 impl Harness {
+    /// Stops the registry before the broker goes, so that no client of this scenario is left
+    /// polling a dead broker while the next scenario runs.
+    async fn shutdown(self) {
+        self.registry.stop().await.expect("registry stops");
+        drop(self.producer);
+        drop(self.broker);
+    }
+
     fn settings(&self, group: &str, topic: &str) -> Settings {
         let mut settings = Settings::new(self.broker.bootstrap_servers(), group, &[topic]);
         settings.consumer = vec![
@@ -142,8 +154,15 @@ impl Harness {
         settings
     }
 
-    /// Sends `count` bookings numbered from `first`, each on one of three routes.
+    /// Sends `count` bookings numbered from `first`, each on one of three routes; fails the
+    /// test instead of hanging when the broker or registry stops answering.
     async fn book(&self, first: usize, count: usize) {
+        tokio::time::timeout(Duration::from_secs(60), self.book_unbounded(first, count))
+            .await
+            .expect("the bookings were sent within 60 s");
+    }
+
+    async fn book_unbounded(&self, first: usize, count: usize) {
         for i in first..first + count {
             let booked = Booked {
                 booking_id: format!("b{i:05}"),
@@ -199,7 +218,11 @@ impl Running {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("joined").expect("clean stop");
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the processor stopped within 30 s")
+                .expect("joined")
+                .expect("clean stop");
         }
     }
 
@@ -246,8 +269,9 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processors_share_the_partitions_and_one_takes_over_when_the_other_stops() {
+    let _serial = SERIAL.lock().await;
     let h = harness().await;
     let store = Store::temporary().expect("store");
     let counter = || RouteCounter { emit_to: None };
@@ -316,10 +340,12 @@ async fn two_processors_share_the_partitions_and_one_takes_over_when_the_other_s
     .expect("replay");
     assert_eq!(summary.applied, 200);
     assert_eq!(summary.digest, store.digest().expect("digest"));
+    h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_killed_between_its_sled_commit_and_its_kafka_commit_applies_nothing_twice() {
+    let _serial = SERIAL.lock().await;
     let h = harness().await;
     h.book(0, 100).await;
     let store = Store::temporary().expect("store");
@@ -346,10 +372,12 @@ async fn a_processor_killed_between_its_sled_commit_and_its_kafka_commit_applies
         "the restarted processor resumed at sled's offsets"
     );
     restarted.stop().await;
+    h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_skip() {
+    let _serial = SERIAL.lock().await;
     let h = harness().await;
     // A service store whose record emitted one event, still in the outbox.
     let service = Store::temporary().expect("store");
@@ -403,10 +431,12 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
         "the duplicate was skipped"
     );
     consumer.stop().await;
+    h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_are_applied() {
+    let _serial = SERIAL.lock().await;
     let h = harness().await;
     let good = |id: &str| Booked {
         booking_id: id.into(),
@@ -508,10 +538,12 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
     expected.sort();
     assert_eq!(kinds, expected);
     running.stop().await;
+    h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_faults_lose_nothing_and_apply_nothing_twice() {
+    let _serial = SERIAL.lock().await;
     let h = harness().await;
     let store = Store::temporary().expect("store");
     let running = h.start(
@@ -581,4 +613,6 @@ async fn broker_faults_lose_nothing_and_apply_nothing_twice() {
     assert_eq!(total(&seen, "seen/"), 90);
     running.stop().await;
     reader.stop().await;
+    drop(mock);
+    h.shutdown().await;
 }

@@ -40,7 +40,7 @@ impl Cli {
     /// The default log filter for the chosen verbosity.
     pub fn log_filter(&self) -> &'static str {
         match self.verbose {
-            0 => "warn,tripstream=info,registry=info,streams=info",
+            0 => "warn,tripstream_cli=info,registry=info,streams=info",
             1 => "info,registry=debug,streams=debug",
             _ => "debug",
         }
