@@ -121,6 +121,15 @@ fn parse_id(text: &str) -> Result<u32, ApiError> {
     text.parse().map_err(|_| ApiError::schema_not_found(text))
 }
 
+/// Parses a JSON request body; `what` names the field the body is for, in the error.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "The request body is not a JSON object with a {what}: {e}"
+        ))
+    })
+}
+
 #[derive(Deserialize)]
 struct SchemaBody {
     schema: Option<String>,
@@ -133,11 +142,7 @@ struct SchemaBody {
 /// Parses a request body holding a schema. Unknown fields are accepted, as Confluent's newer
 /// clients send metadata and rule sets along.
 fn schema_from_body(body: &Bytes) -> Result<Schema, ApiError> {
-    let body: SchemaBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "The request body is not a JSON object with a schema: {e}"
-        ))
-    })?;
+    let body: SchemaBody = parse_body(body, "schema")?;
     if let Some(kind) = body.schema_type.as_deref()
         && !kind.eq_ignore_ascii_case("AVRO")
     {
@@ -432,11 +437,7 @@ struct ConfigBody {
 }
 
 fn level_from_body(body: &Bytes) -> Result<Level, ApiError> {
-    let body: ConfigBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "The request body is not a JSON object with a compatibility: {e}"
-        ))
-    })?;
+    let body: ConfigBody = parse_body(body, "compatibility")?;
     let text = body
         .compatibility
         .or(body.compatibility_level)
@@ -532,11 +533,7 @@ struct ModeBody {
 }
 
 async fn put_mode(Extract(app): Extract<App>, body: Bytes) -> Answer {
-    let body: ModeBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "The request body is not a JSON object with a mode: {e}"
-        ))
-    })?;
+    let body: ModeBody = parse_body(&body, "mode")?;
     let text = body.mode.unwrap_or_default();
     let mode = match text.to_ascii_uppercase().as_str() {
         "READWRITE" => Mode::Readwrite,
