@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 use crate::producer::{self, Metadata, Producer};
 use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
 
+/// How long one receive waits before it is asked again (see the run loop).
+pub(crate) const RECV_RETRY: Duration = Duration::from_millis(250);
+
 /// Headers a dead letter carries besides the original record's own.
 pub mod dead_letter {
     /// `decode`, `unknown-schema`, `invalid` or `empty`.
@@ -408,7 +411,12 @@ pub async fn run<H: Handler>(
     loop {
         let message = tokio::select! {
             () = &mut shutdown => break,
-            message = consumer.recv() => message,
+            // Bounded, then asked again: a wake-up from librdkafka that the async consumer misses
+            // (seen after rebalances on a busy machine) costs at most this long, never a stall.
+            message = tokio::time::timeout(RECV_RETRY, consumer.recv()) => match message {
+                Ok(message) => message,
+                Err(_) => continue,
+            },
         };
         let message = match message {
             Ok(message) => message,

@@ -13,7 +13,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::processor::{Failure, Handler, process};
+use crate::processor::{Failure, Handler, RECV_RETRY, process};
 use crate::store::{Batch, Effects, Position, Store};
 
 /// Where the replay starts in each partition.
@@ -139,10 +139,11 @@ pub async fn replay<H: Handler>(
     let mut last_report = Instant::now();
     progress(Progress { records: 0, total });
     while !ends.is_empty() {
-        let message = consumer
-            .recv()
-            .await
-            .map_err(|e| Error::kafka("reading records to replay", e))?;
+        // Bounded and asked again, as in the processor: a missed wake-up must not stall.
+        let Ok(message) = tokio::time::timeout(RECV_RETRY, consumer.recv()).await else {
+            continue;
+        };
+        let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
         let (topic, partition, offset) = (
             message.topic().to_owned(),
             message.partition(),

@@ -164,10 +164,12 @@ async fn tail(
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            message = consumer.recv() => match message {
-                Ok(message) => apply(&state, &waiters, message.payload(), message.offset()),
+            // Bounded and asked again: a wake-up the async consumer misses must not stall writes.
+            message = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => match message {
+                Err(_) => {}
+                Ok(Ok(message)) => apply(&state, &waiters, message.payload(), message.offset()),
                 // librdkafka reconnects by itself; the error is worth a line, not a stop.
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "Reading the schema log failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
