@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::contract::subject_name;
 use crate::registry::Client;
 use crate::schema::Schema;
+use crate::sync::{read, write};
 
 /// The first byte of every Confluent-framed payload.
 pub const MAGIC: u8 = 0;
@@ -467,17 +468,6 @@ fn decode_direct<E: Event>(local: &Local, id: u32, body: &[u8]) -> Result<E, Cod
         id,
         reason: e.to_string(),
     })
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Caches only ever gain complete entries; a panic elsewhere cannot leave one half-written.
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod replay;
 pub mod resolve;
 pub mod schema;
 pub mod store;
+mod sync;
 pub mod telemetry;
 pub mod topic;
 

@@ -34,6 +34,9 @@ use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
 /// How long one receive waits before it is asked again (see the run loop).
 pub(crate) const RECV_RETRY: Duration = Duration::from_millis(250);
 
+/// How often a partition's high watermark is asked for, for lag.
+const WATERMARK_REFRESH: Duration = Duration::from_secs(1);
+
 /// Headers a dead letter carries besides the original record's own.
 pub mod dead_letter {
     /// `decode`, `unknown-schema`, `invalid` or `empty`.
@@ -408,6 +411,7 @@ pub async fn run<H: Handler>(
 
     tokio::pin!(shutdown);
     let mut last_commit = Instant::now();
+    let mut watermarks: HashMap<(String, i32), (i64, Instant)> = HashMap::new();
     loop {
         let message = tokio::select! {
             () = &mut shutdown => break,
@@ -462,10 +466,20 @@ pub async fn run<H: Handler>(
             }
         }
         let (topic, partition) = (message.topic(), message.partition());
-        let high = consumer
-            .fetch_watermarks(topic, partition, Duration::ZERO)
-            .map(|(_, high)| high)
-            .unwrap_or(message.offset() + 1);
+        // Asking the broker for the high watermark is a request: once a second per partition
+        // is plenty for lag, and keeps it off the per-record path.
+        let key = (topic.to_owned(), partition);
+        let refresh = watermarks
+            .get(&key)
+            .is_none_or(|(_, at): &(i64, Instant)| at.elapsed() >= WATERMARK_REFRESH);
+        if refresh
+            && let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::ZERO)
+        {
+            watermarks.insert(key.clone(), (high, Instant::now()));
+        }
+        let high = watermarks
+            .get(&key)
+            .map_or(message.offset() + 1, |(high, _)| *high);
         positions.set(
             topic,
             partition,

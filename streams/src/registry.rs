@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::compat::Level;
 use crate::error::{Error, Result};
 use crate::schema::Schema;
+use crate::sync::{read, write};
 
 /// The media type of the registry API.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -267,18 +268,6 @@ impl Client {
         write(&self.by_id).insert(id, schema.clone());
         Ok(schema)
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // A poisoned cache only means a panic elsewhere mid-insert of a complete value; the map
-    // itself is still consistent.
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Percent-encodes a path segment (subject names may hold any character).

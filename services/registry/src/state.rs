@@ -229,11 +229,7 @@ impl State {
         permanent: bool,
     ) -> Result<Value, ApiError> {
         self.writable()?;
-        let state = self
-            .subjects
-            .get_mut(subject)
-            .filter(|s| !s.versions.is_empty())
-            .ok_or_else(|| ApiError::subject_not_found(subject))?;
+        let state = self.subject_with_versions(subject)?;
         let position = match version {
             Some(v) => state.versions.iter().position(|x| x.version == v),
             // "latest" means the latest live version; when none is live, the latest soft-deleted
@@ -273,11 +269,7 @@ impl State {
 
     fn delete_subject(&mut self, subject: &str, permanent: bool) -> Result<Value, ApiError> {
         self.writable()?;
-        let state = self
-            .subjects
-            .get_mut(subject)
-            .filter(|s| !s.versions.is_empty())
-            .ok_or_else(|| ApiError::subject_not_found(subject))?;
+        let state = self.subject_with_versions(subject)?;
         let all_deleted = state.versions.iter().all(|v| v.deleted);
         if !permanent {
             if all_deleted {
@@ -302,6 +294,14 @@ impl State {
             self.release(v.id);
         }
         Ok(json!(removed.iter().map(|v| v.version).collect::<Vec<_>>()))
+    }
+
+    /// A subject that has at least one version (soft-deleted ones count), for changing it.
+    fn subject_with_versions(&mut self, subject: &str) -> Result<&mut SubjectState, ApiError> {
+        self.subjects
+            .get_mut(subject)
+            .filter(|s| !s.versions.is_empty())
+            .ok_or_else(|| ApiError::subject_not_found(subject))
     }
 
     fn release(&mut self, id: u32) {
