@@ -14,6 +14,7 @@ pub mod state;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use streams::compat::Level;
 use streams::topic::{CleanupPolicy, TopicSpec};
@@ -21,6 +22,9 @@ use tokio::sync::watch;
 
 /// The default name of the registry's topic, as in Confluent's registry.
 pub const SCHEMAS_TOPIC: &str = "_schemas";
+
+/// How long a stopping registry waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// Everything the registry needs to run.
 #[derive(Debug, Clone)]
@@ -164,9 +168,17 @@ impl Running {
     /// # Errors
     ///
     /// [`Error::Serve`] when the HTTP server had failed.
-    pub async fn stop(self) -> Result<(), Error> {
+    pub async fn stop(mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
-        let served = self.server.await;
+        // In-flight requests get a moment to finish; idle keep-alive connections would
+        // otherwise hold the graceful shutdown open until their clients drop them.
+        let served = match tokio::time::timeout(DRAIN, &mut self.server).await {
+            Ok(served) => served,
+            Err(_) => {
+                self.server.abort();
+                Ok(Ok(()))
+            }
+        };
         let _ = self.tail.await;
         match served {
             Ok(Ok(())) => Ok(()),
