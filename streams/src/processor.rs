@@ -34,8 +34,9 @@ use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
 /// How long one receive waits before it is asked again (see the run loop).
 pub(crate) const RECV_RETRY: Duration = Duration::from_millis(250);
 
-/// How often a partition's high watermark is asked for, for lag.
-const WATERMARK_REFRESH: Duration = Duration::from_secs(1);
+/// How often librdkafka reports statistics, which carry each partition's high watermark (for
+/// lag) without a request on the record path.
+const STATISTICS_INTERVAL_MS: &str = "1000";
 
 /// Headers a dead letter carries besides the original record's own.
 pub mod dead_letter {
@@ -219,24 +220,15 @@ pub struct Positions(Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>);
 impl Positions {
     /// A snapshot: (topic, partition) → position.
     pub fn snapshot(&self) -> BTreeMap<(String, i32), PartitionPosition> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.0).clone()
     }
 
     fn set(&self, topic: &str, partition: i32, position: PartitionPosition) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((topic.to_owned(), partition), position);
+        crate::sync::lock(&self.0).insert((topic.to_owned(), partition), position);
     }
 
     fn remove(&self, topic: &str, partition: i32) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(topic.to_owned(), partition));
+        crate::sync::lock(&self.0).remove(&(topic.to_owned(), partition));
     }
 }
 
@@ -246,9 +238,39 @@ struct ProcessorContext {
     store: Store,
     group: String,
     positions: Positions,
+    /// High watermarks from the last statistics report, by (topic, partition).
+    watermarks: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
-impl ClientContext for ProcessorContext {}
+impl ClientContext for ProcessorContext {
+    /// Keeps only the high watermark of each partition; the full statistics are large and their
+    /// typed form fails on fields the mock cluster leaves out.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(topics) = stats.get("topics").and_then(serde_json::Value::as_object) else {
+            return;
+        };
+        let mut watermarks = crate::sync::lock(&self.watermarks);
+        for (topic, t) in topics {
+            let Some(partitions) = t.get("partitions").and_then(serde_json::Value::as_object)
+            else {
+                continue;
+            };
+            for (partition, p) in partitions {
+                let partition = partition.parse::<i32>().unwrap_or(-1);
+                let high = p.get("hi_offset").and_then(serde_json::Value::as_i64);
+                // Partition -1 is librdkafka's internal "unassigned" queue; -1001 means unknown.
+                if let Some(high) = high.filter(|h| *h >= 0)
+                    && partition >= 0
+                {
+                    watermarks.insert((topic.clone(), partition), high);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ProcessorContext {
     fn rebalance(
@@ -389,15 +411,21 @@ pub async fn run<H: Handler>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Members joining or leaving move only the partitions that change owner; the others
+        // keep flowing through a rebalance.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }
+    let watermarks = Arc::new(Mutex::new(HashMap::new()));
     let consumer: StreamConsumer<ProcessorContext> = config
         .create_with_context(ProcessorContext {
             store: store.clone(),
             group: settings.group.clone(),
             positions: positions.clone(),
+            watermarks: watermarks.clone(),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
@@ -411,7 +439,6 @@ pub async fn run<H: Handler>(
 
     tokio::pin!(shutdown);
     let mut last_commit = Instant::now();
-    let mut watermarks: HashMap<(String, i32), (i64, Instant)> = HashMap::new();
     loop {
         let message = tokio::select! {
             () = &mut shutdown => break,
@@ -466,20 +493,10 @@ pub async fn run<H: Handler>(
             }
         }
         let (topic, partition) = (message.topic(), message.partition());
-        // Asking the broker for the high watermark is a request: once a second per partition
-        // is plenty for lag, and keeps it off the per-record path.
-        let key = (topic.to_owned(), partition);
-        let refresh = watermarks
-            .get(&key)
-            .is_none_or(|(_, at): &(i64, Instant)| at.elapsed() >= WATERMARK_REFRESH);
-        if refresh
-            && let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::ZERO)
-        {
-            watermarks.insert(key.clone(), (high, Instant::now()));
-        }
-        let high = watermarks
-            .get(&key)
-            .map_or(message.offset() + 1, |(high, _)| *high);
+        let high = crate::sync::lock(&watermarks)
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0);
         positions.set(
             topic,
             partition,

@@ -1,6 +1,6 @@
-//! Lock helpers for the runtime's caches, which only ever gain complete entries.
+//! Lock helpers for the runtime's shared maps, which only ever hold complete entries.
 
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Reads a cache. A poisoned lock only means a panic elsewhere while inserting a complete
 /// value; the map itself is still consistent, so the guard is used as it is.
@@ -11,4 +11,9 @@ pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Writes a cache (see [`read`] on poisoning).
 pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Locks a shared map (see [`read`] on poisoning).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -324,6 +324,93 @@ async fn a_processor_that_stops_mid_stream_is_taken_over_and_every_record_applie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid_stream() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    // Two workers of one service: one group, one store.
+    let store = Store::temporary().expect("store");
+    let counter = || RouteCounter { emit_to: None };
+    let first = h.start(h.settings("counter", "bookings"), &store, counter());
+    h.book(0, 100).await;
+    wait_for("the first 100 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 100
+    })
+    .await;
+
+    let second = h.start(h.settings("counter", "bookings"), &store, counter());
+    wait_for(
+        "the partitions to be split between both",
+        Duration::from_secs(30),
+        || first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2,
+    )
+    .await;
+    h.book(100, 100).await;
+    wait_for("200 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") >= 200
+    })
+    .await;
+    let second_applied = second.applied();
+    assert!(
+        second.positions.snapshot().values().any(|p| p.next > 0),
+        "the second member applied records on its own partitions"
+    );
+
+    // The first stops mid-stream: bookings keep coming while the second takes over.
+    let more = async {
+        h.book(200, 50).await;
+        first.stop().await;
+        h.book(250, 50).await;
+    };
+    more.await;
+    wait_for(
+        "the second member to hold every partition",
+        Duration::from_secs(30),
+        || second.positions.snapshot().len() == 4,
+    )
+    .await;
+    wait_for("all 300 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") >= 300
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        total(&store, "route/"),
+        300,
+        "every booking applied exactly once"
+    );
+    assert!(second.applied() > second_applied);
+    wait_for(
+        "lag to reach 0 on every partition",
+        Duration::from_secs(10),
+        || {
+            second
+                .positions
+                .snapshot()
+                .values()
+                .all(|p| p.lag() == 0 && p.high_watermark > 0)
+        },
+    )
+    .await;
+    second.stop().await;
+
+    let rebuilt = Store::temporary().expect("store");
+    let summary = replay::replay(
+        h.broker.bootstrap_servers(),
+        &["bookings"],
+        &Start::Beginning,
+        &rebuilt,
+        &h.codec,
+        &counter(),
+        |_| {},
+    )
+    .await
+    .expect("replay");
+    assert_eq!(summary.applied, 300);
+    assert_eq!(summary.digest, store.digest().expect("digest"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_killed_between_its_sled_commit_and_its_kafka_commit_applies_nothing_twice() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;
@@ -517,6 +604,8 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
         .collect();
     expected.sort();
     assert_eq!(kinds, expected);
+    // Closed while its broker is still up: closing against a dead one waits for time-outs.
+    drop(dlq);
     running.stop().await;
     h.shutdown().await;
 }
