@@ -96,8 +96,8 @@ impl Record<'_> {
 /// What a handler reads and writes while processing one record.
 pub struct Context<'a> {
     store: &'a Store,
-    /// Effects of earlier records not yet committed (a replay's batch).
-    overlay: Option<&'a Effects>,
+    /// Earlier records not yet committed (a replay's batch).
+    overlay: Option<&'a Batch>,
     codec: &'a Codec,
     cause: Metadata,
     effects: Effects,
@@ -528,7 +528,8 @@ async fn finish(
     tracing::info!(group = %settings.group, "Processor stopped");
 }
 
-/// Applies one record: committed at once, or added to `batch` when one is given.
+/// Applies one record: committed at once, or added to `batch` when one is given (the caller
+/// then skips records below sled's offset itself).
 pub(crate) async fn process<H: Handler>(
     group: &str,
     store: &Store,
@@ -544,11 +545,13 @@ pub(crate) async fn process<H: Handler>(
         offset: message.offset(),
     };
     let store_error = |e: Error| Failure::Retry(e.to_string());
-    // Already applied (the partition restarted below sled's offset): nothing to do.
-    if store
-        .next_offset(at.group, at.topic, at.partition)
-        .map_err(store_error)?
-        .is_some_and(|next| at.offset < next)
+    // Already applied (the partition restarted below sled's offset): nothing to do. A replay
+    // (a batch) starts each partition at sled's offset itself and never goes back.
+    if batch.is_none()
+        && store
+            .next_offset(at.group, at.topic, at.partition)
+            .map_err(store_error)?
+            .is_some_and(|next| at.offset < next)
     {
         return Ok(());
     }
@@ -556,7 +559,8 @@ pub(crate) async fn process<H: Handler>(
     let event_id = metadata.as_ref().map(|m| m.event_id.clone());
     if let Some(id) = &event_id
         && (batch.as_ref().is_some_and(|b| b.seen(id.as_bytes()))
-            || store.seen(id.as_bytes()).map_err(store_error)?)
+            || (!batch.as_ref().is_some_and(|b| b.knows_every_id())
+                && store.seen(id.as_bytes()).map_err(store_error)?))
     {
         tracing::debug!(event_id = %id, "Skipping a duplicate event");
         return match batch {
@@ -589,7 +593,7 @@ pub(crate) async fn process<H: Handler>(
     });
     let mut ctx = Context {
         store,
-        overlay: batch.as_deref().map(Batch::effects),
+        overlay: batch.as_deref(),
         codec,
         cause,
         effects: Effects::default(),

@@ -5,6 +5,7 @@
 //! `seats/<flight id>`). Its [`Store::digest`] is order-independent and stable across runs and
 //! machines, so a store rebuilt by replaying topics can be compared with the live one.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use sled::Transactional as _;
@@ -115,40 +116,95 @@ impl Effects {
 
 /// Several records' effects, committed in one transaction by [`Store::commit_batch`]: the
 /// same all-or-nothing guarantee per batch instead of per record, for rebuilding a store fast.
+/// Later writes to a key replace earlier ones in memory, so a hot key costs one write per
+/// batch, not one per record.
 #[derive(Debug, Default)]
 pub struct Batch {
-    effects: Effects,
-    offsets: std::collections::BTreeMap<String, i64>,
-    marks: Vec<(Vec<u8>, String)>,
-    ids: std::collections::HashSet<Vec<u8>>,
+    state: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    emits: Vec<OutboxEntry>,
+    /// ((group, topic, partition), next offset): a handful of partitions, searched in place so
+    /// that a record costs no allocation here.
+    offsets: Vec<((String, String, i32), i64)>,
+    /// Event id → where it was applied.
+    marks: HashMap<Vec<u8>, String>,
     records: usize,
+    /// Event ids committed by earlier batches of the same run.
+    committed_ids: HashSet<Vec<u8>>,
+    /// Whether `committed_ids` holds every id the store has seen: true when the store held no
+    /// dedupe mark before the run began, so no store read is needed to spot a duplicate.
+    knows_every_id: bool,
 }
 
 impl Batch {
     /// Adds one record's effects, offset and dedupe mark.
     pub fn add(&mut self, at: &Position<'_>, event_id: Option<&[u8]>, effects: Effects) {
-        self.offsets
-            .insert(offset_key(at.group, at.topic, at.partition), at.offset + 1);
+        let next = at.offset + 1;
+        match self.offsets.iter_mut().find(|((g, t, p), _)| {
+            *p == at.partition && t.as_str() == at.topic && g.as_str() == at.group
+        }) {
+            Some((_, stored)) => *stored = next,
+            None => self.offsets.push((
+                (at.group.to_owned(), at.topic.to_owned(), at.partition),
+                next,
+            )),
+        }
         if let Some(id) = event_id {
-            self.ids.insert(id.to_vec());
-            self.marks.push((
+            self.marks.insert(
                 id.to_vec(),
                 format!("{}/{}/{}", at.topic, at.partition, at.offset),
-            ));
+            );
         }
-        self.effects.puts.extend(effects.puts);
-        self.effects.emits.extend(effects.emits);
+        self.state.extend(effects.puts);
+        self.emits.extend(effects.emits);
         self.records += 1;
     }
 
-    /// Whether an event id is among the batch's records.
-    pub fn seen(&self, event_id: &[u8]) -> bool {
-        self.ids.contains(event_id)
+    /// A batch for a run of batches into `store` (a replay), which remembers the event ids of
+    /// the batches it committed so that, on a store with no earlier marks, duplicates are found
+    /// in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn for_run(store: &Store) -> Result<Batch> {
+        let fresh = store
+            .dedupe
+            .first()
+            .map_err(|e| Error::Store(e.to_string()))?
+            .is_none();
+        Ok(Batch {
+            knows_every_id: fresh,
+            ..Batch::default()
+        })
     }
 
-    /// The effects of the batch so far, to read through before the commit.
-    pub fn effects(&self) -> &Effects {
-        &self.effects
+    /// Whether an event id is among this run's records. When this says no and
+    /// [`Batch::knows_every_id`] is false, the store must be asked too.
+    pub fn seen(&self, event_id: &[u8]) -> bool {
+        self.marks.contains_key(event_id) || self.committed_ids.contains(event_id)
+    }
+
+    /// Whether [`Batch::seen`] alone answers for the whole store.
+    pub fn knows_every_id(&self) -> bool {
+        self.knows_every_id
+    }
+
+    /// Empties the batch after [`Store::commit_batch`], keeping what the run has seen.
+    pub fn committed(&mut self) {
+        if self.knows_every_id {
+            self.committed_ids
+                .extend(self.marks.drain().map(|(id, _)| id));
+        }
+        self.marks.clear();
+        self.state.clear();
+        self.emits.clear();
+        self.offsets.clear();
+        self.records = 0;
+    }
+
+    /// The value a key will have once the batch commits, if the batch touches it.
+    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.state.get(key).map(Option::as_deref)
     }
 
     /// How many records the batch holds.
@@ -329,8 +385,7 @@ impl Store {
     ///
     /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit_batch(&self, batch: &Batch) -> Result<()> {
-        let effects = &batch.effects;
-        let outbox_ids: Vec<u64> = effects
+        let outbox_ids: Vec<u64> = batch
             .emits
             .iter()
             .map(|_| self.db.generate_id())
@@ -339,26 +394,27 @@ impl Store {
         let result: std::result::Result<(), TransactionError<()>> =
             (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
                 |(state, offsets, dedupe, outbox)| {
-                    for (key, value) in &effects.puts {
+                    for (key, value) in &batch.state {
                         match value {
                             Some(value) => state.insert(key.as_slice(), value.as_slice())?,
                             None => state.remove(key.as_slice())?,
                         };
                     }
-                    for (key, next) in &batch.offsets {
+                    for ((group, topic, partition), next) in &batch.offsets {
+                        let key = offset_key(group, topic, *partition);
                         offsets.insert(key.as_bytes(), &next.to_be_bytes())?;
                     }
                     for (id, marker) in &batch.marks {
                         dedupe.insert(id.as_slice(), marker.as_bytes())?;
                     }
-                    for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
+                    for (id, entry) in outbox_ids.iter().zip(&batch.emits) {
                         outbox.insert(&id.to_be_bytes(), entry.encode())?;
                     }
                     Ok::<(), ConflictableTransactionError<()>>(())
                 },
             );
         result.map_err(|e| Error::Store(format!("{e:?}")))?;
-        if !effects.emits.is_empty() {
+        if !batch.emits.is_empty() {
             self.outbox_signal.notify_one();
         }
         Ok(())
@@ -488,6 +544,36 @@ mod tests {
         );
         assert!(store.seen(b"e1").expect("seen"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
+    }
+
+    #[test]
+    fn a_run_of_batches_keeps_the_last_write_and_remembers_ids_only_on_a_fresh_store() {
+        let at = |offset| Position {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            offset,
+        };
+        let store = Store::temporary().expect("store");
+        let mut batch = Batch::for_run(&store).expect("batch");
+        assert!(batch.knows_every_id());
+        for (offset, value) in [(0, b"1"), (1, b"2")] {
+            let mut effects = Effects::default();
+            effects.put(b"n".to_vec(), value.to_vec());
+            batch.add(&at(offset), Some(format!("e{offset}").as_bytes()), effects);
+        }
+        assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        store.commit_batch(&batch).expect("commit");
+        batch.committed();
+        assert!(batch.is_empty());
+        assert!(batch.seen(b"e0") && batch.seen(b"e1") && !batch.seen(b"e2"));
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.next_offset("g", "t", 0).expect("offset"), Some(2));
+        assert!(store.seen(b"e1").expect("seen"));
+
+        // A store with earlier marks: the store must be asked.
+        let resumed = Batch::for_run(&store).expect("batch");
+        assert!(!resumed.knows_every_id());
     }
 
     #[test]
