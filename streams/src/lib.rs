@@ -3,7 +3,8 @@
 //! One module per concern: [`broker`] (the embedded Kafka-protocol broker), [`topic`] (topic
 //! specs and provisioning), [`schema`] (Avro schemas with located errors), [`compat`]
 //! (compatibility levels), [`contract`] (topics and schemas together, and their registry
-//! subjects), [`registry`] (the registry client) and [`telemetry`].
+//! subjects), [`registry`] (the registry client), [`codec`], [`producer`], [`processor`],
+//! [`store`], [`replay`], [`service`] (what every service process shares) and [`telemetry`].
 
 pub mod broker;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod replay;
 pub mod resolve;
 pub mod schema;
+pub mod service;
 pub mod store;
 mod sync;
 pub mod telemetry;

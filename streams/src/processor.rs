@@ -129,6 +129,37 @@ impl Context<'_> {
         }
     }
 
+    /// Reads a business-state key holding JSON (see [`Context::put_json`]).
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::Store`] on an I/O failure or a value that is not a `T`.
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, HandlerError> {
+        self.get(key.as_bytes())?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    HandlerError::Store(Error::Store(format!("state {key} is unreadable: {e}")))
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets a business-state key to `value` as JSON: readable with `tripstream` tools and
+    /// stable across runs, so digests of replayed stores match.
+    pub fn put_json<T: serde::Serialize>(&mut self, key: &str, value: &T) {
+        // Serializing plain data types into a Vec cannot fail.
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.effects.put(key.as_bytes().to_vec(), bytes);
+    }
+
+    /// The metadata of the record being processed.
+    pub fn cause(&self) -> &Metadata {
+        &self.cause
+    }
+
     /// Sets a business-state key (applied with the record's offset).
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.effects.put(key, value);
