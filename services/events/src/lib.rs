@@ -1,0 +1,503 @@
+//! The typed events of tripstream's contract: one Rust type per schema in `schemas/`, each
+//! keyed as its topic's spec says.
+//!
+//! The schema text is the file itself (`include_str!`), so a type and its registered writer
+//! schema cannot drift apart unnoticed: a field that does not fit fails the round-trip test.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use streams::codec::Event;
+
+/// Implements [`Event`] for `$name` with the schema `schemas/$full.avsc`, keyed by `$key`.
+macro_rules! event {
+    ($name:ident, $full:literal, $key:ident) => {
+        impl Event for $name {
+            const SCHEMA: &'static str = include_str!(concat!("../../../schemas/", $full, ".avsc"));
+
+            fn key(&self) -> String {
+                self.$key.clone()
+            }
+        }
+
+        impl $name {
+            /// The record's full name, as the `event_type` header carries it.
+            pub const TYPE: &'static str = $full;
+        }
+    };
+}
+
+/// Topic names, as in `topics/`.
+pub mod topics {
+    /// Booking lifecycle, keyed by booking id.
+    pub const BOOKINGS: &str = "bookings";
+    /// Seat commands, keyed by flight id.
+    pub const FLIGHT_COMMANDS: &str = "flight.commands";
+    /// Seat outcomes, keyed by booking id.
+    pub const FLIGHT_EVENTS: &str = "flight.events";
+    /// The flight catalog, keyed by flight id.
+    pub const FLIGHTS: &str = "flights";
+    /// Room commands, keyed by hotel id.
+    pub const HOTEL_COMMANDS: &str = "hotel.commands";
+    /// Room outcomes, keyed by booking id.
+    pub const HOTEL_EVENTS: &str = "hotel.events";
+    /// The hotel catalog, keyed by hotel id.
+    pub const HOTELS: &str = "hotels";
+    /// Payment commands, keyed by user id.
+    pub const PAYMENT_COMMANDS: &str = "payment.commands";
+    /// Payment outcomes, keyed by booking id.
+    pub const PAYMENT_EVENTS: &str = "payment.events";
+    /// Registered users, keyed by user id.
+    pub const USERS: &str = "users";
+}
+
+/// An amount of money in one currency (`tripstream.common.Money`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// The amount, two decimal places.
+    pub amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl Money {
+    /// `amount` in `currency`.
+    pub fn new(amount: Decimal, currency: impl Into<String>) -> Self {
+        Money {
+            amount,
+            currency: currency.into(),
+        }
+    }
+
+    /// Nothing, in `currency`.
+    pub fn zero(currency: impl Into<String>) -> Self {
+        Money::new(Decimal::ZERO, currency)
+    }
+
+    /// This amount times `n`, or `None` on overflow.
+    pub fn times(&self, n: i64) -> Option<Money> {
+        Some(Money::new(
+            self.amount.checked_mul(Decimal::from(n))?,
+            &self.currency,
+        ))
+    }
+
+    /// The sum, or `None` when the currencies differ or it overflows.
+    pub fn plus(&self, other: &Money) -> Option<Money> {
+        (self.currency == other.currency)
+            .then(|| self.amount.checked_add(other.amount))
+            .flatten()
+            .map(|amount| Money::new(amount, &self.currency))
+    }
+}
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.amount, self.currency)
+    }
+}
+
+/// The flight part of a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlightSelection {
+    /// The flight.
+    pub flight_id: String,
+    /// How many seats.
+    pub seats: i32,
+}
+
+/// The hotel part of a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotelSelection {
+    /// The hotel.
+    pub hotel_id: String,
+    /// First night, days since the epoch.
+    pub check_in: i32,
+    /// Day of departure, days since the epoch.
+    pub check_out: i32,
+    /// How many rooms.
+    pub rooms: i32,
+}
+
+/// An extra bought with the booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extra {
+    /// What it is, e.g. `LUGGAGE`.
+    pub code: String,
+    /// How many.
+    pub quantity: i32,
+    /// Price of one.
+    pub unit_price: Money,
+}
+
+/// A customer asked for a flight, a hotel and extras in one payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingRequested {
+    /// The booking.
+    pub booking_id: String,
+    /// Who booked.
+    pub user_id: String,
+    /// Seats wanted.
+    pub flight: FlightSelection,
+    /// Rooms wanted.
+    pub hotel: HotelSelection,
+    /// Extras.
+    pub extras: Vec<Extra>,
+    /// When, milliseconds since the epoch.
+    pub requested_at: i64,
+}
+event!(
+    BookingRequested,
+    "tripstream.booking.BookingRequested",
+    booking_id
+);
+
+/// Seat, room and payment all succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingConfirmed {
+    /// The booking.
+    pub booking_id: String,
+    /// Who booked.
+    pub user_id: String,
+    /// What was charged.
+    pub total: Money,
+    /// When.
+    pub confirmed_at: i64,
+}
+event!(
+    BookingConfirmed,
+    "tripstream.booking.BookingConfirmed",
+    booking_id
+);
+
+/// Why a booking was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancellationReason {
+    /// The flight could not hold the seats.
+    SeatsUnavailable,
+    /// The hotel could not hold the rooms.
+    RoomsUnavailable,
+    /// The payment was declined.
+    PaymentDeclined,
+    /// A step did not answer in time.
+    TimedOut,
+    /// The request itself was invalid.
+    InvalidRequest,
+    /// A reason this version does not know.
+    Unknown,
+}
+
+impl CancellationReason {
+    /// The symbol, as the schema spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancellationReason::SeatsUnavailable => "SEATS_UNAVAILABLE",
+            CancellationReason::RoomsUnavailable => "ROOMS_UNAVAILABLE",
+            CancellationReason::PaymentDeclined => "PAYMENT_DECLINED",
+            CancellationReason::TimedOut => "TIMED_OUT",
+            CancellationReason::InvalidRequest => "INVALID_REQUEST",
+            CancellationReason::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// The booking ended without a trip; everything done on the way was undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingCancelled {
+    /// The booking.
+    pub booking_id: String,
+    /// Who booked.
+    pub user_id: String,
+    /// Why, for programs.
+    pub reason: CancellationReason,
+    /// Why, for people.
+    pub detail: String,
+    /// When.
+    pub cancelled_at: i64,
+}
+event!(
+    BookingCancelled,
+    "tripstream.booking.BookingCancelled",
+    booking_id
+);
+
+/// A flight offered for sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlightScheduled {
+    /// The flight.
+    pub flight_id: String,
+    /// Departure airport.
+    pub origin: String,
+    /// Arrival airport.
+    pub destination: String,
+    /// Departure, milliseconds since the epoch.
+    pub departs_at: i64,
+    /// Arrival, milliseconds since the epoch.
+    pub arrives_at: i64,
+    /// Seats for sale.
+    pub seats: i32,
+    /// Price of one seat.
+    pub seat_price: Money,
+}
+event!(
+    FlightScheduled,
+    "tripstream.flight.FlightScheduled",
+    flight_id
+);
+
+/// Command: hold seats for a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveSeats {
+    /// The booking.
+    pub booking_id: String,
+    /// The flight.
+    pub flight_id: String,
+    /// How many.
+    pub seats: i32,
+}
+event!(ReserveSeats, "tripstream.flight.ReserveSeats", flight_id);
+
+/// Command: give back a booking's seats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSeats {
+    /// The booking.
+    pub booking_id: String,
+    /// The flight.
+    pub flight_id: String,
+    /// Why.
+    pub reason: String,
+}
+event!(ReleaseSeats, "tripstream.flight.ReleaseSeats", flight_id);
+
+/// Seats held for a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatsReserved {
+    /// The booking.
+    pub booking_id: String,
+    /// The flight.
+    pub flight_id: String,
+    /// How many.
+    pub seats: i32,
+    /// Their price in all.
+    pub price: Money,
+}
+event!(SeatsReserved, "tripstream.flight.SeatsReserved", booking_id);
+
+/// Seats could not be held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatsRefused {
+    /// The booking.
+    pub booking_id: String,
+    /// The flight.
+    pub flight_id: String,
+    /// Why.
+    pub reason: String,
+}
+event!(SeatsRefused, "tripstream.flight.SeatsRefused", booking_id);
+
+/// A booking's seats were given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatsReleased {
+    /// The booking.
+    pub booking_id: String,
+    /// The flight.
+    pub flight_id: String,
+    /// How many.
+    pub seats: i32,
+}
+event!(SeatsReleased, "tripstream.flight.SeatsReleased", booking_id);
+
+/// A hotel offered for sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotelListed {
+    /// The hotel.
+    pub hotel_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its city.
+    pub city: String,
+    /// Rooms for sale each night.
+    pub rooms: i32,
+    /// Price of one room for one night.
+    pub nightly_rate: Money,
+}
+event!(HotelListed, "tripstream.hotel.HotelListed", hotel_id);
+
+/// Command: hold rooms for a date range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRooms {
+    /// The booking.
+    pub booking_id: String,
+    /// The hotel.
+    pub hotel_id: String,
+    /// First night, days since the epoch.
+    pub check_in: i32,
+    /// Day of departure.
+    pub check_out: i32,
+    /// How many rooms.
+    pub rooms: i32,
+}
+event!(ReserveRooms, "tripstream.hotel.ReserveRooms", hotel_id);
+
+/// Command: give back a booking's rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRooms {
+    /// The booking.
+    pub booking_id: String,
+    /// The hotel.
+    pub hotel_id: String,
+    /// Why.
+    pub reason: String,
+}
+event!(ReleaseRooms, "tripstream.hotel.ReleaseRooms", hotel_id);
+
+/// Rooms held for a booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsReserved {
+    /// The booking.
+    pub booking_id: String,
+    /// The hotel.
+    pub hotel_id: String,
+    /// Nights.
+    pub nights: i32,
+    /// Rooms.
+    pub rooms: i32,
+    /// Their price in all.
+    pub price: Money,
+}
+event!(RoomsReserved, "tripstream.hotel.RoomsReserved", booking_id);
+
+/// Rooms could not be held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsRefused {
+    /// The booking.
+    pub booking_id: String,
+    /// The hotel.
+    pub hotel_id: String,
+    /// Why.
+    pub reason: String,
+}
+event!(RoomsRefused, "tripstream.hotel.RoomsRefused", booking_id);
+
+/// A booking's rooms were given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsReleased {
+    /// The booking.
+    pub booking_id: String,
+    /// The hotel.
+    pub hotel_id: String,
+    /// Rooms.
+    pub rooms: i32,
+}
+event!(RoomsReleased, "tripstream.hotel.RoomsReleased", booking_id);
+
+/// Money added to a user's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCredited {
+    /// The user.
+    pub user_id: String,
+    /// How much.
+    pub amount: Money,
+    /// Why.
+    pub note: String,
+}
+event!(
+    AccountCredited,
+    "tripstream.payment.AccountCredited",
+    user_id
+);
+
+/// Command: charge a booking's total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargePayment {
+    /// The booking.
+    pub booking_id: String,
+    /// Who pays.
+    pub user_id: String,
+    /// How much.
+    pub amount: Money,
+}
+event!(ChargePayment, "tripstream.payment.ChargePayment", user_id);
+
+/// Command: give a booking's charge back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    /// The booking.
+    pub booking_id: String,
+    /// Who paid.
+    pub user_id: String,
+    /// Why.
+    pub reason: String,
+}
+event!(RefundPayment, "tripstream.payment.RefundPayment", user_id);
+
+/// A booking's total was charged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCharged {
+    /// The booking.
+    pub booking_id: String,
+    /// Who paid.
+    pub user_id: String,
+    /// How much.
+    pub amount: Money,
+}
+event!(
+    PaymentCharged,
+    "tripstream.payment.PaymentCharged",
+    booking_id
+);
+
+/// A charge was declined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    /// The booking.
+    pub booking_id: String,
+    /// Who would have paid.
+    pub user_id: String,
+    /// How much was asked.
+    pub amount: Money,
+    /// Why.
+    pub reason: String,
+}
+event!(
+    PaymentDeclined,
+    "tripstream.payment.PaymentDeclined",
+    booking_id
+);
+
+/// A charge was given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// The booking.
+    pub booking_id: String,
+    /// Who paid.
+    pub user_id: String,
+    /// How much.
+    pub amount: Money,
+}
+event!(
+    PaymentRefunded,
+    "tripstream.payment.PaymentRefunded",
+    booking_id
+);
+
+/// A user signed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    /// The user.
+    pub user_id: String,
+    /// Their email.
+    pub email: String,
+    /// Their name, as shown.
+    pub display_name: String,
+    /// When.
+    pub registered_at: i64,
+}
+event!(UserRegistered, "tripstream.auth.UserRegistered", user_id);
+
+/// Milliseconds since the epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
