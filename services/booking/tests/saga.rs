@@ -1,0 +1,315 @@
+//! The booking saga end to end on the embedded broker, with the flight, hotel and payment
+//! services running beside it: confirmed, declined and compensated, sold out, invalid, and many
+//! bookings racing for the last seats.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use booking::{Saga, Status};
+use events::{
+    AccountCredited, BookingRequested, CancellationReason, Extra, FlightScheduled, FlightSelection,
+    HotelListed, HotelSelection, Money, topics,
+};
+use payment::Charge;
+use rust_decimal::Decimal;
+use streams::broker::EmbeddedBroker;
+use streams::codec::Codec;
+use streams::producer::{Metadata, Producer};
+use streams::registry::Client;
+use streams::service::{Data, Settings};
+use streams::store::Store;
+use streams::topic::{Target, TopicSet};
+use tokio::sync::watch;
+
+fn eur(amount: i64) -> Money {
+    Money::new(Decimal::new(amount * 100, 2), "EUR")
+}
+
+struct System {
+    broker: EmbeddedBroker,
+    registry: registry::Running,
+    producer: Producer,
+    stores: [Store; 4],
+    stop: watch::Sender<bool>,
+    services: Vec<tokio::task::JoinHandle<streams::Result<()>>>,
+}
+
+async fn start() -> System {
+    streams::telemetry::init("warn");
+    let broker = EmbeddedBroker::start(1).expect("broker");
+    let set = TopicSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topics"))
+        .expect("topics/ is valid");
+    streams::topic::apply(Target::Embedded(&broker), &set.all())
+        .await
+        .expect("topics");
+    let registry = registry::start(registry::Settings::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        broker.bootstrap_servers(),
+    ))
+    .await
+    .expect("registry");
+    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
+    let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+    let stores = [(); 4].map(|()| Store::temporary().expect("store"));
+    let settings = |store: &Store| {
+        let mut settings = Settings::new(
+            broker.bootstrap_servers(),
+            registry.url(),
+            Data::Store(store.clone()),
+        );
+        settings.consumer = vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "300".into()),
+            ("fetch.wait.max.ms".into(), "10".into()),
+        ];
+        settings
+    };
+    let (stop, stopped) = watch::channel(false);
+    let until = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let services = vec![
+        tokio::spawn(booking::run(settings(&stores[0]), until())),
+        tokio::spawn(flight::run(settings(&stores[1]), until())),
+        tokio::spawn(hotel::run(settings(&stores[2]), until())),
+        tokio::spawn(payment::run(settings(&stores[3]), until())),
+    ];
+    System {
+        broker,
+        registry,
+        producer,
+        stores,
+        stop,
+        services,
+    }
+}
+
+impl System {
+    async fn send<E: streams::codec::Event>(&self, topic: &str, event: &E) {
+        self.producer
+            .send(topic, event, &Metadata::new(event.key()))
+            .await
+            .expect("sent");
+    }
+
+    async fn flight(&self, id: &str, seats: i32, price: i64) {
+        let flight = FlightScheduled {
+            flight_id: id.into(),
+            origin: "LIS".into(),
+            destination: "FRA".into(),
+            departs_at: 1_796_000_000_000,
+            arrives_at: 1_796_010_000_000,
+            seats,
+            seat_price: eur(price),
+        };
+        self.send(topics::FLIGHTS, &flight).await;
+    }
+
+    async fn hotel(&self, id: &str, rooms: i32, rate: i64) {
+        let hotel = HotelListed {
+            hotel_id: id.into(),
+            name: format!("Hotel {id}"),
+            city: "Frankfurt".into(),
+            rooms,
+            nightly_rate: eur(rate),
+        };
+        self.send(topics::HOTELS, &hotel).await;
+    }
+
+    async fn credit(&self, user: &str, amount: i64) {
+        let credit = AccountCredited {
+            user_id: user.into(),
+            amount: eur(amount),
+            note: "seed".into(),
+        };
+        self.send(topics::PAYMENT_COMMANDS, &credit).await;
+    }
+
+    async fn book(&self, booking: &str, user: &str, flight: &str, seats: i32, hotel: &str) {
+        let request = BookingRequested {
+            booking_id: booking.into(),
+            user_id: user.into(),
+            flight: FlightSelection {
+                flight_id: flight.into(),
+                seats,
+            },
+            hotel: HotelSelection {
+                hotel_id: hotel.into(),
+                check_in: 20_800,
+                check_out: 20_802,
+                rooms: 1,
+            },
+            extras: vec![Extra {
+                code: "LUGGAGE".into(),
+                quantity: 1,
+                unit_price: eur(20),
+            }],
+            requested_at: events::now_millis(),
+        };
+        self.send(topics::BOOKINGS, &request).await;
+    }
+
+    /// Waits until every listed booking's saga is finished.
+    async fn finished(&self, bookings: &[String]) -> Vec<Saga> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let sagas: Vec<Saga> = bookings
+                .iter()
+                .filter_map(|b| booking::saga(&self.stores[0], b).expect("read"))
+                .collect();
+            if sagas.len() == bookings.len() && sagas.iter().all(Saga::finished) {
+                return sagas;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sagas not finished within 60 s: {:?}",
+                sagas
+                    .iter()
+                    .filter(|s| !s.finished())
+                    .map(|s| (
+                        &s.request.booking_id,
+                        &s.status,
+                        &s.seats,
+                        &s.rooms,
+                        &s.payment
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for service in self.services {
+            tokio::time::timeout(Duration::from_secs(30), service)
+                .await
+                .expect("a service stopped within 30 s")
+                .expect("joined")
+                .expect("clean stop");
+        }
+        self.registry.stop().await.expect("registry stops");
+        drop(self.producer);
+        drop(self.broker);
+    }
+}
+
+fn cancelled(saga: &Saga) -> Option<CancellationReason> {
+    match &saga.status {
+        Status::Cancelled(reason, _) => Some(*reason),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sagas_confirm_compensate_and_never_oversell() {
+    let system = start().await;
+    system.flight("LH1", 10, 100).await;
+    system.flight("LH2", 1, 100).await;
+    system.flight("LH3", 5, 50).await;
+    system.hotel("H1", 50, 80).await;
+    system.credit("rich", 100_000).await;
+    system.credit("poor", 50).await;
+    // The catalog and balances are on other topics than the commands: let them land first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    system.book("b-ok", "rich", "LH1", 2, "H1").await;
+    system.book("b-declined", "poor", "LH1", 1, "H1").await;
+    system.book("b-sold-out", "rich", "LH2", 2, "H1").await;
+    system.book("b-invalid", "rich", "LH1", 0, "H1").await;
+    let first = ["b-ok", "b-declined", "b-sold-out", "b-invalid"].map(String::from);
+    let sagas = system.finished(&first).await;
+
+    // 2 seats at 100 + 1 room for 2 nights at 80 + luggage at 20.
+    assert_eq!(sagas[0].status, Status::Confirmed(eur(380)));
+    assert_eq!(
+        cancelled(&sagas[1]),
+        Some(CancellationReason::PaymentDeclined)
+    );
+    assert_eq!(
+        cancelled(&sagas[2]),
+        Some(CancellationReason::SeatsUnavailable)
+    );
+    assert_eq!(
+        cancelled(&sagas[3]),
+        Some(CancellationReason::InvalidRequest)
+    );
+    let payments = &system.stores[3];
+    assert_eq!(
+        payment::balance(payments, "rich", "EUR").expect("balance"),
+        Decimal::new(100_000 - 380, 0)
+    );
+    assert_eq!(
+        payment::balance(payments, "poor", "EUR").expect("balance"),
+        Decimal::new(50, 0),
+        "a declined payment takes nothing"
+    );
+    let charges = payment::charges(payments).expect("charges");
+    assert!(
+        !charges.iter().any(|(b, _)| b == "b-sold-out"),
+        "a sold-out flight is never charged: {charges:?}"
+    );
+    // The declined booking's seat and room were given back: only b-ok holds anything.
+    assert_eq!(
+        flight::inventory(&system.stores[1], "LH1").expect("flight"),
+        Some((10, 2))
+    );
+    assert_eq!(
+        hotel::inventory(&system.stores[2], "H1", 20_800).expect("hotel"),
+        Some((50, 1))
+    );
+
+    // Twenty bookings race for the last five seats of LH3.
+    let racing: Vec<String> = (0..20).map(|i| format!("race-{i:02}")).collect();
+    futures::future::join_all(
+        racing
+            .iter()
+            .map(|b| system.book(b, "rich", "LH3", 1, "H1")),
+    )
+    .await;
+    let raced = system.finished(&racing).await;
+    let confirmed = raced
+        .iter()
+        .filter(|s| matches!(s.status, Status::Confirmed(_)))
+        .count();
+    assert_eq!(confirmed, 5, "exactly the seats there were");
+    assert!(
+        raced
+            .iter()
+            .filter(|s| !matches!(s.status, Status::Confirmed(_)))
+            .all(|s| cancelled(s) == Some(CancellationReason::SeatsUnavailable))
+    );
+    assert_eq!(
+        flight::inventory(&system.stores[1], "LH3").expect("flight"),
+        Some((5, 5))
+    );
+    assert_eq!(
+        hotel::inventory(&system.stores[2], "H1", 20_801).expect("hotel"),
+        Some((50, 6)),
+        "rooms held equal confirmed bookings"
+    );
+    // Money charged equals the confirmed totals.
+    let charged: Decimal = payment::charges(payments)
+        .expect("charges")
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Charge::Charged { amount, .. } => Some(amount.amount),
+            _ => None,
+        })
+        .sum();
+    let confirmed_totals: Decimal = booking::sagas(&system.stores[0])
+        .expect("sagas")
+        .iter()
+        .filter_map(|s| match &s.status {
+            Status::Confirmed(total) => Some(total.amount),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(charged, confirmed_totals);
+    assert_eq!(confirmed_totals, Decimal::new(380 + 5 * (50 + 160 + 20), 0));
+    system.stop().await;
+}
