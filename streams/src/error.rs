@@ -77,6 +77,9 @@ pub enum Error {
         /// How long it waited.
         seconds: u64,
     },
+    /// A setting is missing or unusable; the message says which and how to give it.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {
@@ -96,7 +99,8 @@ impl Error {
             | Error::TopicSpec { .. }
             | Error::Io { .. }
             | Error::Embedded(_)
-            | Error::Store(_) => false,
+            | Error::Store(_)
+            | Error::Usage(_) => false,
         }
     }
 

@@ -98,3 +98,122 @@ pub async fn run<H: Handler>(
     )
     .await
 }
+
+/// The command-line flags of every service process (`tripstream run <service>` and each
+/// service's own binary).
+#[derive(Debug, Clone, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct Args {
+    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote to
+    /// .tripstream/bootstrap].
+    #[arg(long, env = "TRIPSTREAM_BROKERS")]
+    pub brokers: Option<String>,
+    /// The schema registry.
+    #[arg(
+        long,
+        env = "TRIPSTREAM_REGISTRY",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry: String,
+    /// The service's store directory [default: .tripstream/data/<service>].
+    #[arg(long, env = "TRIPSTREAM_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+/// Where `tripstream broker` writes its address.
+pub const BOOTSTRAP_FILE: &str = ".tripstream/bootstrap";
+
+impl Args {
+    /// The settings these flags give `service`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Usage`] when no broker is given and no `tripstream broker` wrote its
+    /// address.
+    pub fn settings(&self, service: &str) -> Result<Settings> {
+        let brokers = match &self.brokers {
+            Some(brokers) => brokers.clone(),
+            None => std::fs::read_to_string(BOOTSTRAP_FILE)
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| {
+                    crate::Error::Usage(format!(
+                        "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or \
+                         start `tripstream broker` (which writes {BOOTSTRAP_FILE})"
+                    ))
+                })?,
+        };
+        let data = self
+            .data
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".tripstream/data").join(service));
+        Ok(Settings::new(brokers, &self.registry, Data::Dir(data)))
+    }
+}
+
+/// What a service's shutdown signal is.
+pub type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The whole `main` of a service binary: flags, logging, Ctrl-C or SIGTERM, exit code (0 after
+/// a clean stop, 2 when the service could not start or failed).
+///
+/// `binary` names the program in `--help` (pass `env!("CARGO_BIN_NAME")`).
+pub fn main<F, Fut>(
+    service: &str,
+    binary: &'static str,
+    about: &'static str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(Settings, Shutdown) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    use clap::{Args as _, FromArgMatches as _};
+    // The flags' own doc would otherwise become the program's description.
+    let command = Args::augment_args(clap::Command::new(binary))
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"));
+    let args = match Args::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    crate::telemetry::init("info,librdkafka=warn");
+    let outcome = (|| {
+        let settings = args.settings(service)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::Usage(format!("cannot start the async runtime: {e}")))?;
+        runtime.block_on(run(settings, Box::pin(interrupted())))
+    })();
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {service}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix (how process managers stop a service).
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -6,5 +6,6 @@ pub mod consume;
 pub mod produce;
 pub mod registry;
 pub mod replay;
+pub mod run;
 pub mod schemas;
 pub mod topics;

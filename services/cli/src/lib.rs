@@ -65,6 +65,8 @@ enum Command {
     Consume(command::consume::Args),
     /// Rebuild a store from a topic with a built-in handler and print its digest.
     Replay(command::replay::Args),
+    /// Run one service (booking, flight, hotel, payment) as its own process.
+    Run(command::run::Args),
     /// Measure whole-system figures on the embedded broker against same-run baselines.
     #[command(subcommand)]
     Bench(command::bench::Command),
@@ -92,6 +94,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Produce(args) => command::produce::run(&root, args).await,
             Command::Consume(args) => command::consume::run(&root, args).await,
             Command::Replay(args) => command::replay::run(&root, args).await,
+            Command::Run(args) => command::run::run(&root, args).await,
             Command::Bench(command) => command::bench::run(command).await,
         }
     });
@@ -144,5 +147,17 @@ pub(crate) async fn interrupted() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_command_definition_is_consistent() {
+        // clap checks names, groups and defaults of every subcommand only when it parses that
+        // subcommand; this checks them all at once.
+        super::Cli::command().debug_assert();
     }
 }
