@@ -724,7 +724,14 @@ async fn dead_letter(
 }
 
 /// Publishes the outbox in order until stopped, clearing each entry once the broker acked it.
-async fn relay(store: Store, producer: Producer, mut stopped: tokio::sync::watch::Receiver<bool>) {
+/// Publishes `store`'s outbox until `stopped` turns true, then returns (whatever is left stays
+/// for the next start). Services that emit events outside a processor (from HTTP requests,
+/// say) run this beside their server.
+pub async fn relay(
+    store: Store,
+    producer: Producer,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         match relay_once(&store, &producer, 256).await {
             Ok(0) => {}

@@ -379,6 +379,19 @@ impl Store {
         self.commit_batch(&batch)
     }
 
+    /// Applies effects that no consumed record caused (an HTTP request, say): state changes and
+    /// emitted events in one transaction, with no offset and no dedupe mark.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
+    pub fn commit_local(&self, effects: &Effects) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.state.extend(effects.puts.iter().cloned());
+        batch.emits.extend(effects.emits.iter().cloned());
+        self.commit_batch(&batch)
+    }
+
     /// Applies a batch of records in one transaction (see [`Batch`]).
     ///
     /// # Errors

@@ -501,3 +501,106 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// Calendar dates as the schemas carry them (`date`: days since 1970-01-01) and as people write
+/// them (`YYYY-MM-DD`), in the proleptic Gregorian calendar.
+pub mod date {
+    /// Days since 1970-01-01 of `YYYY-MM-DD`, or `None` if it is not a real date.
+    pub fn parse(text: &str) -> Option<i32> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+            return None;
+        }
+        let number = |range: std::ops::Range<usize>| -> Option<i64> {
+            let part = text.get(range)?;
+            part.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+        };
+        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+            return None;
+        }
+        i32::try_from(days_from_civil(year, month, day)).ok()
+    }
+
+    /// `YYYY-MM-DD` of a day since 1970-01-01.
+    pub fn format(days: i32) -> String {
+        let (year, month, day) = civil_from_days(i64::from(days));
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SSZ` of milliseconds since the epoch.
+    pub fn format_millis(millis: i64) -> String {
+        let seconds = millis.div_euclid(1000);
+        let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        )
+    }
+
+    fn days_in_month(year: i64, month: i64) -> i64 {
+        match month {
+            2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    // Howard Hinnant's algorithms: eras of 400 years, March-based years.
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (month + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    fn civil_from_days(days: i64) -> (i64, i64, i64) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, month, day)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn dates_round_trip_and_impossible_ones_are_refused() {
+            assert_eq!(super::parse("1970-01-01"), Some(0));
+            assert_eq!(super::parse("2026-12-01"), Some(20_788));
+            for days in [-1, 0, 59, 60, 11_016, 20_788, 36_524] {
+                assert_eq!(super::parse(&super::format(days)), Some(days));
+            }
+            assert_eq!(super::format(11_016), "2000-02-29");
+            for bad in [
+                "2026-02-29",
+                "2026-13-01",
+                "2026-1-01",
+                "26-01-01",
+                "2026-01-32",
+                "x",
+            ] {
+                assert_eq!(super::parse(bad), None, "{bad}");
+            }
+            assert_eq!(
+                super::format_millis(1_796_000_000_000),
+                "2026-11-30T00:53:20Z"
+            );
+        }
+    }
+}
