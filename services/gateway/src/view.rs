@@ -1,0 +1,218 @@
+//! The gateway's views, built from the log: each booking's status (from `bookings`) and the
+//! flight and hotel catalogs (from `flights` and `hotels`).
+
+use events::{
+    BookingCancelled, BookingConfirmed, BookingRequested, FlightScheduled, HotelListed, Money, date,
+};
+use serde::{Deserialize, Serialize};
+use streams::processor::{Context, Handler, HandlerError, Record};
+use streams::store::Store;
+
+/// A booking as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingView {
+    /// The booking.
+    pub booking_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    pub status: String,
+    /// Seats asked.
+    pub flight: FlightPart,
+    /// Rooms asked.
+    pub hotel: HotelPart,
+    /// Extras.
+    pub extras: Vec<ExtraPart>,
+    /// What was charged, once confirmed.
+    pub total: Option<Money>,
+    /// Why it was cancelled (a `CancellationReason`), once cancelled.
+    pub reason: Option<String>,
+    /// The cancellation's explanation.
+    pub detail: Option<String>,
+    /// When it was asked, milliseconds since the epoch.
+    pub requested_at: i64,
+    /// When it was confirmed or cancelled.
+    pub finished_at: Option<i64>,
+}
+
+/// The flight part of a booking view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlightPart {
+    /// The flight.
+    pub flight_id: String,
+    /// Seats.
+    pub seats: i32,
+}
+
+/// The hotel part of a booking view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotelPart {
+    /// The hotel.
+    pub hotel_id: String,
+    /// First night, `YYYY-MM-DD`.
+    pub check_in: String,
+    /// Day of departure, `YYYY-MM-DD`.
+    pub check_out: String,
+    /// Rooms.
+    pub rooms: i32,
+}
+
+/// An extra in a booking view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtraPart {
+    /// What.
+    pub code: String,
+    /// How many.
+    pub quantity: i32,
+    /// Price of one.
+    pub unit_price: Money,
+}
+
+impl BookingView {
+    /// The view of a request not yet decided.
+    pub fn pending(request: &BookingRequested) -> Self {
+        BookingView {
+            booking_id: request.booking_id.clone(),
+            user_id: request.user_id.clone(),
+            status: "PENDING".into(),
+            flight: FlightPart {
+                flight_id: request.flight.flight_id.clone(),
+                seats: request.flight.seats,
+            },
+            hotel: HotelPart {
+                hotel_id: request.hotel.hotel_id.clone(),
+                check_in: date::format(request.hotel.check_in),
+                check_out: date::format(request.hotel.check_out),
+                rooms: request.hotel.rooms,
+            },
+            extras: request
+                .extras
+                .iter()
+                .map(|e| ExtraPart {
+                    code: e.code.clone(),
+                    quantity: e.quantity,
+                    unit_price: e.unit_price.clone(),
+                })
+                .collect(),
+            total: None,
+            reason: None,
+            detail: None,
+            requested_at: request.requested_at,
+            finished_at: None,
+        }
+    }
+
+    /// Whether it is confirmed or cancelled.
+    pub fn finished(&self) -> bool {
+        self.status != "PENDING"
+    }
+}
+
+pub(crate) fn booking_key(booking_id: &str) -> String {
+    format!("booking/{booking_id}")
+}
+
+pub(crate) fn user_prefix(user_id: &str) -> String {
+    format!("by-user/{user_id}/")
+}
+
+pub(crate) fn flight_key(flight_id: &str) -> String {
+    format!("flight/{flight_id}")
+}
+
+pub(crate) fn hotel_key(hotel_id: &str) -> String {
+    format!("hotel/{hotel_id}")
+}
+
+/// The handler that keeps the views.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Views;
+
+impl Handler for Views {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        match record.event_type() {
+            Some(BookingRequested::TYPE) => {
+                let request: BookingRequested = ctx.decode(record).await?;
+                let key = booking_key(&request.booking_id);
+                if ctx.get_json::<BookingView>(&key)?.is_none() {
+                    ctx.put_json(&key, &BookingView::pending(&request));
+                    ctx.put(
+                        format!("{}{}", user_prefix(&request.user_id), request.booking_id),
+                        Vec::new(),
+                    );
+                }
+                Ok(())
+            }
+            Some(BookingConfirmed::TYPE) => {
+                let confirmed: BookingConfirmed = ctx.decode(record).await?;
+                finish(ctx, &confirmed.booking_id, |view| {
+                    view.status = "CONFIRMED".into();
+                    view.total = Some(confirmed.total.clone());
+                    view.finished_at = Some(confirmed.confirmed_at);
+                })
+            }
+            Some(BookingCancelled::TYPE) => {
+                let cancelled: BookingCancelled = ctx.decode(record).await?;
+                finish(ctx, &cancelled.booking_id, |view| {
+                    view.status = "CANCELLED".into();
+                    view.reason = Some(cancelled.reason.as_str().into());
+                    view.detail = Some(cancelled.detail.clone());
+                    view.finished_at = Some(cancelled.cancelled_at);
+                })
+            }
+            Some(FlightScheduled::TYPE) => {
+                let flight: FlightScheduled = ctx.decode(record).await?;
+                ctx.put_json(&flight_key(&flight.flight_id), &flight);
+                Ok(())
+            }
+            Some(HotelListed::TYPE) => {
+                let hotel: HotelListed = ctx.decode(record).await?;
+                ctx.put_json(&hotel_key(&hotel.hotel_id), &hotel);
+                Ok(())
+            }
+            other => Err(HandlerError::Invalid(format!(
+                "the gateway's views do not use event type {}",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+}
+
+fn finish(
+    ctx: &mut Context<'_>,
+    booking_id: &str,
+    change: impl FnOnce(&mut BookingView),
+) -> Result<(), HandlerError> {
+    let key = booking_key(booking_id);
+    // One booking's events share a partition, so its request is always read first.
+    let Some(mut view) = ctx.get_json::<BookingView>(&key)? else {
+        return Err(HandlerError::Invalid(format!(
+            "an outcome for booking {booking_id}, whose request was never read"
+        )));
+    };
+    change(&mut view);
+    ctx.put_json(&key, &view);
+    Ok(())
+}
+
+/// Reads a JSON view.
+pub(crate) fn read<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    key: &str,
+) -> streams::Result<Option<T>> {
+    Ok(store
+        .get(key.as_bytes())?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// Every JSON view under a prefix.
+pub(crate) fn scan<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+) -> streams::Result<Vec<T>> {
+    Ok(store
+        .scan(prefix.as_bytes())?
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+        .collect())
+}

@@ -1,0 +1,389 @@
+//! The whole tripstream system in one process, each service with its own store: the embedded
+//! broker, the registry, booking, flight, hotel, payment, auth and the gateway. The demo, the
+//! saga bench and the end-to-end tests start it; it also checks the system's invariants.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use booking::{Saga, Status};
+use events::{AccountCredited, FlightScheduled, HotelListed, Money, topics};
+use payment::Charge;
+use rust_decimal::Decimal;
+use streams::broker::EmbeddedBroker;
+use streams::codec::{Codec, Event};
+use streams::producer::{Metadata, Producer};
+use streams::registry::Client;
+use streams::service::{Data, Settings};
+use streams::store::Store;
+use streams::topic::{Target, TopicSet};
+use tokio::sync::watch;
+
+/// How the system is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the gateway listens.
+    pub gateway: SocketAddr,
+    /// The project root holding `topics/`.
+    pub root: std::path::PathBuf,
+    /// How long tokens live.
+    pub token_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
+            root: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+            token_ttl: auth::token::DEFAULT_TTL,
+        }
+    }
+}
+
+/// Each service's store.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// The saga.
+    pub booking: Store,
+    /// Seats.
+    pub flight: Store,
+    /// Rooms.
+    pub hotel: Store,
+    /// Money.
+    pub payment: Store,
+    /// Views.
+    pub gateway: Store,
+    /// Users.
+    pub auth: Store,
+}
+
+/// The running system.
+pub struct System {
+    /// The broker.
+    pub broker: EmbeddedBroker,
+    registry: registry::Running,
+    auth: auth::Running,
+    gateway: gateway::Running,
+    /// Each service's store.
+    pub stores: Stores,
+    /// A producer for seeding.
+    pub producer: Producer,
+    /// The codec on the system's registry.
+    pub codec: Codec,
+    /// The token key auth and the gateway share.
+    pub tokens: auth::Signer,
+    stop: watch::Sender<bool>,
+    services: Vec<(&'static str, tokio::task::JoinHandle<streams::Result<()>>)>,
+}
+
+/// Consumer settings for one process on the embedded broker: short sessions and fetch waits,
+/// so groups form and records move quickly.
+pub fn fast_consumer() -> Vec<(String, String)> {
+    vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "300".into()),
+        ("fetch.wait.max.ms".into(), "5".into()),
+    ]
+}
+
+impl System {
+    /// Starts everything and waits until each service holds its partitions.
+    ///
+    /// # Errors
+    ///
+    /// When a part cannot start.
+    pub async fn start(options: Options) -> anyhow::Result<System> {
+        let broker = EmbeddedBroker::start(1)?;
+        let set = TopicSet::load(&options.root.join("topics")).map_err(|errors| {
+            anyhow::anyhow!(
+                "topics/ is invalid: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        streams::topic::apply(Target::Embedded(&broker), &set.all()).await?;
+        let registry = registry::start(registry::Settings::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            broker.bootstrap_servers(),
+        ))
+        .await?;
+        let codec = Codec::new(Client::new(&registry.url())?);
+        let producer = Producer::new(broker.bootstrap_servers(), codec.clone(), &[])?;
+        let stores = Stores {
+            booking: Store::temporary()?,
+            flight: Store::temporary()?,
+            hotel: Store::temporary()?,
+            payment: Store::temporary()?,
+            gateway: Store::temporary()?,
+            auth: Store::temporary()?,
+        };
+        let settings = |store: &Store| {
+            let mut settings = Settings::new(
+                broker.bootstrap_servers(),
+                registry.url(),
+                Data::Store(store.clone()),
+            );
+            settings.consumer = fast_consumer();
+            settings
+        };
+        let (stop, stopped) = watch::channel(false);
+        let until = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let services = vec![
+            (
+                "booking",
+                tokio::spawn(booking::run(settings(&stores.booking), until())),
+            ),
+            (
+                "flight",
+                tokio::spawn(flight::run(settings(&stores.flight), until())),
+            ),
+            (
+                "hotel",
+                tokio::spawn(hotel::run(settings(&stores.hotel), until())),
+            ),
+            (
+                "payment",
+                tokio::spawn(payment::run(settings(&stores.payment), until())),
+            ),
+        ];
+        let tokens = auth::Signer::random(options.token_ttl);
+        let auth = auth::start(auth::Settings {
+            service: settings(&stores.auth),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tokens: tokens.clone(),
+        })
+        .await?;
+        let gateway = gateway::start(gateway::Settings {
+            service: settings(&stores.gateway),
+            listen: options.gateway,
+            auth_url: auth.url(),
+            tokens: tokens.clone(),
+        })
+        .await?;
+        Ok(System {
+            broker,
+            registry,
+            auth,
+            gateway,
+            stores,
+            producer,
+            codec,
+            tokens,
+            stop,
+            services,
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn gateway_url(&self) -> String {
+        self.gateway.url()
+    }
+
+    /// The registry's base URL.
+    pub fn registry_url(&self) -> String {
+        self.registry.url()
+    }
+
+    /// Sends one event, keyed by its aggregate.
+    ///
+    /// # Errors
+    ///
+    /// When the broker or registry refuses it.
+    pub async fn send<E: Event>(&self, topic: &str, event: &E) -> anyhow::Result<()> {
+        self.producer
+            .send(topic, event, &Metadata::new(event.key()))
+            .await?;
+        Ok(())
+    }
+
+    /// Puts a flight on sale.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::send`].
+    pub async fn flight(&self, flight: &FlightScheduled) -> anyhow::Result<()> {
+        self.send(topics::FLIGHTS, flight).await
+    }
+
+    /// Puts a hotel on sale.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::send`].
+    pub async fn hotel(&self, hotel: &HotelListed) -> anyhow::Result<()> {
+        self.send(topics::HOTELS, hotel).await
+    }
+
+    /// Adds money to a user's balance.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::send`].
+    pub async fn credit(&self, user_id: &str, amount: Money) -> anyhow::Result<()> {
+        let credit = AccountCredited {
+            user_id: user_id.into(),
+            amount,
+            note: "seed".into(),
+        };
+        self.send(topics::PAYMENT_COMMANDS, &credit).await
+    }
+
+    /// Whether every service is still running (none has returned or panicked).
+    pub fn services_running(&self) -> bool {
+        self.services.iter().all(|(_, task)| !task.is_finished())
+    }
+
+    /// Stops everything, gateway first, broker last.
+    ///
+    /// # Errors
+    ///
+    /// When a part had failed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.gateway.stop().await?;
+        self.auth.stop().await?;
+        let _ = self.stop.send(true);
+        for (name, task) in self.services {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .map_err(|_| anyhow::anyhow!("{name} did not stop within 30 s"))?
+                .map_err(|e| anyhow::anyhow!("{name} panicked: {e}"))?
+                .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))?;
+        }
+        self.registry.stop().await?;
+        drop(self.producer);
+        drop(self.broker);
+        Ok(())
+    }
+
+    /// Checks the system's invariants on the services' stores.
+    ///
+    /// # Errors
+    ///
+    /// When a store cannot be read.
+    pub fn consistency(&self) -> anyhow::Result<Consistency> {
+        consistency(&self.stores)
+    }
+}
+
+/// The invariants, each with what was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consistency {
+    /// Sagas started.
+    pub sagas: usize,
+    /// Sagas not confirmed or cancelled.
+    pub unfinished: usize,
+    /// Flights whose held seats differ from their confirmed bookings' seats:
+    /// (flight, held, confirmed).
+    pub seat_mismatches: Vec<(String, i64, i64)>,
+    /// Hotel nights whose booked rooms differ from confirmed bookings' rooms:
+    /// (hotel, day, booked, confirmed).
+    pub room_mismatches: Vec<(String, i32, i64, i64)>,
+    /// Flights or nights sold beyond what they have.
+    pub oversold: Vec<String>,
+    /// Money held by charges (charged, not refunded).
+    pub charged: Decimal,
+    /// The sum of confirmed totals.
+    pub confirmed_totals: Decimal,
+}
+
+impl Consistency {
+    /// Whether every invariant holds.
+    pub fn holds(&self) -> bool {
+        self.unfinished == 0
+            && self.seat_mismatches.is_empty()
+            && self.room_mismatches.is_empty()
+            && self.oversold.is_empty()
+            && self.charged == self.confirmed_totals
+    }
+}
+
+/// Checks the invariants: every saga finished; seats and rooms held equal confirmed bookings;
+/// nothing oversold; money charged equals confirmed totals.
+///
+/// # Errors
+///
+/// When a store cannot be read.
+pub fn consistency(stores: &Stores) -> anyhow::Result<Consistency> {
+    let sagas = booking::sagas(&stores.booking)?;
+    let confirmed: Vec<&Saga> = sagas
+        .iter()
+        .filter(|s| matches!(s.status, Status::Confirmed(_)))
+        .collect();
+    let mut seats: BTreeMap<String, i64> = BTreeMap::new();
+    let mut nights: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for saga in &sagas {
+        let r = &saga.request;
+        seats.entry(r.flight.flight_id.clone()).or_default();
+        for day in r.hotel.check_in..r.hotel.check_out.min(r.hotel.check_in.saturating_add(60)) {
+            nights.entry((r.hotel.hotel_id.clone(), day)).or_default();
+        }
+    }
+    for saga in &confirmed {
+        let r = &saga.request;
+        *seats.entry(r.flight.flight_id.clone()).or_default() += i64::from(r.flight.seats);
+        for day in r.hotel.check_in..r.hotel.check_out {
+            *nights.entry((r.hotel.hotel_id.clone(), day)).or_default() += i64::from(r.hotel.rooms);
+        }
+    }
+    let mut report = Consistency {
+        sagas: sagas.len(),
+        unfinished: sagas.iter().filter(|s| !s.finished()).count(),
+        seat_mismatches: Vec::new(),
+        room_mismatches: Vec::new(),
+        oversold: Vec::new(),
+        charged: Decimal::ZERO,
+        confirmed_totals: Decimal::ZERO,
+    };
+    for (flight_id, expected) in seats {
+        if let Some((capacity, held)) = flight::inventory(&stores.flight, &flight_id)? {
+            if held != expected {
+                report
+                    .seat_mismatches
+                    .push((flight_id.clone(), held, expected));
+            }
+            if held > i64::from(capacity) || held < 0 {
+                report
+                    .oversold
+                    .push(format!("{flight_id}: {held} of {capacity} seats"));
+            }
+        }
+    }
+    for ((hotel_id, day), expected) in nights {
+        if let Some((capacity, booked)) = hotel::inventory(&stores.hotel, &hotel_id, day)? {
+            if booked != expected {
+                report
+                    .room_mismatches
+                    .push((hotel_id.clone(), day, booked, expected));
+            }
+            if booked > i64::from(capacity) || booked < 0 {
+                report.oversold.push(format!(
+                    "{hotel_id} day {day}: {booked} of {capacity} rooms"
+                ));
+            }
+        }
+    }
+    report.charged = payment::charges(&stores.payment)?
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Charge::Charged { amount, .. } => Some(amount.amount),
+            _ => None,
+        })
+        .sum();
+    report.confirmed_totals = confirmed
+        .iter()
+        .filter_map(|s| match &s.status {
+            Status::Confirmed(total) => Some(total.amount),
+            _ => None,
+        })
+        .sum();
+    Ok(report)
+}
