@@ -561,12 +561,12 @@ async fn finish(
 
 /// Applies one record: committed at once, or added to `batch` when one is given (the caller
 /// then skips records below sled's offset itself).
-pub(crate) async fn process<H: Handler>(
+pub(crate) async fn process<H: Handler, M: Message + Sync>(
     group: &str,
     store: &Store,
     codec: &Codec,
     handler: &H,
-    message: &BorrowedMessage<'_>,
+    message: &M,
     batch: Option<&mut Batch>,
 ) -> Result<(), Failure> {
     let at = Position {

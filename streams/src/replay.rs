@@ -2,13 +2,15 @@
 //!
 //! It assigns partitions directly (no consumer group join, no offset commits), so it never
 //! disturbs live groups, and reads up to the end each partition had when the replay started.
-//! Poison records are skipped and counted (the live service already dead-lettered them).
+//! Records of several topics are applied in timestamp order (see [`replay`]). Poison records
+//! are skipped and counted (the live service already dead-lettered them).
 //! Replaying the same input through the same handler gives the same digest as the live store.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::codec::Codec;
@@ -139,39 +141,141 @@ pub async fn replay<H: Handler>(
     consumer
         .assign(&assignment)
         .map_err(|e| Error::kafka("assigning partitions", e))?;
-    let (mut applied, mut skipped) = (0u64, 0u64);
     // Records are committed in batches: each batch's effects and offsets are one transaction,
     // so a replay stopped midway resumes consistently, and sled's per-transaction cost is paid
     // once per batch instead of once per record.
-    let mut batch = Batch::for_run(store)?;
-    let mut last_report = Instant::now();
+    let mut run = Run {
+        batch: Batch::for_run(store)?,
+        applied: 0,
+        skipped: 0,
+        total,
+        last_report: Instant::now(),
+    };
     progress(Progress { records: 0, total });
-    while !ends.is_empty() {
-        let Some(message) = consumer.poll(Duration::ZERO) else {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        };
-        let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
-        let (topic, partition, offset) = (
-            message.topic().to_owned(),
-            message.partition(),
-            message.offset(),
-        );
-        let Some(end) = ends
-            .iter()
-            .position(|(t, p, _)| *t == topic && *p == partition)
-        else {
-            continue;
-        };
-        if offset >= ends[end].2 {
-            ends.swap_remove(end);
-            continue;
+    if topics.len() == 1 {
+        // One topic: partitions are independent, so records are applied as they arrive.
+        while !ends.is_empty() {
+            let Some(message) = consumer.poll(Duration::ZERO) else {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            };
+            let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
+            if let Some(end) = reached(&mut ends, &message) {
+                if end {
+                    run.apply(store, codec, handler, &message, &mut progress)
+                        .await?;
+                }
+                close(&mut ends, &message);
+            }
         }
+    } else {
+        // Several topics: a service saw their records interleaved in the order they were
+        // written (a reply comes after its request), so they are applied in timestamp order,
+        // the earlier topic first on a tie, taking a record only once every partition still
+        // being read has one waiting.
+        let rank = |topic: &str| {
+            topics
+                .iter()
+                .position(|t| *t == topic)
+                .unwrap_or(usize::MAX)
+        };
+        let mut waiting: HashMap<(String, i32), VecDeque<OwnedMessage>> = HashMap::new();
+        loop {
+            let starved = ends
+                .iter()
+                .any(|(t, p, _)| waiting.get(&(t.clone(), *p)).is_none_or(VecDeque::is_empty));
+            if !starved {
+                let earliest = waiting
+                    .iter()
+                    .filter_map(|(key, queue)| {
+                        queue.front().map(|m| {
+                            let at = m.timestamp().to_millis().unwrap_or(0);
+                            (at, rank(&key.0), key.1, key.clone())
+                        })
+                    })
+                    .min();
+                let Some((.., key)) = earliest else {
+                    break;
+                };
+                if let Some(message) = waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                    run.apply(store, codec, handler, &message, &mut progress)
+                        .await?;
+                }
+                continue;
+            }
+            let Some(message) = consumer.poll(Duration::ZERO) else {
+                tokio::time::sleep(IDLE).await;
+                continue;
+            };
+            let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
+            if let Some(end) = reached(&mut ends, &message) {
+                if end {
+                    waiting
+                        .entry((message.topic().to_owned(), message.partition()))
+                        .or_default()
+                        .push_back(message.detach());
+                }
+                close(&mut ends, &message);
+            }
+        }
+    }
+    if !run.batch.is_empty() {
+        store.commit_batch(&run.batch)?;
+    }
+    progress(Progress {
+        records: run.applied + run.skipped,
+        total,
+    });
+    store.flush()?;
+    Ok(Summary {
+        applied: run.applied,
+        skipped: run.skipped,
+        digest: store.digest()?,
+        elapsed: began.elapsed(),
+    })
+}
+
+/// Whether a record belongs to a partition still being read (`Some`), and if so whether it is
+/// before that partition's end (`Some(true)`: apply it).
+fn reached(ends: &mut [(String, i32, i64)], message: &impl Message) -> Option<bool> {
+    ends.iter()
+        .find(|(t, p, _)| t == message.topic() && *p == message.partition())
+        .map(|(_, _, end)| message.offset() < *end)
+}
+
+/// Stops reading a partition once its last record before the end was read.
+fn close(ends: &mut Vec<(String, i32, i64)>, message: &impl Message) {
+    if let Some(i) = ends.iter().position(|(t, p, end)| {
+        t == message.topic() && *p == message.partition() && message.offset() + 1 >= *end
+    }) {
+        ends.swap_remove(i);
+    }
+}
+
+/// A replay's running counts and open batch.
+struct Run {
+    batch: Batch,
+    applied: u64,
+    skipped: u64,
+    total: u64,
+    last_report: Instant,
+}
+
+impl Run {
+    async fn apply<H: Handler, M: Message + Sync>(
+        &mut self,
+        store: &Store,
+        codec: &Codec,
+        handler: &H,
+        message: &M,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<()> {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let mut backoff = Duration::from_millis(100);
         loop {
-            match process(GROUP, store, codec, handler, &message, Some(&mut batch)).await {
+            match process(GROUP, store, codec, handler, message, Some(&mut self.batch)).await {
                 Ok(()) => {
-                    applied += 1;
+                    self.applied += 1;
                     break;
                 }
                 Err(Failure::Poison(kind, reason)) => {
@@ -185,12 +289,12 @@ pub async fn replay<H: Handler>(
                     );
                     let at = Position {
                         group: GROUP,
-                        topic: &topic,
+                        topic,
                         partition,
                         offset,
                     };
-                    batch.add(&at, None, Effects::default());
-                    skipped += 1;
+                    self.batch.add(&at, None, Effects::default());
+                    self.skipped += 1;
                     break;
                 }
                 Err(Failure::Retry(reason)) => {
@@ -200,33 +304,17 @@ pub async fn replay<H: Handler>(
                 }
             }
         }
-        if offset + 1 >= ends[end].2 {
-            ends.swap_remove(end);
+        if self.batch.len() >= BATCH_RECORDS {
+            store.commit_batch(&self.batch)?;
+            self.batch.committed();
         }
-        if batch.len() >= BATCH_RECORDS {
-            store.commit_batch(&batch)?;
-            batch.committed();
-        }
-        if last_report.elapsed() >= Duration::from_millis(100) {
+        if self.last_report.elapsed() >= Duration::from_millis(100) {
             progress(Progress {
-                records: applied + skipped,
-                total,
+                records: self.applied + self.skipped,
+                total: self.total,
             });
-            last_report = Instant::now();
+            self.last_report = Instant::now();
         }
+        Ok(())
     }
-    if !batch.is_empty() {
-        store.commit_batch(&batch)?;
-    }
-    progress(Progress {
-        records: applied + skipped,
-        total,
-    });
-    store.flush()?;
-    Ok(Summary {
-        applied,
-        skipped,
-        digest: store.digest()?,
-        elapsed: began.elapsed(),
-    })
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod broker;
 pub mod consume;
+pub mod demo;
 pub mod produce;
 pub mod registry;
 pub mod replay;
