@@ -177,6 +177,18 @@ where
         Ok(args) => args,
         Err(e) => e.exit(),
     };
+    main_with(&args, service, |settings| {
+        run(settings, Box::pin(interrupted()))
+    })
+}
+
+/// As [`main`], for a service binary that parses more flags itself: logging, the runtime and
+/// the exit code, given the common flags.
+pub fn main_with<F, Fut>(args: &Args, service: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     crate::telemetry::init("info,librdkafka=warn");
     let outcome = (|| {
         let settings = args.settings(service)?;
@@ -184,7 +196,7 @@ where
             .enable_all()
             .build()
             .map_err(|e| crate::Error::Usage(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(run(settings, Box::pin(interrupted())))
+        runtime.block_on(run(settings))
     })();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -70,7 +70,7 @@ enum Command {
     Consume(command::consume::Args),
     /// Rebuild a store from a topic with a built-in handler and print its digest.
     Replay(command::replay::Args),
-    /// Run one service (booking, flight, hotel, payment) as its own process.
+    /// Run one service (booking, flight, hotel, payment, auth, gateway) as its own process.
     Run(command::run::Args),
     /// Measure whole-system figures on the embedded broker against same-run baselines.
     #[command(subcommand)]

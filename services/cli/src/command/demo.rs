@@ -478,7 +478,7 @@ async fn place(demo: &Demo, token: &str, i: usize) -> anyhow::Result<Outcome> {
         i if i % 2 == 0 => (["TS100", "TS102", "TS104"][i % 3], "FRA-CENTRAL"),
         i => (["TS200", "TS202"][i % 2], "BER-MITTE"),
     };
-    let extras = if i % 3 == 0 {
+    let extras = if i.is_multiple_of(3) {
         json!([{"code": "LUGGAGE", "quantity": 1}, {"code": "BREAKFAST", "quantity": 2}])
     } else {
         json!([])

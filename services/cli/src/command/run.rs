@@ -1,7 +1,8 @@
 //! `tripstream run <service>`: one service as its own process, against `tripstream broker` or
 //! any Kafka cluster.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use streams::service::{Data, Settings};
@@ -19,6 +20,10 @@ pub enum Service {
     Hotel,
     /// Balances, charges and refunds.
     Payment,
+    /// Sign-up, login, tokens (HTTP, default 127.0.0.1:8082).
+    Auth,
+    /// The JSON API for clients (HTTP, default 127.0.0.1:8080).
+    Gateway,
 }
 
 impl Service {
@@ -28,6 +33,8 @@ impl Service {
             Service::Flight => "flight",
             Service::Hotel => "hotel",
             Service::Payment => "payment",
+            Service::Auth => "auth",
+            Service::Gateway => "gateway",
         }
     }
 }
@@ -39,6 +46,21 @@ pub struct Args {
     service: Service,
     #[command(flatten)]
     flags: streams::service::Args,
+    /// Where auth or the gateway listens [default: 127.0.0.1:8082 for auth, 127.0.0.1:8080 for
+    /// the gateway].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The auth service, for the gateway.
+    #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
+    auth_url: String,
+    /// The key auth signs tokens with and the gateway checks them with; created with a random
+    /// key when missing, so auth and gateway started in one directory share it.
+    #[arg(
+        long,
+        env = "TRIPSTREAM_TOKEN_KEY_FILE",
+        default_value = ".tripstream/token.key"
+    )]
+    token_key_file: PathBuf,
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -56,7 +78,46 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     );
     let settings = Settings::new(brokers, args.flags.registry, Data::Dir(data));
     let shutdown = crate::interrupted();
+    let tokens = || -> anyhow::Result<auth::Signer> {
+        let path = root.join(&args.token_key_file);
+        auth::Signer::from_file(&path, auth::token::DEFAULT_TTL)
+            .map_err(|e| anyhow::anyhow!("token key {}: {e}", path.display()))
+    };
     match args.service {
+        Service::Auth => {
+            let listen = args
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8082)));
+            crate::note!("auth: listening on http://{listen}");
+            auth::run(
+                auth::Settings {
+                    service: settings,
+                    listen,
+                    tokens: tokens()?,
+                },
+                shutdown,
+            )
+            .await?;
+        }
+        Service::Gateway => {
+            let listen = args
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+            crate::note!(
+                "gateway: listening on http://{listen}, auth at {}",
+                args.auth_url
+            );
+            gateway::run(
+                gateway::Settings {
+                    service: settings,
+                    listen,
+                    auth_url: args.auth_url.clone(),
+                    tokens: tokens()?,
+                },
+                shutdown,
+            )
+            .await?;
+        }
         Service::Booking => booking::run(settings, shutdown).await?,
         Service::Flight => flight::run(settings, shutdown).await?,
         Service::Hotel => hotel::run(settings, shutdown).await?,
