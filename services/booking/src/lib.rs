@@ -5,31 +5,58 @@
 //! The saga is a state machine over the service's sled state, advanced by one event at a
 //! time: its commands are emitted through the outbox in the same transaction as the state
 //! change, so after a crash of any service every saga still reaches confirmed or cancelled.
-//! Late and duplicate replies are recognised by the step they answer and change nothing.
+//! Late and duplicate replies are recognised by the step they answer and change nothing. A saga
+//! still waiting [`TIMEOUT`] after its request is timed out: what is held is released, what is
+//! still unanswered is undone behind it, and it ends `TIMED_OUT`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use events::{
-    BookingCancelled, BookingConfirmed, BookingRequested, CancellationReason, ChargePayment, Money,
-    PaymentCharged, PaymentDeclined, PaymentRefunded, RefundPayment, ReleaseRooms, ReleaseSeats,
-    ReserveRooms, ReserveSeats, RoomsRefused, RoomsReleased, RoomsReserved, SeatsRefused,
-    SeatsReleased, SeatsReserved, now_millis, topics,
+    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, CancellationReason,
+    ChargePayment, Money, PaymentCharged, PaymentDeclined, PaymentRefunded, RefundPayment,
+    ReleaseRooms, ReleaseSeats, ReserveRooms, ReserveSeats, RoomsRefused, RoomsReleased,
+    RoomsReserved, SeatsRefused, SeatsReleased, SeatsReserved, now_millis, topics,
 };
 use serde::{Deserialize, Serialize};
 use streams::processor::{Context, Handler, HandlerError, Record};
-use streams::service::Settings;
+use streams::producer::{Metadata, Producer};
+use streams::service::{Data, Settings};
 use streams::store::Store;
 
 /// The service's consumer group.
 pub const GROUP: &str = "booking";
 
-/// Runs the booking service until `shutdown`.
+/// How long a saga may take from its request before its open steps are undone.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the booking service until `shutdown`, with the default [`TIMEOUT`].
 ///
 /// # Errors
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(
+    run_with(settings, TIMEOUT, shutdown).await
+}
+
+/// Runs the booking service until `shutdown`; sagas unfinished `timeout` after their request
+/// are timed out.
+///
+/// # Errors
+///
+/// When the store cannot be opened or the broker cannot be reached at start.
+pub async fn run_with(
+    mut settings: Settings,
+    timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> streams::Result<()> {
+    let store = settings.data.open()?;
+    settings.data = Data::Store(store.clone());
+    let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep(store, producer, timeout, stopped));
+    let served = streams::service::run(
         GROUP,
         &[
             topics::BOOKINGS,
@@ -41,8 +68,75 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> stre
         Sagas,
         shutdown,
     )
-    .await
+    .await;
+    let _ = stop.send(true);
+    let _ = sweeper.await;
+    served
 }
+
+/// How often open sagas are checked against their deadline.
+const SWEEP: Duration = Duration::from_millis(500);
+
+/// How long before a time-out that has not taken effect is announced again.
+const ANNOUNCE_AGAIN: Duration = Duration::from_secs(10);
+
+/// Announces `BookingTimedOut` for every open saga past its deadline. The saga acts on it when
+/// the event comes back through the log, so the decision is replayed like any other; an
+/// announcement lost or repeated changes nothing.
+async fn sweep(
+    store: Store,
+    producer: Producer,
+    timeout: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let mut announced: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(SWEEP) => {}
+        }
+        let open = match store.scan(OPEN.as_bytes()) {
+            Ok(open) => open,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read open sagas");
+                continue;
+            }
+        };
+        let now = now_millis();
+        announced.retain(|_, at| at.elapsed() < ANNOUNCE_AGAIN);
+        for (key, value) in open {
+            let booking_id = String::from_utf8_lossy(&key[OPEN.len()..]).into_owned();
+            let Some((user_id, requested_at)) =
+                serde_json::from_slice::<(String, i64)>(&value).ok()
+            else {
+                continue;
+            };
+            let deadline = requested_at.saturating_add(timeout_ms);
+            if deadline > now || announced.contains_key(&booking_id) {
+                continue;
+            }
+            let event = BookingTimedOut {
+                booking_id: booking_id.clone(),
+                user_id,
+                deadline,
+            };
+            match producer
+                .send(topics::BOOKINGS, &event, &Metadata::new(&booking_id))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(booking_id, "Saga timed out");
+                    announced.insert(booking_id, Instant::now());
+                }
+                Err(error) => tracing::warn!(%error, booking_id, "Cannot announce a time-out"),
+            }
+        }
+    }
+}
+
+/// Key prefix of open sagas: booking id → (user id, requested at).
+const OPEN: &str = "open/";
 
 /// A reservation step (seats or rooms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +436,45 @@ pub enum Reply {
 }
 
 impl Saga {
+    /// Passes the deadline: every step still unanswered is undone too (a release or refund
+    /// queued behind the reservation or charge it undoes), then the saga compensates as on a
+    /// refusal and ends `TIMED_OUT`. `None` when the saga was no longer waiting.
+    pub fn time_out(&mut self) -> Option<Vec<Command>> {
+        if !matches!(self.status, Status::Reserving | Status::Charging) {
+            return None;
+        }
+        let why = "no answer before the deadline".to_owned();
+        self.status = Status::Compensating(CancellationReason::TimedOut, why.clone());
+        let booking_id = self.request.booking_id.clone();
+        let mut commands = Vec::new();
+        if self.rooms == Step::Pending {
+            self.rooms = Step::Releasing;
+            commands.push(Command::ReleaseRooms(ReleaseRooms {
+                booking_id: booking_id.clone(),
+                hotel_id: self.request.hotel.hotel_id.clone(),
+                reason: why.clone(),
+            }));
+        }
+        if self.seats == Step::Pending {
+            self.seats = Step::Releasing;
+            commands.push(Command::ReleaseSeats(ReleaseSeats {
+                booking_id: booking_id.clone(),
+                flight_id: self.request.flight.flight_id.clone(),
+                reason: why.clone(),
+            }));
+        }
+        if self.payment == Payment::Pending {
+            self.payment = Payment::Refunding;
+            commands.push(Command::Refund(RefundPayment {
+                booking_id,
+                user_id: self.request.user_id.clone(),
+                reason: why,
+            }));
+        }
+        commands.extend(self.advance());
+        Some(commands)
+    }
+
     /// Records a reply and returns what to send, or `None` for a reply that answers no open
     /// question (late or duplicate) and changes nothing.
     pub fn reply(&mut self, reply: Reply) -> Option<Vec<Command>> {
@@ -394,8 +527,23 @@ impl Handler for Sagas {
                     return Ok(());
                 }
                 let (saga, commands) = Saga::start(request);
-                ctx.put_json(&key, &saga);
+                save(ctx, &saga);
                 return send(ctx, commands).await;
+            }
+            Some(BookingTimedOut::TYPE) => {
+                let timed_out: BookingTimedOut = ctx.decode(record).await?;
+                let key = saga_key(&timed_out.booking_id);
+                let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {
+                    return Ok(());
+                };
+                return match saga.time_out() {
+                    Some(commands) => {
+                        save(ctx, &saga);
+                        send(ctx, commands).await
+                    }
+                    // Finished before the time-out came back: nothing to undo.
+                    None => Ok(()),
+                };
             }
             // The saga's own announcements, read back from `bookings`.
             Some(BookingConfirmed::TYPE | BookingCancelled::TYPE) => return Ok(()),
@@ -450,7 +598,7 @@ impl Handler for Sagas {
         };
         match saga.reply(reply) {
             Some(commands) => {
-                ctx.put_json(&key, &saga);
+                save(ctx, &saga);
                 send(ctx, commands).await
             }
             None => {
@@ -458,6 +606,21 @@ impl Handler for Sagas {
                 Ok(())
             }
         }
+    }
+}
+
+/// Stores a saga, and keeps the index of open sagas the time-out sweep reads.
+fn save(ctx: &mut Context<'_>, saga: &Saga) {
+    let booking_id = &saga.request.booking_id;
+    ctx.put_json(&saga_key(booking_id), saga);
+    let open = format!("{OPEN}{booking_id}");
+    if saga.finished() {
+        ctx.remove(open.into_bytes());
+    } else {
+        ctx.put_json(
+            &open,
+            &(saga.request.user_id.clone(), saga.request.requested_at),
+        );
     }
 }
 
@@ -577,6 +740,27 @@ mod tests {
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::PaymentDeclined));
         assert_eq!(saga.reply(Reply::RoomsReleased), None);
+    }
+
+    #[test]
+    fn a_time_out_undoes_held_and_unanswered_steps_and_waits_for_both() {
+        let mut saga = started();
+        assert_eq!(saga.reply(Reply::RoomsHeld(eur(80))), Some(vec![]));
+        let sent = saga.time_out().expect("it was waiting");
+        assert!(
+            matches!(
+                sent.as_slice(),
+                [Command::ReleaseSeats(_), Command::ReleaseRooms(_)]
+            ),
+            "{sent:?}"
+        );
+        // The late hold is undone by the release queued behind it.
+        assert_eq!(saga.reply(Reply::SeatsHeld(eur(100))), None);
+        assert_eq!(saga.reply(Reply::SeatsReleased), Some(vec![]));
+        let sent = saga.reply(Reply::RoomsReleased).expect("answers");
+        assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
+            if c.reason == CancellationReason::TimedOut));
+        assert_eq!(saga.time_out(), None, "a finished saga cannot time out");
     }
 
     #[test]

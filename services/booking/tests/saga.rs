@@ -35,7 +35,29 @@ struct System {
     services: Vec<tokio::task::JoinHandle<streams::Result<()>>>,
 }
 
+/// One system at a time: two on two cores starve each other's consumer groups.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn settings(broker: &EmbeddedBroker, registry: &registry::Running, store: &Store) -> Settings {
+    let mut settings = Settings::new(
+        broker.bootstrap_servers(),
+        registry.url(),
+        Data::Store(store.clone()),
+    );
+    settings.consumer = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "300".into()),
+        ("fetch.wait.max.ms".into(), "10".into()),
+    ];
+    settings
+}
+
 async fn start() -> System {
+    start_with(booking::TIMEOUT, true).await
+}
+
+/// Starts booking (sagas timing out after `timeout`), hotel, payment, and flight if asked.
+async fn start_with(timeout: Duration, with_flight: bool) -> System {
     streams::telemetry::init("warn");
     let broker = EmbeddedBroker::start(1).expect("broker");
     let set = TopicSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topics"))
@@ -52,32 +74,28 @@ async fn start() -> System {
     let codec = Codec::new(Client::new(&registry.url()).expect("client"));
     let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
     let stores = [(); 4].map(|()| Store::temporary().expect("store"));
-    let settings = |store: &Store| {
-        let mut settings = Settings::new(
-            broker.bootstrap_servers(),
-            registry.url(),
-            Data::Store(store.clone()),
-        );
-        settings.consumer = vec![
-            ("session.timeout.ms".into(), "6000".into()),
-            ("heartbeat.interval.ms".into(), "300".into()),
-            ("fetch.wait.max.ms".into(), "10".into()),
-        ];
-        settings
-    };
-    let (stop, stopped) = watch::channel(false);
-    let until = move || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
-    };
-    let services = vec![
-        tokio::spawn(booking::run(settings(&stores[0]), until())),
-        tokio::spawn(flight::run(settings(&stores[1]), until())),
-        tokio::spawn(hotel::run(settings(&stores[2]), until())),
-        tokio::spawn(payment::run(settings(&stores[3]), until())),
+    let (stop, _) = watch::channel(false);
+    let mut services = vec![
+        tokio::spawn(booking::run_with(
+            settings(&broker, &registry, &stores[0]),
+            timeout,
+            until(&stop),
+        )),
+        tokio::spawn(hotel::run(
+            settings(&broker, &registry, &stores[2]),
+            until(&stop),
+        )),
+        tokio::spawn(payment::run(
+            settings(&broker, &registry, &stores[3]),
+            until(&stop),
+        )),
     ];
+    if with_flight {
+        services.push(tokio::spawn(flight::run(
+            settings(&broker, &registry, &stores[1]),
+            until(&stop),
+        )));
+    }
     System {
         broker,
         registry,
@@ -88,7 +106,21 @@ async fn start() -> System {
     }
 }
 
+fn until(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut stopped = stop.subscribe();
+    async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+}
+
 impl System {
+    fn start_flight(&mut self) {
+        self.services.push(tokio::spawn(flight::run(
+            settings(&self.broker, &self.registry, &self.stores[1]),
+            until(&self.stop),
+        )));
+    }
+
     async fn send<E: streams::codec::Event>(&self, topic: &str, event: &E) {
         self.producer
             .send(topic, event, &Metadata::new(event.key()))
@@ -207,6 +239,7 @@ fn cancelled(saga: &Saga) -> Option<CancellationReason> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sagas_confirm_compensate_and_never_oversell() {
+    let _serial = SERIAL.lock().await;
     let system = start().await;
     system.flight("LH1", 10, 100).await;
     system.flight("LH2", 1, 100).await;
@@ -311,5 +344,59 @@ async fn sagas_confirm_compensate_and_never_oversell() {
         .sum();
     assert_eq!(charged, confirmed_totals);
     assert_eq!(confirmed_totals, Decimal::new(380 + 5 * (50 + 160 + 20), 0));
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let mut system = start_with(Duration::from_secs(2), false).await;
+    system.flight("LH1", 10, 100).await;
+    system.hotel("H1", 50, 80).await;
+    system.credit("rich", 100_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.book("b-late", "rich", "LH1", 2, "H1").await;
+
+    // The hotel answers, the flight service is down: after the deadline the room is released
+    // and a release of the seats is queued behind their reservation.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let saga = booking::saga(&system.stores[0], "b-late").expect("read");
+        if let Some(saga) = &saga
+            && matches!(
+                saga.status,
+                Status::Compensating(CancellationReason::TimedOut, _)
+            )
+            && saga.rooms == booking::Step::Released
+        {
+            assert_eq!(
+                saga.seats,
+                booking::Step::Releasing,
+                "waits for the flight service"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no time-out: {saga:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The flight service comes back: it reserves, then releases, and the saga ends.
+    system.start_flight();
+    let sagas = system.finished(&["b-late".to_owned()]).await;
+    assert_eq!(cancelled(&sagas[0]), Some(CancellationReason::TimedOut));
+    assert_eq!(
+        flight::inventory(&system.stores[1], "LH1").expect("flight"),
+        Some((10, 0)),
+        "the late reservation was released"
+    );
+    assert_eq!(
+        hotel::inventory(&system.stores[2], "H1", 20_800).expect("hotel"),
+        Some((50, 0))
+    );
+    assert_eq!(
+        payment::balance(&system.stores[3], "rich", "EUR").expect("balance"),
+        Decimal::new(100_000, 0),
+        "nothing was charged"
+    );
     system.stop().await;
 }

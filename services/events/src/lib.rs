@@ -221,6 +221,22 @@ event!(
     booking_id
 );
 
+/// A saga passed its deadline unfinished (the booking service tells itself through the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingTimedOut {
+    /// The booking.
+    pub booking_id: String,
+    /// Who booked.
+    pub user_id: String,
+    /// The deadline that passed.
+    pub deadline: i64,
+}
+event!(
+    BookingTimedOut,
+    "tripstream.booking.BookingTimedOut",
+    booking_id
+);
+
 /// A flight offered for sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlightScheduled {

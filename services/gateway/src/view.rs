@@ -2,7 +2,8 @@
 //! flight and hotel catalogs (from `flights` and `hotels`).
 
 use events::{
-    BookingCancelled, BookingConfirmed, BookingRequested, FlightScheduled, HotelListed, Money, date,
+    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, FlightScheduled,
+    HotelListed, Money, date,
 };
 use serde::{Deserialize, Serialize};
 use streams::processor::{Context, Handler, HandlerError, Record};
@@ -160,6 +161,8 @@ impl Handler for Views {
                     view.finished_at = Some(cancelled.cancelled_at);
                 })
             }
+            // The saga's note to itself; the outcome follows as a cancellation.
+            Some(BookingTimedOut::TYPE) => Ok(()),
             Some(FlightScheduled::TYPE) => {
                 let flight: FlightScheduled = ctx.decode(record).await?;
                 ctx.put_json(&flight_key(&flight.flight_id), &flight);
