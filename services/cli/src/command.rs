@@ -8,5 +8,6 @@ pub mod produce;
 pub mod registry;
 pub mod replay;
 pub mod run;
+pub mod saga_bench;
 pub mod schemas;
 pub mod topics;

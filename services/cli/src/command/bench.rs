@@ -33,6 +33,16 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// Confirmed bookings per second through the whole saga (every service in one process),
+    /// then the latency at half that rate, against raw rdkafka's message rate.
+    Saga {
+        /// Bookings sent at once for the throughput figure.
+        #[arg(long, default_value_t = 10_000)]
+        bookings: usize,
+        /// How long the half-load latency run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +241,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             println!("ratio: {:.2} of raw", typed_rate / raw_rate);
             bench.registry.stop().await?;
+        }
+        Command::Saga { bookings, seconds } => {
+            super::saga_bench::run(bookings, seconds).await?;
         }
         Command::Replay { events } => {
             let bench = setup(64).await?;

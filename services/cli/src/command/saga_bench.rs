@@ -1,0 +1,275 @@
+//! `tripstream bench saga`: sustained confirmed bookings per second through the whole saga on
+//! the embedded broker, the latency distribution at half that load, and raw rdkafka's message
+//! rate on the same broker in the same run as the baseline.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use events::{
+    BookingRequested, Extra, FlightScheduled, FlightSelection, HotelListed, HotelSelection, Money,
+    topics,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use streams::producer::Metadata;
+use system::{Options, System};
+
+/// Messages one confirmed booking puts through the broker: the request, two reservations and
+/// their answers, the charge and its answer, the confirmation.
+const MESSAGES_PER_BOOKING: f64 = 8.0;
+
+fn eur(cents: i64) -> Money {
+    Money::new(Decimal::new(cents, 2), "EUR")
+}
+
+fn request(i: usize, users: &[String]) -> BookingRequested {
+    BookingRequested {
+        booking_id: uuid::Uuid::new_v4().to_string(),
+        user_id: users[i % users.len()].clone(),
+        flight: FlightSelection {
+            flight_id: format!("BENCH{}", i % 8),
+            seats: 1,
+        },
+        hotel: HotelSelection {
+            hotel_id: format!("HOTEL{}", i % 4),
+            check_in: 20_788,
+            check_out: 20_790,
+            rooms: 1,
+        },
+        extras: vec![Extra {
+            code: "LUGGAGE".into(),
+            quantity: 1,
+            unit_price: eur(3_000),
+        }],
+        requested_at: events::now_millis(),
+    }
+}
+
+/// Runs the bench: throughput with `bookings` sent at once, then latency at half the measured
+/// rate for `latency_seconds`.
+pub async fn run(bookings: usize, latency_seconds: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(bookings > 0, "--bookings must be at least 1");
+    let system = System::start(Options::default()).await?;
+    for i in 0..8 {
+        system
+            .flight(&FlightScheduled {
+                flight_id: format!("BENCH{i}"),
+                origin: "LIS".into(),
+                destination: "FRA".into(),
+                departs_at: 1_796_112_000_000,
+                arrives_at: 1_796_122_000_000,
+                seats: i32::MAX,
+                seat_price: eur(10_000),
+            })
+            .await?;
+    }
+    for i in 0..4 {
+        system
+            .hotel(&HotelListed {
+                hotel_id: format!("HOTEL{i}"),
+                name: format!("Hotel {i}"),
+                city: "Frankfurt".into(),
+                rooms: i32::MAX,
+                nightly_rate: eur(8_000),
+            })
+            .await?;
+    }
+    let users: Vec<String> = (0..64).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for user in &users {
+        system.credit(user, eur(100_000_000_000)).await?;
+    }
+    // Warm-up: registers every schema, joins every group, fills every cache.
+    eprintln!("Warming up...");
+    send(&system, 200, &users, None).await?;
+    wait_finished(&system, 200, Duration::from_secs(120)).await?;
+
+    eprintln!("Throughput: {bookings} bookings sent at once...");
+    let started = Instant::now();
+    send(&system, bookings, &users, None).await?;
+    wait_finished(&system, 200 + bookings, Duration::from_secs(600)).await?;
+    let rate = bookings as f64 / started.elapsed().as_secs_f64();
+
+    let half = (rate / 2.0).max(1.0);
+    let count = ((half * latency_seconds as f64) as usize).max(1);
+    eprintln!("Latency: {count} bookings at {half:.0}/s...");
+    let sent_at = send(&system, count, &users, Some(half)).await?;
+    wait_finished(&system, 200 + bookings + count, Duration::from_secs(600)).await?;
+    let mut latencies = confirmation_latencies(&system, &sent_at)?;
+    latencies.sort_unstable();
+
+    let raw = raw_rate(&system, 50_000).await?;
+    let report = system.consistency()?;
+    let percentile = |p: f64| -> i64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    println!("saga, sent at once:        {rate:>10.0} confirmed bookings/s ({bookings} bookings)");
+    println!(
+        "saga at {half:.0}/s:            p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} confirmed of {count})",
+        percentile(0.50),
+        percentile(0.95),
+        percentile(0.99),
+        latencies.last().copied().unwrap_or(0),
+        latencies.len()
+    );
+    println!("raw rdkafka, pre-encoded:  {raw:>10.0} messages/s on the same broker");
+    println!(
+        "consistency: {}",
+        if report.holds() {
+            "every check holds"
+        } else {
+            "FAILED"
+        }
+    );
+    println!(
+        "ratio: {:.2} of raw (each booking is {MESSAGES_PER_BOOKING} messages: {:.0} messages/s)",
+        rate * MESSAGES_PER_BOOKING / raw,
+        rate * MESSAGES_PER_BOOKING
+    );
+    system.stop().await?;
+    Ok(())
+}
+
+/// Sends `count` requests, at `per_second` if given; returns each booking's send time (ms).
+async fn send(
+    system: &System,
+    count: usize,
+    users: &[String],
+    per_second: Option<f64>,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let started = Instant::now();
+    let mut sent_at = HashMap::with_capacity(count);
+    let mut pending = Vec::new();
+    for i in 0..count {
+        if let Some(rate) = per_second {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let request = request(i, users);
+        sent_at.insert(request.booking_id.clone(), request.requested_at);
+        let producer = system.producer.clone();
+        pending.push(tokio::spawn(async move {
+            producer
+                .send(
+                    topics::BOOKINGS,
+                    &request,
+                    &Metadata::new(&request.booking_id),
+                )
+                .await
+        }));
+        if pending.len() >= 1_000 {
+            for sent in pending.drain(..) {
+                sent.await??;
+            }
+        }
+    }
+    for sent in pending {
+        sent.await??;
+    }
+    Ok(sent_at)
+}
+
+async fn wait_finished(system: &System, sagas: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let open = system.stores.booking.scan(b"open/")?.len();
+        let started = system.stores.booking.scan(b"saga/")?.len();
+        if open == 0 && started >= sagas {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{open} sagas still open, {started} of {sagas} started, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// For each booking of `sent_at` confirmed: the confirmation's broker timestamp minus the
+/// request's send time, in ms.
+fn confirmation_latencies(
+    system: &System,
+    sent_at: &HashMap<String, i64>,
+) -> anyhow::Result<Vec<i64>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", system.broker.bootstrap_servers())
+        // assign() needs a group handle; this reader never joins the group nor commits.
+        .set("group.id", "tripstream-bench-latency")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topics::BOOKINGS), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let (low, high) =
+            consumer.fetch_watermarks(topics::BOOKINGS, partition.id(), Duration::from_secs(10))?;
+        remaining += high - low;
+        tpl.add_partition_offset(topics::BOOKINGS, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut latencies = Vec::new();
+    while remaining > 0 {
+        let Some(message) = consumer.poll(Duration::from_secs(10)) else {
+            anyhow::bail!(
+                "reading {} stalled with {remaining} records left",
+                topics::BOOKINGS
+            );
+        };
+        let message = message?;
+        remaining -= 1;
+        let confirmed = message.headers().is_some_and(|headers| {
+            headers.iter().any(|h| {
+                h.key == "event_type" && h.value == Some(events::BookingConfirmed::TYPE.as_bytes())
+            })
+        });
+        let key = message.key().map(String::from_utf8_lossy);
+        if let (true, Some(key), Some(at)) = (confirmed, key, message.timestamp().to_millis())
+            && let Some(sent) = sent_at.get(key.as_ref())
+        {
+            latencies.push(at - sent);
+        }
+    }
+    Ok(latencies)
+}
+
+/// Raw rdkafka sending pre-encoded bytes of the same size: messages/s.
+async fn raw_rate(system: &System, count: usize) -> anyhow::Result<f64> {
+    system.broker.create_topic("bench.raw", 6, 1)?;
+    let producer: FutureProducer =
+        streams::producer::client_config(system.broker.bootstrap_servers(), &[]).create()?;
+    let payload = system
+        .codec
+        .encode(topics::BOOKINGS, &request(0, &["u".to_owned()]))
+        .await?;
+    let started = Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(5_000) {
+        let sends = chunk.iter().map(|i| {
+            let key = i.to_string();
+            let producer = &producer;
+            let payload = &payload;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to("bench.raw").key(&key).payload(payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+            }
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
