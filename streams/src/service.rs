@@ -119,6 +119,17 @@ pub struct Args {
     /// The service's store directory [default: .tripstream/data/<service>].
     #[arg(long, env = "TRIPSTREAM_DATA")]
     pub data: Option<PathBuf>,
+    /// A librdkafka consumer setting, KEY=VALUE (repeatable), e.g.
+    /// session.timeout.ms=6000 to hand a crashed instance's partitions over sooner.
+    #[arg(long = "consumer", env = "TRIPSTREAM_CONSUMER", value_delimiter = ',', value_parser = key_value)]
+    pub consumer: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> std::result::Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, found `{text}`"))
 }
 
 /// Where `tripstream broker` writes its address.
@@ -147,7 +158,9 @@ impl Args {
             .data
             .clone()
             .unwrap_or_else(|| PathBuf::from(".tripstream/data").join(service));
-        Ok(Settings::new(brokers, &self.registry, Data::Dir(data)))
+        let mut settings = Settings::new(brokers, &self.registry, Data::Dir(data));
+        settings.consumer.clone_from(&self.consumer);
+        Ok(settings)
     }
 }
 

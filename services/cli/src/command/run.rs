@@ -76,7 +76,8 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         args.flags.registry,
         data.display()
     );
-    let settings = Settings::new(brokers, args.flags.registry, Data::Dir(data));
+    let mut settings = Settings::new(brokers, args.flags.registry, Data::Dir(data));
+    settings.consumer = args.flags.consumer;
     let shutdown = crate::interrupted();
     let tokens = || -> anyhow::Result<auth::Signer> {
         let path = root.join(&args.token_key_file);
