@@ -32,7 +32,7 @@ use crate::producer::{self, Metadata, Producer};
 use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
 
 /// How long one receive waits before it is asked again (see the run loop).
-pub(crate) const RECV_RETRY: Duration = Duration::from_millis(250);
+pub(crate) const RECV_RETRY: Duration = Duration::from_millis(20);
 
 /// How often librdkafka reports statistics, which carry each partition's high watermark (for
 /// lag) without a request on the record path.

@@ -269,6 +269,7 @@ impl Store {
     pub fn temporary() -> Result<Store> {
         let db = sled::Config::new()
             .temporary(true)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| Error::Store(e.to_string()))?;
         Self::from_db(db)
