@@ -28,6 +28,7 @@ use events::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use streams::producer::{Metadata, Producer};
 use streams::store::Store;
 use view::BookingView;
@@ -452,12 +453,54 @@ fn request(
     })
 }
 
+/// The booking id an `Idempotency-Key` stands for: the same user and key always give the same
+/// id, so a retried request names the same booking, which the saga and the views take once.
+fn idempotent_id(user: &str, key: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(user.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // RFC 9562 version 8 (custom), variant 10.
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
 async fn book(
     State(gateway): State<Arc<Gateway>>,
     User(user): User,
+    headers: HeaderMap,
     Json(body): Json<BookingBody>,
 ) -> Result<Response, ApiError> {
-    let request = request(&gateway, user, body)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Idempotency-Key",
+                        "must be 1 to 200 visible ASCII characters",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let mut request = request(&gateway, user, body)?;
+    if let Some(key) = &key {
+        request.booking_id = idempotent_id(&request.user_id, key);
+        // Asked before: the first request stands, whatever this one says.
+        if let Some(existing) = lookup(&gateway, &request.booking_id)?
+            && existing.user_id == request.user_id
+        {
+            return Ok(accepted(existing));
+        }
+    }
     let booking_id = request.booking_id.clone();
     gateway
         .producer
@@ -465,13 +508,18 @@ async fn book(
         .await
         .map_err(|e| ApiError::unavailable(format!("the booking could not be sent: {e}")))?;
     let pending = BookingView::pending(&request);
-    streams_lock(&gateway.accepted).insert(booking_id.clone(), pending.clone());
-    let location = format!("/v1/bookings/{booking_id}");
-    let mut response = (StatusCode::ACCEPTED, axum::Json(pending)).into_response();
+    streams_lock(&gateway.accepted).insert(booking_id, pending.clone());
+    Ok(accepted(pending))
+}
+
+/// 202 with the booking and its `Location`.
+fn accepted(view: BookingView) -> Response {
+    let location = format!("/v1/bookings/{}", view.booking_id);
+    let mut response = (StatusCode::ACCEPTED, axum::Json(view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
+    response
 }
 
 fn streams_lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -275,6 +275,61 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
     assert_eq!(mine.len(), 2);
     assert!(mine.contains(&confirmed.as_str()) && mine.contains(&sold_out.as_str()));
 
+    // A request retried with the same Idempotency-Key names the same booking, booked once.
+    let keyed = |key: &'static str| {
+        client
+            .http
+            .post(format!("{}/v1/bookings", client.base))
+            .bearer_auth(&ana_token)
+            .header("idempotency-key", key)
+            .json(&json!({
+                "flight_id": "LH1", "seats": 1, "hotel_id": "H1",
+                "check_in": "2026-12-01", "check_out": "2026-12-02"
+            }))
+            .send()
+    };
+    let first: Value = keyed("trip-42")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let again = keyed("trip-42").await.expect("sent");
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(first["booking_id"], again["booking_id"]);
+    let keyed_id = first["booking_id"].as_str().expect("id").to_owned();
+    let view = client.until_finished(&ana_token, &keyed_id).await;
+    assert_eq!(view["status"], "CONFIRMED", "{view}");
+    let after: Value = keyed("trip-42")
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        after["status"], "CONFIRMED",
+        "a late retry sees the outcome"
+    );
+    let (_, mine) = client
+        .call(get.clone(), "/v1/bookings", Some(&ana_token), None)
+        .await;
+    assert_eq!(
+        mine["bookings"].as_array().map(Vec::len),
+        Some(3),
+        "booked once"
+    );
+    let bad = client
+        .http
+        .post(format!("{}/v1/bookings", client.base))
+        .bearer_auth(&ana_token)
+        .header("idempotency-key", "")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
     // Tokens: none, malformed, forged, expired.
     let (status, body) = client.call(get.clone(), "/v1/bookings", None, None).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "Bearer");
