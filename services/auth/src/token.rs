@@ -74,12 +74,21 @@ impl Signer {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
+            // Written whole under a private name, then linked into place: a process starting
+            // at the same moment sees either no key or a complete one, never a partial file,
+            // and the first link wins.
+            let draft = path.with_extension(format!("draft-{}", uuid::Uuid::new_v4()));
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(path) {
-                Ok(mut file) => std::io::Write::write_all(&mut file, &random_key())?,
+            let written = options
+                .open(&draft)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, &random_key()));
+            let linked = written.and_then(|()| std::fs::hard_link(&draft, path));
+            let _ = std::fs::remove_file(&draft);
+            match linked {
+                Ok(()) => {}
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -162,6 +171,31 @@ pub fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_starting_together_share_one_complete_key_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("keys/token.key");
+        let signers: Vec<Signer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Signer::from_file(&path, DEFAULT_TTL).expect("key")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let (token, _) = signers[0].issue("u", 0);
+        assert!(
+            signers
+                .iter()
+                .all(|s| s.verify(&token, 1) == Ok("u".into()))
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .expect("dir")
+            .collect();
+        assert_eq!(left.len(), 1, "no draft is left behind");
+    }
 
     #[test]
     fn a_token_names_its_user_until_it_expires_and_no_other_key_or_edit_passes() {
