@@ -19,7 +19,7 @@ pub mod resolve;
 pub mod schema;
 pub mod service;
 pub mod store;
-mod sync;
+pub mod sync;
 pub mod telemetry;
 pub mod topic;
 

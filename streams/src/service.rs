@@ -2,7 +2,7 @@
 //! running its handler over its topics until shutdown.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::codec::Codec;
 use crate::error::Result;
@@ -132,8 +132,37 @@ fn key_value(text: &str) -> std::result::Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, found `{text}`"))
 }
 
-/// Where `tripstream broker` writes its address.
+/// Where `tripstream broker` writes its address, relative to the project root.
 pub const BOOTSTRAP_FILE: &str = ".tripstream/bootstrap";
+
+/// The explicit brokers (`--brokers` or TRIPSTREAM_BROKERS), else the address a running
+/// `tripstream broker` wrote to [`BOOTSTRAP_FILE`] under `root`.
+///
+/// # Errors
+///
+/// [`crate::Error::Usage`] saying how to give a broker when there is none.
+pub fn resolve_brokers(root: &Path, explicit: Option<&str>) -> Result<String> {
+    if let Some(brokers) = explicit {
+        return Ok(brokers.to_owned());
+    }
+    let file = root.join(BOOTSTRAP_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(crate::Error::Usage(format!(
+            "{} is empty; restart `tripstream broker` or pass --brokers",
+            file.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(crate::Error::Usage(format!(
+            "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or start \
+             `tripstream broker` (which writes {})",
+            file.display()
+        ))),
+        Err(e) => Err(crate::Error::Usage(format!(
+            "cannot read {}: {e}",
+            file.display()
+        ))),
+    }
+}
 
 impl Args {
     /// The settings these flags give `service`.
@@ -143,17 +172,7 @@ impl Args {
     /// [`crate::Error::Usage`] when no broker is given and no `tripstream broker` wrote its
     /// address.
     pub fn settings(&self, service: &str) -> Result<Settings> {
-        let brokers = match &self.brokers {
-            Some(brokers) => brokers.clone(),
-            None => std::fs::read_to_string(BOOTSTRAP_FILE)
-                .map(|s| s.trim().to_owned())
-                .map_err(|_| {
-                    crate::Error::Usage(format!(
-                        "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or \
-                         start `tripstream broker` (which writes {BOOTSTRAP_FILE})"
-                    ))
-                })?,
-        };
+        let brokers = resolve_brokers(Path::new("."), self.brokers.as_deref())?;
         let data = self
             .data
             .clone()

@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-
 /// Where `tripstream broker` writes its bootstrap address by default, relative to the root.
-pub const DEFAULT_BOOTSTRAP_FILE: &str = ".tripstream/bootstrap";
+pub const DEFAULT_BOOTSTRAP_FILE: &str = streams::service::BOOTSTRAP_FILE;
 
 /// The default bootstrap file under a project root.
 pub fn default_bootstrap_file(root: &Path) -> PathBuf {
@@ -16,22 +14,7 @@ pub fn default_bootstrap_file(root: &Path) -> PathBuf {
 /// The explicit `--brokers` value (clap also reads TRIPSTREAM_BROKERS), else the address a
 /// running `tripstream broker` wrote under the root.
 pub fn resolve(root: &Path, explicit: Option<&str>) -> anyhow::Result<String> {
-    if let Some(brokers) = explicit {
-        return Ok(brokers.to_owned());
-    }
-    let file = default_bootstrap_file(root);
-    match std::fs::read_to_string(&file) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
-        Ok(_) => bail!(
-            "{} is empty; restart `tripstream broker` or pass --brokers",
-            file.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or start `tripstream broker` (which writes {})",
-            file.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
-    }
+    Ok(streams::service::resolve_brokers(root, explicit)?)
 }
 
 /// The broker and registry options shared by commands that read or write events.

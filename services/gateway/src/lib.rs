@@ -508,7 +508,7 @@ async fn book(
         .await
         .map_err(|e| ApiError::unavailable(format!("the booking could not be sent: {e}")))?;
     let pending = BookingView::pending(&request);
-    streams_lock(&gateway.accepted).insert(booking_id, pending.clone());
+    streams::sync::lock(&gateway.accepted).insert(booking_id, pending.clone());
     Ok(accepted(pending))
 }
 
@@ -522,22 +522,17 @@ fn accepted(view: BookingView) -> Response {
     response
 }
 
-fn streams_lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The map only ever holds complete entries: a panic elsewhere leaves it usable.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn lookup(gateway: &Gateway, booking_id: &str) -> Result<Option<BookingView>, ApiError> {
     match view::read::<BookingView>(&gateway.store, &view::booking_key(booking_id))
         .map_err(ApiError::internal)?
     {
         Some(view) => {
-            streams_lock(&gateway.accepted).remove(booking_id);
+            streams::sync::lock(&gateway.accepted).remove(booking_id);
             Ok(Some(view))
         }
-        None => Ok(streams_lock(&gateway.accepted).get(booking_id).cloned()),
+        None => Ok(streams::sync::lock(&gateway.accepted)
+            .get(booking_id)
+            .cloned()),
     }
 }
 
@@ -573,7 +568,7 @@ async fn list_bookings(
     }
     let seen: std::collections::HashSet<&String> = ids.iter().collect();
     bookings.extend(
-        streams_lock(&gateway.accepted)
+        streams::sync::lock(&gateway.accepted)
             .values()
             .filter(|v| v.user_id == user && !seen.contains(&v.booking_id))
             .cloned(),
