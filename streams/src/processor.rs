@@ -10,6 +10,10 @@
 //! consumers skip. Kafka offsets are committed too (periodically, on revocation and on
 //! shutdown), but only for tools that show lag: correctness rests on sled.
 //!
+//! Workers of one group may share a store. The transaction then commits only if nobody applied
+//! the record yet and every state key the handler read is unchanged; otherwise the handler runs
+//! again on fresh state (see [`Store::commit`]), so concurrent read-modify-writes lose nothing.
+//!
 //! Poison records (undecodable, unknown schema id, rejected by the handler as invalid) go to
 //! the topic's dead-letter topic with the reason in headers, and processing goes on. Retriable
 //! failures (broker or registry down) are retried with backoff and never skip a record.
@@ -29,7 +33,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::codec::{Codec, CodecError, Event};
 use crate::error::{Error, Result};
 use crate::producer::{self, Metadata, Producer};
-use crate::store::{Batch, Effects, OutboxEntry, Position, Store};
+use crate::store::{Batch, Committed, Effects, OutboxEntry, Position, Reads, Store};
 
 /// How long one receive waits before it is asked again (see the run loop).
 pub(crate) const RECV_RETRY: Duration = Duration::from_millis(20);
@@ -101,9 +105,42 @@ pub struct Context<'a> {
     codec: &'a Codec,
     cause: Metadata,
     effects: Effects,
+    /// What the handler read from the store, checked again at commit (live records only: a
+    /// replay has the store to itself). A lock, not a `RefCell`, so handlers may hold
+    /// `&Context` across an await on a multi-threaded runtime.
+    reads: Mutex<Reads>,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    fn new(
+        store: &'a Store,
+        overlay: Option<&'a Batch>,
+        codec: &'a Codec,
+        cause: Metadata,
+    ) -> Self {
+        Context {
+            store,
+            overlay,
+            codec,
+            cause,
+            effects: Effects::default(),
+            reads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The record's effects, conditional on what it read.
+    fn finish(self) -> Effects {
+        let mut effects = self.effects;
+        let reads = self
+            .reads
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, value) in reads {
+            effects.expect(key, value);
+        }
+        effects
+    }
+
     /// Decodes the record into `E` (any registered version of its schema).
     ///
     /// # Errors
@@ -125,7 +162,13 @@ impl Context<'_> {
             .or_else(|| self.overlay.and_then(|o| o.pending(key)));
         match pending {
             Some(value) => Ok(value.map(<[u8]>::to_vec)),
-            None => Ok(self.store.get(key)?),
+            None => {
+                let value = self.store.get(key)?;
+                if self.overlay.is_none() {
+                    crate::sync::lock(&self.reads).push((key.to_vec(), value.clone()));
+                }
+                Ok(value)
+            }
         }
     }
 
@@ -601,6 +644,7 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
             }
             None => store
                 .commit(&at, None, &Effects::default())
+                .map(drop)
                 .map_err(store_error),
         };
     }
@@ -622,36 +666,56 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
         m.event_id = format!("{}/{}/{}", at.topic, at.partition, at.offset);
         m
     });
-    let mut ctx = Context {
-        store,
-        overlay: batch.as_deref(),
-        codec,
-        cause,
-        effects: Effects::default(),
-    };
-    let outcome = handler.handle(&mut ctx, &record).await;
-    let effects = ctx.effects;
-    match outcome {
-        Ok(()) => {
-            let id = event_id.as_deref().map(str::as_bytes);
-            match batch {
-                Some(batch) => {
-                    batch.add(&at, id, effects);
-                    Ok(())
+    let id = event_id.as_deref().map(str::as_bytes);
+    let Some(batch) = batch else {
+        // Live: another worker sharing the store may write a key this handler read between
+        // the read and the commit; the commit then refuses and the handler runs again on
+        // fresh state (optimistic concurrency: workers rarely touch the same keys at once).
+        loop {
+            let mut ctx = Context::new(store, None, codec, cause.clone());
+            let outcome = handler.handle(&mut ctx, &record).await;
+            let effects = ctx.finish();
+            if let Err(e) = outcome {
+                return Err(failure(e));
+            }
+            match store.commit(&at, id, &effects).map_err(store_error)? {
+                Committed::Applied | Committed::AlreadyApplied => return Ok(()),
+                Committed::Stale => {
+                    tracing::debug!(
+                        topic = at.topic,
+                        partition = at.partition,
+                        offset = at.offset,
+                        "State changed under the handler; running it again"
+                    );
                 }
-                None => store.commit(&at, id, &effects).map_err(store_error),
             }
         }
-        Err(HandlerError::Invalid(reason)) => Err(Failure::Poison("invalid", reason)),
-        Err(HandlerError::Retry(reason)) => Err(Failure::Retry(reason)),
-        Err(HandlerError::Store(e)) => Err(Failure::Retry(e.to_string())),
-        Err(HandlerError::Codec(e)) if e.is_retriable() => Err(Failure::Retry(e.to_string())),
-        Err(HandlerError::Codec(e)) => {
+    };
+    let mut ctx = Context::new(store, Some(batch), codec, cause);
+    let outcome = handler.handle(&mut ctx, &record).await;
+    let effects = ctx.finish();
+    match outcome {
+        Ok(()) => {
+            batch.add(&at, id, effects);
+            Ok(())
+        }
+        Err(e) => Err(failure(e)),
+    }
+}
+
+/// What a handler's error means for the record.
+fn failure(error: HandlerError) -> Failure {
+    match error {
+        HandlerError::Invalid(reason) => Failure::Poison("invalid", reason),
+        HandlerError::Retry(reason) => Failure::Retry(reason),
+        HandlerError::Store(e) => Failure::Retry(e.to_string()),
+        HandlerError::Codec(e) if e.is_retriable() => Failure::Retry(e.to_string()),
+        HandlerError::Codec(e) => {
             let kind = match e {
                 CodecError::UnknownSchema { .. } => "unknown-schema",
                 _ => "decode",
             };
-            Err(Failure::Poison(kind, e.to_string()))
+            Failure::Poison(kind, e.to_string())
         }
     }
 }
@@ -720,7 +784,7 @@ async fn dead_letter(
         partition: message.partition(),
         offset: message.offset(),
     };
-    store.commit(&at, None, &Effects::default())
+    store.commit(&at, None, &Effects::default()).map(drop)
 }
 
 /// Publishes the outbox in order until stopped, clearing each entry once the broker acked it.

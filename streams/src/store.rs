@@ -81,9 +81,24 @@ fn take<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
 pub struct Effects {
     pub(crate) puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub(crate) emits: Vec<OutboxEntry>,
+    /// Keys read and the values seen, checked again at commit.
+    pub(crate) reads: Reads,
 }
 
+/// State keys a handler read, with the values it saw (`None`: absent).
+pub(crate) type Reads = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl Effects {
+    /// Makes the commit conditional on `key` still holding `value` (`None`: absent). A
+    /// read-modify-write is exact only if what it read is unchanged when it writes: with
+    /// several workers on one store, another may have written the key in between.
+    pub fn expect(&mut self, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
+        let key = key.into();
+        if !self.reads.iter().any(|(k, _)| *k == key) {
+            self.reads.push((key, value));
+        }
+    }
+
     /// Sets a business-state key.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.puts.push((key.into(), Some(value.into())));
@@ -216,6 +231,19 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }
+}
+
+/// What [`Store::commit`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Its effects, offset, dedupe mark and outbox entries were written.
+    Applied,
+    /// Nothing was written: another worker sharing the store already applied this offset or
+    /// this event id.
+    AlreadyApplied,
+    /// Nothing was written: a key the handler read changed before the commit (another worker
+    /// sharing the store wrote it). Run the handler again on fresh state.
+    Stale,
 }
 
 /// Where a consumed record came from.
@@ -369,15 +397,74 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::Store`] when the transaction cannot be written.
+    ///
+    /// Several workers may share one store, so the transaction first checks what the record
+    /// relied on: that no worker applied this offset or event id yet (a partition handed over
+    /// mid-record), and that every key the handler read still holds what it saw
+    /// ([`Effects::expect`]). If not, nothing is written and [`Committed`] says why.
     pub fn commit(
         &self,
         at: &Position<'_>,
         event_id: Option<&[u8]>,
         effects: &Effects,
-    ) -> Result<()> {
-        let mut batch = Batch::default();
-        batch.add(at, event_id, effects.clone());
-        self.commit_batch(&batch)
+    ) -> Result<Committed> {
+        let offset_key = offset_key(at.group, at.topic, at.partition);
+        let marker = format!("{}/{}/{}", at.topic, at.partition, at.offset);
+        let outbox_ids = self.outbox_ids(effects.emits.len())?;
+        let result: std::result::Result<(), TransactionError<Committed>> =
+            (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
+                |(state, offsets, dedupe, outbox)| {
+                    let applied = offsets
+                        .get(offset_key.as_bytes())?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                        .is_some_and(|next| at.offset < i64::from_be_bytes(next));
+                    let duplicate = match event_id {
+                        Some(id) => dedupe.get(id)?.is_some(),
+                        None => false,
+                    };
+                    if applied || duplicate {
+                        return Err(ConflictableTransactionError::Abort(
+                            Committed::AlreadyApplied,
+                        ));
+                    }
+                    for (key, seen) in &effects.reads {
+                        if state.get(key.as_slice())?.as_deref() != seen.as_deref() {
+                            return Err(ConflictableTransactionError::Abort(Committed::Stale));
+                        }
+                    }
+                    for (key, value) in &effects.puts {
+                        match value {
+                            Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                            None => state.remove(key.as_slice())?,
+                        };
+                    }
+                    offsets.insert(offset_key.as_bytes(), &(at.offset + 1).to_be_bytes())?;
+                    if let Some(id) = event_id {
+                        dedupe.insert(id, marker.as_bytes())?;
+                    }
+                    for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
+                        outbox.insert(&id.to_be_bytes(), entry.encode())?;
+                    }
+                    Ok(())
+                },
+            );
+        match result {
+            Ok(()) => {
+                if !effects.emits.is_empty() {
+                    self.outbox_signal.notify_one();
+                }
+                Ok(Committed::Applied)
+            }
+            Err(TransactionError::Abort(refused)) => Ok(refused),
+            Err(TransactionError::Storage(e)) => Err(Error::Store(e.to_string())),
+        }
+    }
+
+    fn outbox_ids(&self, count: usize) -> Result<Vec<u64>> {
+        (0..count)
+            .map(|_| self.db.generate_id())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Store(e.to_string()))
     }
 
     /// Applies effects that no consumed record caused (an HTTP request, say): state changes and
@@ -399,12 +486,7 @@ impl Store {
     ///
     /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit_batch(&self, batch: &Batch) -> Result<()> {
-        let outbox_ids: Vec<u64> = batch
-            .emits
-            .iter()
-            .map(|_| self.db.generate_id())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Store(e.to_string()))?;
+        let outbox_ids = self.outbox_ids(batch.emits.len())?;
         let result: std::result::Result<(), TransactionError<()>> =
             (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
                 |(state, offsets, dedupe, outbox)| {
@@ -558,6 +640,59 @@ mod tests {
         );
         assert!(store.seen(b"e1").expect("seen"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
+    }
+
+    #[test]
+    fn a_commit_refuses_what_another_worker_sharing_the_store_already_did() {
+        let store = Store::temporary().expect("store");
+        let at = |partition, offset| Position {
+            group: "g",
+            topic: "t",
+            partition,
+            offset,
+        };
+        let mut first = Effects::default();
+        first.put(b"n".to_vec(), b"1".to_vec());
+        assert_eq!(
+            store
+                .commit(&at(0, 0), Some(b"e0"), &first)
+                .expect("commit"),
+            Committed::Applied
+        );
+
+        // A second worker read `n` before the first wrote it: its write would lose an update.
+        let mut stale = Effects::default();
+        stale.expect(b"n".to_vec(), None);
+        stale.put(b"n".to_vec(), b"1".to_vec());
+        assert_eq!(
+            store.commit(&at(1, 0), None, &stale).expect("commit"),
+            Committed::Stale
+        );
+        // Run again on what is there now, it applies.
+        let mut fresh = Effects::default();
+        fresh.expect(b"n".to_vec(), Some(b"1".to_vec()));
+        fresh.put(b"n".to_vec(), b"2".to_vec());
+        assert_eq!(
+            store.commit(&at(1, 0), None, &fresh).expect("commit"),
+            Committed::Applied
+        );
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+
+        // The same offset, or the same event id from elsewhere, is applied once.
+        let mut again = Effects::default();
+        again.put(b"n".to_vec(), b"9".to_vec());
+        assert_eq!(
+            store.commit(&at(0, 0), None, &again).expect("commit"),
+            Committed::AlreadyApplied
+        );
+        assert_eq!(
+            store
+                .commit(&at(2, 0), Some(b"e0"), &again)
+                .expect("commit"),
+            Committed::AlreadyApplied
+        );
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.next_offset("g", "t", 2).expect("offset"), None);
     }
 
     #[test]
