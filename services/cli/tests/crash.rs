@@ -1,7 +1,9 @@
-//! Crash survival with separate processes: `tripstream broker`, `tripstream registry` and one
+//! Crash survival with separate processes: a broker, `tripstream registry` and one
 //! `tripstream run <service>` each. While bookings flow through the gateway, booking, flight,
 //! hotel, payment and the gateway are each killed with SIGKILL and restarted on their stores;
 //! at the end every saga is finished, nothing is lost or charged twice, and the invariants hold.
+//! It runs on `tripstream broker` (the embedded broker in its own process) and, as the second
+//! tier, on Tansu, a real broker process that is killed and restarted as well.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -208,29 +210,216 @@ async fn until_answered(
     }
 }
 
+/// One scenario at a time: each runs a broker, a registry and six services on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_each_service_in_turn_loses_nothing_and_charges_nothing_twice() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let bootstrap_file = dir.path().join("bootstrap");
-    let _broker = Process(
-        tripstream()
-            .args(["broker", "--bootstrap-file"])
-            .arg(&bootstrap_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("broker"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let bootstrap = loop {
-        if let Ok(text) = std::fs::read_to_string(&bootstrap_file)
-            && !text.trim().is_empty()
-        {
-            break text.trim().to_owned();
-        }
-        assert!(Instant::now() < deadline, "the broker never started");
-        std::thread::sleep(Duration::from_millis(50));
+    let broker = Broker::embedded(dir.path());
+    survive(
+        dir,
+        broker,
+        &["booking", "flight", "hotel", "payment", "gateway"],
+    )
+    .await;
+}
+
+/// The second tier: the same scenario on a real broker process (Tansu, storing in SQLite),
+/// with the broker itself killed and restarted too. Topics are provisioned through the Kafka
+/// admin API by `tripstream topics apply`, as on a production cluster. Runs when
+/// `TRIPSTREAM_TANSU` names a Tansu binary (`scripts/test` installs one and sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_broker_process_killing_the_broker_and_each_service_loses_nothing() {
+    let Some(binary) = std::env::var_os("TRIPSTREAM_TANSU").map(PathBuf::from) else {
+        eprintln!("skipped: TRIPSTREAM_TANSU does not name a Tansu binary (scripts/test sets it)");
+        return;
     };
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::tansu(&binary, dir.path());
+    for round in ["first", "second"] {
+        let output = tripstream()
+            .args(["topics", "apply", "--brokers", &broker.bootstrap])
+            .output()
+            .expect("topics apply runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{round} topics apply: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary = stdout.lines().last().unwrap_or_default().to_owned();
+        if round == "first" {
+            assert!(summary.contains(" 0 ok, 0 differ, 0 missing"), "{stdout}");
+        } else {
+            // Idempotent: everything exists and matches its spec, nothing is created.
+            assert!(
+                summary.contains(" 0 created,") && summary.contains(" 0 differ, 0 missing"),
+                "{stdout}"
+            );
+        }
+    }
+    let survived = survive(
+        dir,
+        broker,
+        &["booking", "broker", "flight", "hotel", "payment", "gateway"],
+    )
+    .await;
+
+    // Replay by timestamp, which needs the broker's time index (the embedded broker has none):
+    // from the beginning every booking request is counted, from midway only the later ones.
+    let requests = |start: &[&str], into: &str| {
+        let output = tripstream()
+            .args(["replay", "--topic", "bookings", "--handler", "count"])
+            .args(["--brokers", &survived.broker.bootstrap])
+            .args(["--registry", &survived.cluster.registry])
+            .args(start)
+            .arg("--into")
+            .arg(survived.cluster.dir.path().join(into))
+            .output()
+            .expect("replay runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let store = Store::open(&survived.cluster.dir.path().join(into)).expect("store");
+        store
+            .get(format!("count/{}", events::BookingRequested::TYPE).as_bytes())
+            .expect("get")
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    // A request retried after the gateway died may be on the log twice (the saga is one).
+    let all = requests(&["--from-beginning"], "all");
+    assert!(
+        all >= survived.placed,
+        "{all} requests for {} bookings",
+        survived.placed
+    );
+    let later = requests(&["--timestamp", &survived.midway.to_string()], "later");
+    assert!(
+        later > 0 && later < all,
+        "{later} of {all} requests after midway"
+    );
+}
+
+/// The broker process the cluster runs on.
+struct Broker {
+    bootstrap: String,
+    /// How to start it again on the same storage; `None` for the embedded broker, whose log
+    /// lives in memory and ends with its process.
+    restart: Option<Command>,
+    process: Process,
+}
+
+impl Broker {
+    /// `tripstream broker`: librdkafka's mock cluster in its own process, topics created.
+    fn embedded(dir: &Path) -> Broker {
+        let bootstrap_file = dir.join("bootstrap");
+        let process = Process(
+            tripstream()
+                .args(["broker", "--bootstrap-file"])
+                .arg(&bootstrap_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("broker"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let bootstrap = loop {
+            if let Ok(text) = std::fs::read_to_string(&bootstrap_file)
+                && !text.trim().is_empty()
+            {
+                break text.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "the broker never started");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Broker {
+            bootstrap,
+            restart: None,
+            process,
+        }
+    }
+
+    /// Tansu on a free port, storing in SQLite under `dir`.
+    fn tansu(binary: &Path, dir: &Path) -> Broker {
+        let port = free_port();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{bootstrap}");
+        let mut command = Command::new(binary);
+        command
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // Relative to the working directory, which holds no stray `.env` for Tansu to read.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir)
+            .stdout(Stdio::null());
+        let process = start_tansu(&mut command, dir, &bootstrap);
+        Broker {
+            bootstrap,
+            restart: Some(command),
+            process,
+        }
+    }
+
+    /// SIGKILL, then start again on the same storage.
+    fn kill_and_restart(&mut self, dir: &Path) {
+        let command = self
+            .restart
+            .as_mut()
+            .expect("only a broker with durable storage is restarted");
+        self.process.0.kill().expect("SIGKILL");
+        let _ = self.process.0.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        self.process = start_tansu(command, dir, &self.bootstrap);
+    }
+}
+
+fn start_tansu(command: &mut Command, dir: &Path, bootstrap: &str) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .expect("log file");
+    let process = Process(command.stderr(log).spawn().expect("tansu starts"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(bootstrap).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "Tansu never listened on {bootstrap}: {}",
+            std::fs::read_to_string(dir.join("tansu.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    process
+}
+
+/// Starts the registry and every service on `broker`, places bookings while each of
+/// `victims` is killed with SIGKILL and restarted in turn, then checks that every booking has
+/// exactly one finished saga, one charge per confirmed booking and that the invariants hold.
+/// What [`survive`] leaves running for further checks.
+struct Survived {
+    cluster: Cluster,
+    broker: Broker,
+    _registry: Process,
+    /// A moment after the first half of the bookings was placed (milliseconds since the epoch).
+    midway: i64,
+    /// How many bookings were placed.
+    placed: usize,
+}
+
+async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -> Survived {
+    let bootstrap = broker.bootstrap.clone();
     let mut registry = Process(
         tripstream()
             .args([
@@ -388,14 +577,22 @@ async fn killing_each_service_in_turn_loses_nothing_and_charges_nothing_twice() 
             placed
         })
     };
-    for name in ["booking", "flight", "hotel", "payment", "gateway"] {
+    let mut midway = 0;
+    for (i, name) in victims.iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
+        if i == victims.len() / 2 {
+            midway = events::now_millis();
+        }
+        if *name == "broker" {
+            broker.kill_and_restart(cluster.dir.path());
+            continue;
+        }
         if let Some(mut process) = running.remove(name) {
             process.0.kill().expect("SIGKILL");
             let _ = process.0.wait();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        running.insert(name, cluster.service(name));
+        running.insert(*name, cluster.service(name));
     }
     let placed = placing.await.expect("placing");
 
@@ -462,4 +659,11 @@ async fn killing_each_service_in_turn_loses_nothing_and_charges_nothing_twice() 
         .count();
     assert!(confirmed_sagas >= confirmed);
     assert_eq!(charged, confirmed_sagas, "one charge per confirmed booking");
+    Survived {
+        cluster,
+        broker,
+        _registry: registry,
+        midway,
+        placed: placed.len(),
+    }
 }
