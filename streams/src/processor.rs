@@ -99,6 +99,8 @@ impl Record<'_> {
 
 /// What a handler reads and writes while processing one record.
 pub struct Context<'a> {
+    /// The consumer group processing the record: part of the ids of the events it emits.
+    group: &'a str,
     store: &'a Store,
     /// Earlier records not yet committed (a replay's batch).
     overlay: Option<&'a Batch>,
@@ -113,12 +115,14 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     fn new(
+        group: &'a str,
         store: &'a Store,
         overlay: Option<&'a Batch>,
         codec: &'a Codec,
         cause: Metadata,
     ) -> Self {
         Context {
+            group,
             store,
             overlay,
             codec,
@@ -219,7 +223,8 @@ impl<'a> Context<'a> {
     ///
     /// As [`Codec::encode`].
     pub async fn emit<E: Event>(&mut self, topic: &str, event: &E) -> Result<(), HandlerError> {
-        let metadata = Metadata::caused_by(&self.cause);
+        let metadata =
+            Metadata::derived_from(&self.cause, self.group, self.effects.emitted().len());
         let entry = producer::record(self.codec, topic, event, &metadata).await?;
         self.effects.emit(entry);
         Ok(())
@@ -672,7 +677,7 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
         // the read and the commit; the commit then refuses and the handler runs again on
         // fresh state (optimistic concurrency: workers rarely touch the same keys at once).
         loop {
-            let mut ctx = Context::new(store, None, codec, cause.clone());
+            let mut ctx = Context::new(group, store, None, codec, cause.clone());
             let outcome = handler.handle(&mut ctx, &record).await;
             let effects = ctx.finish();
             if let Err(e) = outcome {
@@ -691,7 +696,7 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
             }
         }
     };
-    let mut ctx = Context::new(store, Some(batch), codec, cause);
+    let mut ctx = Context::new(group, store, Some(batch), codec, cause);
     let outcome = handler.handle(&mut ctx, &record).await;
     let effects = ctx.finish();
     match outcome {

@@ -519,6 +519,68 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_processed_again_after_their_transactions_were_lost_emit_the_same_event_ids() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    h.book(0, 20).await;
+    let mut settings = h.settings("svc", "bookings");
+    // No Kafka commits: the rerun below must start from the beginning.
+    settings.commit_interval = Duration::from_secs(3600);
+    let emitting = || RouteCounter {
+        emit_to: Some("counted"),
+    };
+    let published =
+        |store: &Store| total(store, "route/") == 20 && store.outbox(1).expect("outbox").is_empty();
+    // The service applies every booking and its relay publishes what they emitted...
+    let lost = Store::temporary().expect("store");
+    let first = h.start(settings.clone(), &lost, emitting());
+    wait_for(
+        "20 bookings applied and relayed",
+        Duration::from_secs(30),
+        || published(&lost),
+    )
+    .await;
+    first.kill().await;
+    // ...then a crash loses the transactions (sled had not flushed them): the service starts
+    // over on a store whose durable offsets are before them (Kafka's committed offsets, which
+    // the consumer's close wrote, do not count: sled's win), applies every booking again and
+    // emits again.
+    let rebuilt = Store::temporary().expect("store");
+    for partition in 0..4 {
+        let before_the_first = Position {
+            group: "svc",
+            topic: "bookings",
+            partition,
+            offset: -1,
+        };
+        rebuilt
+            .commit(&before_the_first, None, &Effects::default())
+            .expect("commit");
+    }
+    let second = h.start(settings, &rebuilt, emitting());
+    wait_for("20 bookings applied again", Duration::from_secs(30), || {
+        published(&rebuilt)
+    })
+    .await;
+    second.stop().await;
+
+    // Downstream sees 40 records carrying 20 event ids, and applies each once.
+    let downstream = Store::temporary().expect("store");
+    let consumer = h.start(h.settings("seen", "counted"), &downstream, SeenCounter);
+    wait_for("all 40 records read", Duration::from_secs(30), || {
+        consumer.applied() >= 40
+    })
+    .await;
+    assert_eq!(
+        total(&downstream, "seen/"),
+        20,
+        "the second emission of each event was skipped"
+    );
+    consumer.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_are_applied() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;

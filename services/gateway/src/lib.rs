@@ -28,7 +28,6 @@ use events::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use streams::producer::{Metadata, Producer};
 use streams::store::Store;
 use view::BookingView;
@@ -456,17 +455,7 @@ fn request(
 /// The booking id an `Idempotency-Key` stands for: the same user and key always give the same
 /// id, so a retried request names the same booking, which the saga and the views take once.
 fn idempotent_id(user: &str, key: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(user.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    // RFC 9562 version 8 (custom), variant 10.
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(bytes).to_string()
+    streams::producer::derived_id(&[user.as_bytes(), key.as_bytes()])
 }
 
 async fn book(
