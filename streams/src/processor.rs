@@ -87,13 +87,13 @@ pub struct Record<'a> {
     /// Value (Confluent-framed Avro).
     pub payload: &'a [u8],
     /// Metadata from headers, when the producer set them.
-    pub metadata: Option<Metadata>,
+    pub metadata: Option<&'a Metadata>,
 }
 
 impl Record<'_> {
     /// The record's full name from its `event_type` header, if any.
     pub fn event_type(&self) -> Option<&str> {
-        self.metadata.as_ref().and_then(|m| m.event_type.as_deref())
+        self.metadata.and_then(|m| m.event_type.as_deref())
     }
 }
 
@@ -105,7 +105,7 @@ pub struct Context<'a> {
     /// Earlier records not yet committed (a replay's batch).
     overlay: Option<&'a Batch>,
     codec: &'a Codec,
-    cause: Metadata,
+    cause: &'a Metadata,
     effects: Effects,
     /// What the handler read from the store, checked again at commit (live records only: a
     /// replay has the store to itself). A lock, not a `RefCell`, so handlers may hold
@@ -119,7 +119,7 @@ impl<'a> Context<'a> {
         store: &'a Store,
         overlay: Option<&'a Batch>,
         codec: &'a Codec,
-        cause: Metadata,
+        cause: &'a Metadata,
     ) -> Self {
         Context {
             group,
@@ -204,7 +204,7 @@ impl<'a> Context<'a> {
 
     /// The metadata of the record being processed.
     pub fn cause(&self) -> &Metadata {
-        &self.cause
+        self.cause
     }
 
     /// Sets a business-state key (applied with the record's offset).
@@ -223,8 +223,7 @@ impl<'a> Context<'a> {
     ///
     /// As [`Codec::encode`].
     pub async fn emit<E: Event>(&mut self, topic: &str, event: &E) -> Result<(), HandlerError> {
-        let metadata =
-            Metadata::derived_from(&self.cause, self.group, self.effects.emitted().len());
+        let metadata = Metadata::derived_from(self.cause, self.group, self.effects.emitted().len());
         let entry = producer::record(self.codec, topic, event, &metadata).await?;
         self.effects.emit(entry);
         Ok(())
@@ -635,13 +634,11 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
         return Ok(());
     }
     let metadata = Metadata::from_headers(message.headers());
-    let event_id = metadata.as_ref().map(|m| m.event_id.clone());
-    if let Some(id) = &event_id
-        && (batch.as_ref().is_some_and(|b| b.seen(id.as_bytes()))
-            || (!batch.as_ref().is_some_and(|b| b.knows_every_id())
-                && store.seen(id.as_bytes()).map_err(store_error)?))
+    let id = metadata.as_ref().map(|m| m.event_id.as_bytes());
+    if let Some(id) = id
+        && (batch.as_ref().is_some_and(|b| b.seen(id)) || store.seen(id))
     {
-        tracing::debug!(event_id = %id, "Skipping a duplicate event");
+        tracing::debug!(event_id = %String::from_utf8_lossy(id), "Skipping a duplicate event");
         return match batch {
             Some(batch) => {
                 batch.add(&at, None, Effects::default());
@@ -662,22 +659,28 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
         offset: at.offset,
         key: message.key(),
         payload,
-        metadata: metadata.clone(),
+        metadata: metadata.as_ref(),
     };
-    let cause = metadata.unwrap_or_else(|| {
-        // A record from a producer that sets no headers: its effects still get traceable ids.
-        let mut m =
-            Metadata::new(String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned());
-        m.event_id = format!("{}/{}/{}", at.topic, at.partition, at.offset);
-        m
-    });
-    let id = event_id.as_deref().map(str::as_bytes);
+    let fallback;
+    let cause = match &metadata {
+        Some(metadata) => metadata,
+        None => {
+            // A record from a producer that sets no headers: its effects still get traceable
+            // ids.
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            fallback = Metadata {
+                event_id: format!("{}/{}/{}", at.topic, at.partition, at.offset),
+                ..Metadata::new(key)
+            };
+            &fallback
+        }
+    };
     let Some(batch) = batch else {
         // Live: another worker sharing the store may write a key this handler read between
         // the read and the commit; the commit then refuses and the handler runs again on
         // fresh state (optimistic concurrency: workers rarely touch the same keys at once).
         loop {
-            let mut ctx = Context::new(group, store, None, codec, cause.clone());
+            let mut ctx = Context::new(group, store, None, codec, cause);
             let outcome = handler.handle(&mut ctx, &record).await;
             let effects = ctx.finish();
             if let Err(e) = outcome {

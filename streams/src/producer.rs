@@ -296,7 +296,10 @@ mod tests {
         let parsed = uuid::Uuid::parse_str(&id("flight", 0)).expect("a UUID");
         assert_eq!(parsed.get_version_num(), 8);
         let derived = Metadata::derived_from(&cause, "flight", 0);
-        assert_eq!(derived.causation_id.as_deref(), Some(cause.event_id.as_str()));
+        assert_eq!(
+            derived.causation_id.as_deref(),
+            Some(cause.event_id.as_str())
+        );
         assert_eq!(derived.correlation_id, "b1");
         // Parts are separated, so moving bytes between them changes the id.
         assert_ne!(derived_id(&[b"ab", b"c"]), derived_id(&[b"a", b"bc"]));

@@ -6,7 +6,7 @@
 //! are skipped and counted (the live service already dead-lettered them).
 //! Replaying the same input through the same handler gives the same digest as the live store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -52,7 +52,7 @@ pub struct Summary {
 }
 
 /// Records per transaction.
-const BATCH_RECORDS: usize = 1_000;
+const BATCH_RECORDS: usize = 5_000;
 
 /// How long the replay sleeps when the consumer has no record ready.
 const IDLE: Duration = Duration::from_millis(2);
@@ -92,9 +92,9 @@ pub async fn replay<H: Handler>(
         .fetch_metadata(None, Duration::from_secs(30))
         .map_err(|e| Error::kafka("reading topic metadata", e))?;
     let mut assignment = TopicPartitionList::new();
-    let mut ends: Vec<(String, i32, i64)> = Vec::new();
+    let mut ends = Ends::new(topics);
     let mut total = 0u64;
-    for topic in topics {
+    for (index, topic) in topics.iter().enumerate() {
         let Some(found) = metadata.topics().iter().find(|t| t.name() == *topic) else {
             return Err(Error::kafka(
                 format!("replaying {topic}"),
@@ -131,7 +131,7 @@ pub async fn replay<H: Handler>(
             let from = from.max(stored);
             if from < high {
                 total += (high - from) as u64;
-                ends.push(((*topic).to_owned(), id, high));
+                ends.open(index, id, high);
                 assignment
                     .add_partition_offset(topic, id, Offset::Offset(from))
                     .map_err(|e| Error::kafka("assigning partitions", e))?;
@@ -145,7 +145,7 @@ pub async fn replay<H: Handler>(
     // so a replay stopped midway resumes consistently, and sled's per-transaction cost is paid
     // once per batch instead of once per record.
     let mut run = Run {
-        batch: Batch::for_run(store)?,
+        batch: Batch::default(),
         applied: 0,
         skipped: 0,
         total,
@@ -154,18 +154,15 @@ pub async fn replay<H: Handler>(
     progress(Progress { records: 0, total });
     if topics.len() == 1 {
         // One topic: partitions are independent, so records are applied as they arrive.
-        while !ends.is_empty() {
+        while !ends.all_read() {
             let Some(message) = consumer.poll(Duration::ZERO) else {
                 tokio::time::sleep(IDLE).await;
                 continue;
             };
             let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
-            if let Some(end) = reached(&mut ends, &message) {
-                if end {
-                    run.apply(store, codec, handler, &message, &mut progress)
-                        .await?;
-                }
-                close(&mut ends, &message);
+            if let Some((_, true)) = ends.take(&message) {
+                run.apply(store, codec, handler, &message, &mut progress)
+                    .await?;
             }
         }
     } else {
@@ -173,31 +170,28 @@ pub async fn replay<H: Handler>(
         // written (a reply comes after its request), so they are applied in timestamp order,
         // the earlier topic first on a tie, taking a record only once every partition still
         // being read has one waiting.
-        let rank = |topic: &str| {
-            topics
-                .iter()
-                .position(|t| *t == topic)
-                .unwrap_or(usize::MAX)
-        };
-        let mut waiting: HashMap<(String, i32), VecDeque<OwnedMessage>> = HashMap::new();
+        let mut waiting: Vec<Vec<VecDeque<OwnedMessage>>> = ends
+            .open
+            .iter()
+            .map(|partitions| partitions.iter().map(|_| VecDeque::new()).collect())
+            .collect();
         loop {
-            let starved = ends
-                .iter()
-                .any(|(t, p, _)| waiting.get(&(t.clone(), *p)).is_none_or(VecDeque::is_empty));
+            let starved = ends.reading().any(|(t, p)| waiting[t][p].is_empty());
             if !starved {
                 let earliest = waiting
                     .iter()
-                    .filter_map(|(key, queue)| {
-                        queue.front().map(|m| {
-                            let at = m.timestamp().to_millis().unwrap_or(0);
-                            (at, rank(&key.0), key.1, key.clone())
+                    .enumerate()
+                    .flat_map(|(t, partitions)| {
+                        partitions.iter().enumerate().filter_map(move |(p, queue)| {
+                            let at = queue.front()?.timestamp().to_millis().unwrap_or(0);
+                            Some((at, t, p))
                         })
                     })
                     .min();
-                let Some((.., key)) = earliest else {
+                let Some((_, t, p)) = earliest else {
                     break;
                 };
-                if let Some(message) = waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                if let Some(message) = waiting[t][p].pop_front() {
                     run.apply(store, codec, handler, &message, &mut progress)
                         .await?;
                 }
@@ -208,14 +202,9 @@ pub async fn replay<H: Handler>(
                 continue;
             };
             let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
-            if let Some(end) = reached(&mut ends, &message) {
-                if end {
-                    waiting
-                        .entry((message.topic().to_owned(), message.partition()))
-                        .or_default()
-                        .push_back(message.detach());
-                }
-                close(&mut ends, &message);
+            if let Some((t, true)) = ends.take(&message) {
+                let p = message.partition() as usize;
+                waiting[t][p].push_back(message.detach());
             }
         }
     }
@@ -235,20 +224,67 @@ pub async fn replay<H: Handler>(
     })
 }
 
-/// Whether a record belongs to a partition still being read (`Some`), and if so whether it is
-/// before that partition's end (`Some(true)`: apply it).
-fn reached(ends: &mut [(String, i32, i64)], message: &impl Message) -> Option<bool> {
-    ends.iter()
-        .find(|(t, p, _)| t == message.topic() && *p == message.partition())
-        .map(|(_, _, end)| message.offset() < *end)
+/// The partitions a replay reads, by topic index and partition number, and where each ends.
+/// Looked up once per record, so by index rather than by searching names.
+struct Ends<'a> {
+    topics: &'a [&'a str],
+    /// Per topic, per partition: the end offset while the partition is still being read.
+    open: Vec<Vec<Option<i64>>>,
+    reading: usize,
 }
 
-/// Stops reading a partition once its last record before the end was read.
-fn close(ends: &mut Vec<(String, i32, i64)>, message: &impl Message) {
-    if let Some(i) = ends.iter().position(|(t, p, end)| {
-        t == message.topic() && *p == message.partition() && message.offset() + 1 >= *end
-    }) {
-        ends.swap_remove(i);
+impl<'a> Ends<'a> {
+    fn new(topics: &'a [&'a str]) -> Self {
+        Ends {
+            topics,
+            open: vec![Vec::new(); topics.len()],
+            reading: 0,
+        }
+    }
+
+    /// Reads `partition` of the `topic`-th topic up to `end` (exclusive).
+    fn open(&mut self, topic: usize, partition: i32, end: i64) {
+        let Ok(p) = usize::try_from(partition) else {
+            return;
+        };
+        let partitions = &mut self.open[topic];
+        if partitions.len() <= p {
+            partitions.resize(p + 1, None);
+        }
+        partitions[p] = Some(end);
+        self.reading += 1;
+    }
+
+    /// Where a record belongs: its topic's index and whether it is before its partition's
+    /// end (apply it); `None` for a partition not being read. Stops reading a partition once
+    /// its last record before the end arrived.
+    fn take(&mut self, message: &impl Message) -> Option<(usize, bool)> {
+        let topic = message.topic();
+        let t = self.topics.iter().position(|name| *name == topic)?;
+        let p = usize::try_from(message.partition()).ok()?;
+        let slot = self.open[t].get_mut(p)?;
+        let end = (*slot)?;
+        let offset = message.offset();
+        if offset + 1 >= end {
+            *slot = None;
+            self.reading -= 1;
+        }
+        Some((t, offset < end))
+    }
+
+    /// The partitions still being read, as (topic index, partition).
+    fn reading(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.open.iter().enumerate().flat_map(|(t, partitions)| {
+            partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, end)| end.is_some())
+                .map(move |(p, _)| (t, p))
+        })
+    }
+
+    fn all_read(&self) -> bool {
+        self.reading == 0
     }
 }
 
@@ -308,7 +344,10 @@ impl Run {
             store.commit_batch(&self.batch)?;
             self.batch.committed();
         }
-        if self.last_report.elapsed() >= Duration::from_millis(100) {
+        // The clock is read every 256 records, not for each.
+        if (self.applied + self.skipped).is_multiple_of(256)
+            && self.last_report.elapsed() >= Duration::from_millis(100)
+        {
             progress(Progress {
                 records: self.applied + self.skipped,
                 total: self.total,

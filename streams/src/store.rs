@@ -5,8 +5,9 @@
 //! `seats/<flight id>`). Its [`Store::digest`] is order-independent and stable across runs and
 //! machines, so a store rebuilt by replaying topics can be compared with the live one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -132,22 +133,17 @@ impl Effects {
 /// Several records' effects, committed in one transaction by [`Store::commit_batch`]: the
 /// same all-or-nothing guarantee per batch instead of per record, for rebuilding a store fast.
 /// Later writes to a key replace earlier ones in memory, so a hot key costs one write per
-/// batch, not one per record.
+/// batch, not one per record, and the batch's event ids are stored as one chunk.
 #[derive(Debug, Default)]
 pub struct Batch {
-    state: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    state: FastMap<Vec<u8>, Option<Vec<u8>>>,
     emits: Vec<OutboxEntry>,
     /// ((group, topic, partition), next offset): a handful of partitions, searched in place so
     /// that a record costs no allocation here.
     offsets: Vec<((String, String, i32), i64)>,
-    /// Event id → where it was applied.
-    marks: HashMap<Vec<u8>, String>,
+    /// Event ids of the batch's records.
+    ids: HashSet<Vec<u8>, FastHash>,
     records: usize,
-    /// Event ids committed by earlier batches of the same run.
-    committed_ids: HashSet<Vec<u8>>,
-    /// Whether `committed_ids` holds every id the store has seen: true when the store held no
-    /// dedupe mark before the run began, so no store read is needed to spot a duplicate.
-    knows_every_id: bool,
 }
 
 impl Batch {
@@ -164,53 +160,21 @@ impl Batch {
             )),
         }
         if let Some(id) = event_id {
-            self.marks.insert(
-                id.to_vec(),
-                format!("{}/{}/{}", at.topic, at.partition, at.offset),
-            );
+            self.ids.insert(id.to_vec());
         }
         self.state.extend(effects.puts);
         self.emits.extend(effects.emits);
         self.records += 1;
     }
 
-    /// A batch for a run of batches into `store` (a replay), which remembers the event ids of
-    /// the batches it committed so that, on a store with no earlier marks, duplicates are found
-    /// in memory.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] on an I/O failure.
-    pub fn for_run(store: &Store) -> Result<Batch> {
-        let fresh = store
-            .dedupe
-            .first()
-            .map_err(|e| Error::Store(e.to_string()))?
-            .is_none();
-        Ok(Batch {
-            knows_every_id: fresh,
-            ..Batch::default()
-        })
-    }
-
-    /// Whether an event id is among this run's records. When this says no and
-    /// [`Batch::knows_every_id`] is false, the store must be asked too.
+    /// Whether an event id is among the batch's records (see also [`Store::seen`]).
     pub fn seen(&self, event_id: &[u8]) -> bool {
-        self.marks.contains_key(event_id) || self.committed_ids.contains(event_id)
+        self.ids.contains(event_id)
     }
 
-    /// Whether [`Batch::seen`] alone answers for the whole store.
-    pub fn knows_every_id(&self) -> bool {
-        self.knows_every_id
-    }
-
-    /// Empties the batch after [`Store::commit_batch`], keeping what the run has seen.
+    /// Empties the batch after [`Store::commit_batch`].
     pub fn committed(&mut self) {
-        if self.knows_every_id {
-            self.committed_ids
-                .extend(self.marks.drain().map(|(id, _)| id));
-        }
-        self.marks.clear();
+        self.ids.clear();
         self.state.clear();
         self.emits.clear();
         self.offsets.clear();
@@ -246,6 +210,14 @@ pub enum Committed {
     Stale,
 }
 
+/// What a checked commit verifies before writing.
+struct Checks<'a> {
+    /// The record's position: refused if its partition is already past it.
+    at: Option<&'a Position<'a>>,
+    /// Keys and the values the handler saw: refused as stale if any changed.
+    reads: &'a Reads,
+}
+
 /// Where a consumed record came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position<'a> {
@@ -265,9 +237,94 @@ pub struct Store {
     db: sled::Db,
     state: sled::Tree,
     offsets: sled::Tree,
-    dedupe: sled::Tree,
+    /// Applied event ids in chunks: chunk number (big-endian u64) → the ids (see [`Seen`]).
+    marks: sled::Tree,
     outbox: sled::Tree,
-    outbox_signal: std::sync::Arc<tokio::sync::Notify>,
+    seen: Arc<Mutex<Seen>>,
+    outbox_signal: Arc<tokio::sync::Notify>,
+}
+
+/// How many of the most recently applied event ids a store remembers to skip duplicates.
+///
+/// A duplicate is an event published again by a relay that crashed between publishing and
+/// clearing its outbox (or re-emitted after a lost transaction, with the same derived id). It
+/// has the original's key, so it lands in the same partition shortly after it: in a consumer's
+/// sequence only what the producers wrote meanwhile lies between the two. Remembering the last
+/// 100,000 ids covers that many times over while keeping the store and its memory bounded
+/// (about 10 MB at most).
+pub const DEDUPE_WINDOW: usize = 100_000;
+
+/// The event ids a store remembers, in memory for lookups and in sled for restarts. Each
+/// commit writes its records' ids as one chunk (one sled key per transaction, not one per
+/// record: a replay's batch of 1,000 records writes one chunk); the oldest chunks are dropped
+/// once more than [`DEDUPE_WINDOW`] ids are kept.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Id → the chunk holding it.
+    ids: FastMap<Arc<[u8]>, u64>,
+    /// Chunks, oldest first, with their ids.
+    chunks: VecDeque<(u64, Vec<Arc<[u8]>>)>,
+    next_chunk: u64,
+}
+
+impl Seen {
+    fn add(&mut self, chunk: u64, ids: impl IntoIterator<Item = Vec<u8>>) {
+        if self.ids.capacity() == 0 {
+            // Sized once for the whole window: growing it rehashes every id.
+            self.ids.reserve(DEDUPE_WINDOW + DEDUPE_WINDOW / 8);
+        }
+        let ids: Vec<Arc<[u8]>> = ids.into_iter().map(Arc::from).collect();
+        for id in &ids {
+            self.ids.insert(id.clone(), chunk);
+        }
+        self.chunks.push_back((chunk, ids));
+        self.next_chunk = self.next_chunk.max(chunk + 1);
+    }
+
+    /// Forgets the oldest chunks while the rest still hold [`DEDUPE_WINDOW`] ids; returns the
+    /// chunks to delete from sled.
+    fn forget_oldest(&mut self) -> Vec<u64> {
+        let mut forgotten = Vec::new();
+        while let Some((chunk, ids)) = self.chunks.front() {
+            if self.ids.len().saturating_sub(ids.len()) < DEDUPE_WINDOW {
+                break;
+            }
+            for id in ids {
+                // An id applied again later (not possible through the runtime) stays.
+                if self.ids.get(id) == Some(chunk) {
+                    self.ids.remove(id);
+                }
+            }
+            forgotten.push(*chunk);
+            self.chunks.pop_front();
+        }
+        forgotten
+    }
+}
+
+/// The hasher of the maps a record touches: several lookups per record on keys that are event
+/// ids and state keys. foldhash is several times faster than std's SipHash on such short keys
+/// and is still seeded per process.
+type FastHash = foldhash::fast::RandomState;
+type FastMap<K, V> = HashMap<K, V, FastHash>;
+
+/// A chunk of event ids: each length-prefixed.
+fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in ids {
+        put(&mut out, id);
+    }
+    out
+}
+
+/// The inverse of [`encode_ids`]; stops at bytes it did not write.
+fn decode_ids(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut at = 0;
+    let mut ids = Vec::new();
+    while let Some(id) = take(bytes, &mut at) {
+        ids.push(id.to_vec());
+    }
+    ids
 }
 
 fn sled_error(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -304,14 +361,47 @@ impl Store {
     }
 
     fn from_db(db: sled::Db) -> Result<Store> {
-        let tree = |name: &str| db.open_tree(name).map_err(|e| Error::Store(e.to_string()));
+        let store_error = |e: sled::Error| Error::Store(e.to_string());
+        let tree = |name: &str| db.open_tree(name).map_err(store_error);
+        let marks = tree("marks")?;
+        // Stores written before chunked marks kept one key per event id in `dedupe`: carried
+        // over as one chunk.
+        if db.tree_names().iter().any(|n| n.as_ref() == b"dedupe") {
+            let legacy = tree("dedupe")?;
+            let ids: Vec<Vec<u8>> = legacy
+                .iter()
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(store_error)?;
+            if !ids.is_empty() {
+                let chunk = marks.last().map_err(store_error)?.map_or(0, |(k, _)| {
+                    <[u8; 8]>::try_from(k.as_ref()).map_or(0, |b| u64::from_be_bytes(b) + 1)
+                });
+                marks
+                    .insert(chunk.to_be_bytes(), encode_ids(&ids))
+                    .map_err(store_error)?;
+            }
+            db.drop_tree("dedupe").map_err(store_error)?;
+        }
+        let mut seen = Seen::default();
+        for entry in marks.iter() {
+            let (key, value) = entry.map_err(store_error)?;
+            if let Ok(chunk) = <[u8; 8]>::try_from(key.as_ref()) {
+                seen.add(u64::from_be_bytes(chunk), decode_ids(&value));
+            }
+        }
+        for chunk in seen.forget_oldest() {
+            marks.remove(chunk.to_be_bytes()).map_err(store_error)?;
+        }
         Ok(Store {
             state: tree("state")?,
             offsets: tree("offsets")?,
-            dedupe: tree("dedupe")?,
+            marks,
             outbox: tree("outbox")?,
             db,
-            outbox_signal: std::sync::Arc::default(),
+            seen: Arc::new(Mutex::new(seen)),
+            outbox_signal: Arc::default(),
         })
     }
 
@@ -380,116 +470,103 @@ impl Store {
         Ok(found)
     }
 
-    /// Whether an event id was already applied.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] on an I/O failure.
-    pub fn seen(&self, event_id: &[u8]) -> Result<bool> {
-        self.dedupe
-            .contains_key(event_id)
-            .map_err(|e| Error::Store(e.to_string()))
+    /// Whether an event id is among the last [`DEDUPE_WINDOW`] applied (a lookup in memory).
+    pub fn seen(&self, event_id: &[u8]) -> bool {
+        crate::sync::lock(&self.seen).ids.contains_key(event_id)
     }
 
     /// Applies a record's effects, its offset, its dedupe mark and its emitted events in one
     /// transaction: after a crash either all of them happened or none did.
     ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] when the transaction cannot be written.
-    ///
     /// Several workers may share one store, so the transaction first checks what the record
     /// relied on: that no worker applied this offset or event id yet (a partition handed over
     /// mid-record), and that every key the handler read still holds what it saw
     /// ([`Effects::expect`]). If not, nothing is written and [`Committed`] says why.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit(
         &self,
         at: &Position<'_>,
         event_id: Option<&[u8]>,
         effects: &Effects,
     ) -> Result<Committed> {
-        let offset_key = offset_key(at.group, at.topic, at.partition);
-        let marker = format!("{}/{}/{}", at.topic, at.partition, at.offset);
-        let outbox_ids = self.outbox_ids(effects.emits.len())?;
-        let result: std::result::Result<(), TransactionError<Committed>> =
-            (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
-                |(state, offsets, dedupe, outbox)| {
-                    let applied = offsets
-                        .get(offset_key.as_bytes())?
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                        .is_some_and(|next| at.offset < i64::from_be_bytes(next));
-                    let duplicate = match event_id {
-                        Some(id) => dedupe.get(id)?.is_some(),
-                        None => false,
-                    };
-                    if applied || duplicate {
-                        return Err(ConflictableTransactionError::Abort(
-                            Committed::AlreadyApplied,
-                        ));
-                    }
-                    for (key, seen) in &effects.reads {
-                        if state.get(key.as_slice())?.as_deref() != seen.as_deref() {
-                            return Err(ConflictableTransactionError::Abort(Committed::Stale));
-                        }
-                    }
-                    for (key, value) in &effects.puts {
-                        match value {
-                            Some(value) => state.insert(key.as_slice(), value.as_slice())?,
-                            None => state.remove(key.as_slice())?,
-                        };
-                    }
-                    offsets.insert(offset_key.as_bytes(), &(at.offset + 1).to_be_bytes())?;
-                    if let Some(id) = event_id {
-                        dedupe.insert(id, marker.as_bytes())?;
-                    }
-                    for (id, entry) in outbox_ids.iter().zip(&effects.emits) {
-                        outbox.insert(&id.to_be_bytes(), entry.encode())?;
-                    }
-                    Ok(())
-                },
-            );
-        match result {
-            Ok(()) => {
-                if !effects.emits.is_empty() {
-                    self.outbox_signal.notify_one();
-                }
-                Ok(Committed::Applied)
-            }
-            Err(TransactionError::Abort(refused)) => Ok(refused),
-            Err(TransactionError::Storage(e)) => Err(Error::Store(e.to_string())),
-        }
-    }
-
-    fn outbox_ids(&self, count: usize) -> Result<Vec<u64>> {
-        (0..count)
-            .map(|_| self.db.generate_id())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Store(e.to_string()))
+        let mut batch = Batch::default();
+        batch.add(at, event_id, effects.clone());
+        let checks = Checks {
+            at: Some(at),
+            reads: &effects.reads,
+        };
+        self.write(&batch, Some(&checks))
     }
 
     /// Applies effects that no consumed record caused (an HTTP request, say): state changes and
-    /// emitted events in one transaction, with no offset and no dedupe mark.
+    /// emitted events in one transaction, with no offset and no dedupe mark. Keys named with
+    /// [`Effects::expect`] are checked as in [`Store::commit`].
     ///
     /// # Errors
     ///
     /// [`Error::Store`] when the transaction cannot be written.
-    pub fn commit_local(&self, effects: &Effects) -> Result<()> {
+    pub fn commit_local(&self, effects: &Effects) -> Result<Committed> {
         let mut batch = Batch::default();
         batch.state.extend(effects.puts.iter().cloned());
         batch.emits.extend(effects.emits.iter().cloned());
-        self.commit_batch(&batch)
+        let checks = Checks {
+            at: None,
+            reads: &effects.reads,
+        };
+        self.write(&batch, Some(&checks))
     }
 
-    /// Applies a batch of records in one transaction (see [`Batch`]).
+    /// Applies a batch of records in one transaction (see [`Batch`]), unchecked: for a writer
+    /// that has the store to itself (a replay).
     ///
     /// # Errors
     ///
     /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit_batch(&self, batch: &Batch) -> Result<()> {
+        self.write(batch, None).map(drop)
+    }
+
+    fn write(&self, batch: &Batch, checks: Option<&Checks<'_>>) -> Result<Committed> {
+        let store_error = |e: sled::Error| Error::Store(e.to_string());
         let outbox_ids = self.outbox_ids(batch.emits.len())?;
-        let result: std::result::Result<(), TransactionError<()>> =
-            (&self.state, &self.offsets, &self.dedupe, &self.outbox).transaction(
-                |(state, offsets, dedupe, outbox)| {
+        let applied_at = checks
+            .and_then(|c| c.at)
+            .map(|at| (offset_key(at.group, at.topic, at.partition), at.offset));
+        // Held through the transaction: two workers cannot both pass the duplicate check with
+        // one event id, and chunks are numbered in commit order.
+        let mut seen = crate::sync::lock(&self.seen);
+        if checks.is_some()
+            && batch
+                .ids
+                .iter()
+                .any(|id| seen.ids.contains_key(id.as_slice()))
+        {
+            return Ok(Committed::AlreadyApplied);
+        }
+        let chunk = seen.next_chunk;
+        let marks = (!batch.ids.is_empty()).then(|| encode_ids(&batch.ids));
+        let result: std::result::Result<(), TransactionError<Committed>> =
+            (&self.state, &self.offsets, &self.marks, &self.outbox).transaction(
+                |(state, offsets, marks_tree, outbox)| {
+                    if let Some((key, offset)) = &applied_at {
+                        let applied = offsets
+                            .get(key.as_bytes())?
+                            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                            .is_some_and(|next| *offset < i64::from_be_bytes(next));
+                        if applied {
+                            return Err(ConflictableTransactionError::Abort(
+                                Committed::AlreadyApplied,
+                            ));
+                        }
+                    }
+                    for (key, expected) in checks.map_or(&[][..], |c| c.reads.as_slice()) {
+                        if state.get(key.as_slice())?.as_deref() != expected.as_deref() {
+                            return Err(ConflictableTransactionError::Abort(Committed::Stale));
+                        }
+                    }
                     for (key, value) in &batch.state {
                         match value {
                             Some(value) => state.insert(key.as_slice(), value.as_slice())?,
@@ -500,20 +577,40 @@ impl Store {
                         let key = offset_key(group, topic, *partition);
                         offsets.insert(key.as_bytes(), &next.to_be_bytes())?;
                     }
-                    for (id, marker) in &batch.marks {
-                        dedupe.insert(id.as_slice(), marker.as_bytes())?;
+                    if let Some(ids) = &marks {
+                        marks_tree.insert(&chunk.to_be_bytes(), ids.as_slice())?;
                     }
                     for (id, entry) in outbox_ids.iter().zip(&batch.emits) {
                         outbox.insert(&id.to_be_bytes(), entry.encode())?;
                     }
-                    Ok::<(), ConflictableTransactionError<()>>(())
+                    Ok(())
                 },
             );
-        result.map_err(|e| Error::Store(format!("{e:?}")))?;
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(refused)) => return Ok(refused),
+            Err(TransactionError::Storage(e)) => return Err(store_error(e)),
+        }
+        if marks.is_some() {
+            seen.add(chunk, batch.ids.iter().cloned());
+            // Outside the transaction: a crash before these deletes only leaves older marks
+            // to be forgotten at the next start.
+            for old in seen.forget_oldest() {
+                self.marks.remove(old.to_be_bytes()).map_err(store_error)?;
+            }
+        }
+        drop(seen);
         if !batch.emits.is_empty() {
             self.outbox_signal.notify_one();
         }
-        Ok(())
+        Ok(Committed::Applied)
+    }
+
+    fn outbox_ids(&self, count: usize) -> Result<Vec<u64>> {
+        (0..count)
+            .map(|_| self.db.generate_id())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Store(e.to_string()))
     }
 
     /// The oldest outbox entries, up to `max`, with their ids.
@@ -638,7 +735,7 @@ mod tests {
             store.offsets("g").expect("offsets"),
             vec![("t".to_owned(), 2, 42)]
         );
-        assert!(store.seen(b"e1").expect("seen"));
+        assert!(store.seen(b"e1"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
     }
 
@@ -696,33 +793,95 @@ mod tests {
     }
 
     #[test]
-    fn a_run_of_batches_keeps_the_last_write_and_remembers_ids_only_on_a_fresh_store() {
+    fn a_batch_keeps_the_last_write_and_its_ids_survive_a_restart_as_one_chunk() {
         let at = |offset| Position {
             group: "g",
             topic: "t",
             partition: 0,
             offset,
         };
-        let store = Store::temporary().expect("store");
-        let mut batch = Batch::for_run(&store).expect("batch");
-        assert!(batch.knows_every_id());
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut batch = Batch::default();
         for (offset, value) in [(0, b"1"), (1, b"2")] {
             let mut effects = Effects::default();
             effects.put(b"n".to_vec(), value.to_vec());
             batch.add(&at(offset), Some(format!("e{offset}").as_bytes()), effects);
         }
         assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        assert!(batch.seen(b"e1") && !store.seen(b"e1"));
         store.commit_batch(&batch).expect("commit");
         batch.committed();
-        assert!(batch.is_empty());
-        assert!(batch.seen(b"e0") && batch.seen(b"e1") && !batch.seen(b"e2"));
+        assert!(batch.is_empty() && !batch.seen(b"e1"));
+        assert!(store.seen(b"e0") && store.seen(b"e1") && !store.seen(b"e2"));
         assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
         assert_eq!(store.next_offset("g", "t", 0).expect("offset"), Some(2));
-        assert!(store.seen(b"e1").expect("seen"));
+        assert_eq!(store.marks.len(), 1, "one chunk for the batch");
+        drop(store);
 
-        // A store with earlier marks: the store must be asked.
-        let resumed = Batch::for_run(&store).expect("batch");
-        assert!(!resumed.knows_every_id());
+        let reopened = Store::open(dir.path()).expect("store");
+        assert!(reopened.seen(b"e0") && reopened.seen(b"e1"));
+        // A record carrying an id applied before the restart is a duplicate.
+        assert_eq!(
+            reopened
+                .commit(&at(2), Some(b"e1"), &Effects::default())
+                .expect("commit"),
+            Committed::AlreadyApplied
+        );
+    }
+
+    #[test]
+    fn the_oldest_ids_are_forgotten_beyond_the_window_in_memory_and_in_sled() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let chunk = 1_000;
+        let batches = DEDUPE_WINDOW / chunk + 3;
+        for b in 0..batches {
+            let mut batch = Batch::default();
+            for i in 0..chunk {
+                let at = Position {
+                    group: "g",
+                    topic: "t",
+                    partition: 0,
+                    offset: (b * chunk + i) as i64,
+                };
+                batch.add(
+                    &at,
+                    Some(format!("e{}", b * chunk + i).as_bytes()),
+                    Effects::default(),
+                );
+            }
+            store.commit_batch(&batch).expect("commit");
+        }
+        let newest = format!("e{}", batches * chunk - 1);
+        assert!(store.seen(newest.as_bytes()));
+        assert!(!store.seen(b"e0"), "the oldest chunk is forgotten");
+        assert!(store.seen(format!("e{}", batches * chunk - DEDUPE_WINDOW).as_bytes()));
+        assert_eq!(store.marks.len(), DEDUPE_WINDOW / chunk);
+        drop(store);
+        let reopened = Store::open(dir.path()).expect("store");
+        assert!(reopened.seen(newest.as_bytes()) && !reopened.seen(b"e0"));
+    }
+
+    #[test]
+    fn marks_of_a_store_written_before_chunks_are_carried_over() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let db = sled::open(dir.path()).expect("db");
+            let legacy = db.open_tree("dedupe").expect("tree");
+            legacy.insert(b"old-1", &b"t/0/0"[..]).expect("insert");
+            legacy.insert(b"old-2", &b"t/0/1"[..]).expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("store");
+        assert!(store.seen(b"old-1") && store.seen(b"old-2"));
+        assert!(
+            !store
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"dedupe")
+        );
     }
 
     #[test]
