@@ -73,6 +73,29 @@ struct Cluster {
     gateway_port: u16,
 }
 
+impl Drop for Cluster {
+    /// A failing scenario prints the end of every process's log before its directory goes.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- last lines of {}:", path.display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 impl Cluster {
     fn service(&self, name: &str) -> Process {
         let dir = self.dir.path();
@@ -115,6 +138,8 @@ impl Cluster {
             .append(true)
             .open(dir.join(format!("{name}.log")))
             .expect("log file");
+        // Printed when the scenario fails (see `Cluster`'s drop).
+        command.env("TRIPSTREAM_LOG", "info,librdkafka=warn");
         Process(
             command
                 .stdout(Stdio::null())
@@ -261,10 +286,14 @@ async fn on_a_real_broker_process_killing_the_broker_and_each_service_loses_noth
             );
         }
     }
+    // The broker goes first. Tansu 0.6 does not expire a member that died less than a session
+    // timeout before the broker itself restarted: killing booking and then the broker 1.2 s
+    // later left the dead booking member holding every partition after the restart, and the
+    // restarted booking service none, about one run in five.
     let survived = survive(
         dir,
         broker,
-        &["booking", "broker", "flight", "hotel", "payment", "gateway"],
+        &["broker", "booking", "flight", "hotel", "payment", "gateway"],
     )
     .await;
 
@@ -617,7 +646,10 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
                 );
                 break;
             }
-            assert!(Instant::now() < deadline, "booking {id} never finished");
+            assert!(
+                Instant::now() < deadline,
+                "booking {id} never finished: {view}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
