@@ -212,8 +212,9 @@ pub enum Committed {
 
 /// What a checked commit verifies before writing.
 struct Checks<'a> {
-    /// The record's position: refused if its partition is already past it.
-    at: Option<&'a Position<'a>>,
+    /// The first record of each partition in the commit: refused if its partition is already
+    /// past it.
+    firsts: &'a [Position<'a>],
     /// Keys and the values the handler saw: refused as stale if any changed.
     reads: &'a Reads,
 }
@@ -495,7 +496,7 @@ impl Store {
         let mut batch = Batch::default();
         batch.add(at, event_id, effects.clone());
         let checks = Checks {
-            at: Some(at),
+            firsts: std::slice::from_ref(at),
             reads: &effects.reads,
         };
         self.write(&batch, Some(&checks))
@@ -513,7 +514,7 @@ impl Store {
         batch.state.extend(effects.puts.iter().cloned());
         batch.emits.extend(effects.emits.iter().cloned());
         let checks = Checks {
-            at: None,
+            firsts: &[],
             reads: &effects.reads,
         };
         self.write(&batch, Some(&checks))
@@ -529,12 +530,32 @@ impl Store {
         self.write(batch, None).map(drop)
     }
 
+    /// Applies several records in one transaction, checked as in [`Store::commit`]: `firsts`
+    /// holds the first record of each partition in `batch`, `reads` every key the handlers
+    /// read from the store (not from the batch) with the value seen. For a live processor
+    /// that found several records waiting: one transaction instead of one per record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
+    pub(crate) fn commit_checked(
+        &self,
+        batch: &Batch,
+        firsts: &[Position<'_>],
+        reads: &Reads,
+    ) -> Result<Committed> {
+        self.write(batch, Some(&Checks { firsts, reads }))
+    }
+
     fn write(&self, batch: &Batch, checks: Option<&Checks<'_>>) -> Result<Committed> {
         let store_error = |e: sled::Error| Error::Store(e.to_string());
         let outbox_ids = self.outbox_ids(batch.emits.len())?;
-        let applied_at = checks
-            .and_then(|c| c.at)
-            .map(|at| (offset_key(at.group, at.topic, at.partition), at.offset));
+        let firsts: Vec<(String, i64)> = checks
+            .map(|c| c.firsts)
+            .unwrap_or_default()
+            .iter()
+            .map(|at| (offset_key(at.group, at.topic, at.partition), at.offset))
+            .collect();
         // Held through the transaction: two workers cannot both pass the duplicate check with
         // one event id, and chunks are numbered in commit order.
         let mut seen = crate::sync::lock(&self.seen);
@@ -551,7 +572,7 @@ impl Store {
         let result: std::result::Result<(), TransactionError<Committed>> =
             (&self.state, &self.offsets, &self.marks, &self.outbox).transaction(
                 |(state, offsets, marks_tree, outbox)| {
-                    if let Some((key, offset)) = &applied_at {
+                    for (key, offset) in &firsts {
                         let applied = offsets
                             .get(key.as_bytes())?
                             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
