@@ -92,7 +92,23 @@ pub struct Record<'a> {
     pub metadata: Option<&'a Metadata>,
 }
 
-impl Record<'_> {
+impl<'a> Record<'a> {
+    fn at(
+        at: &Position<'a>,
+        message: &'a impl Message,
+        payload: &'a [u8],
+        metadata: Option<&'a Metadata>,
+    ) -> Self {
+        Record {
+            topic: at.topic,
+            partition: at.partition,
+            offset: at.offset,
+            key: message.key(),
+            payload,
+            metadata,
+        }
+    }
+
     /// The record's full name from its `event_type` header, if any.
     pub fn event_type(&self) -> Option<&str> {
         self.metadata.and_then(|m| m.event_type.as_deref())
@@ -626,6 +642,16 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
+/// Where `message` came from, as the store keys it.
+fn position<'a>(group: &'a str, message: &'a impl Message) -> Position<'a> {
+    Position {
+        group,
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
 /// Records waiting that a processor takes into one transaction at most.
 const LIVE_BATCH: usize = 64;
 
@@ -667,12 +693,7 @@ async fn process_ready<H: Handler>(
     let mut reads: Reads = Vec::new();
     let mut taken = 0;
     for message in ready {
-        let at = Position {
-            group,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+        let at = position(group, message);
         let first_of_partition = !firsts
             .iter()
             .any(|f| f.partition == at.partition && f.topic == at.topic);
@@ -694,14 +715,7 @@ async fn process_ready<H: Handler>(
         if batch.seen(id) || store.seen(id) {
             break;
         }
-        let record = Record {
-            topic: at.topic,
-            partition: at.partition,
-            offset: at.offset,
-            key: message.key(),
-            payload,
-            metadata: metadata.as_ref(),
-        };
+        let record = Record::at(&at, message, payload, metadata.as_ref());
         let mut ctx = Context::new(group, store, Some(&batch), codec, cause, true);
         let outcome = handler.handle(&mut ctx, &record).await;
         let effects = ctx.finish();
@@ -752,12 +766,7 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
     message: &M,
     batch: Option<&mut Batch>,
 ) -> Result<(), Failure> {
-    let at = Position {
-        group,
-        topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-    };
+    let at = position(group, message);
     let store_error = |e: Error| Failure::Retry(e.to_string());
     // Already applied (the partition restarted below sled's offset): nothing to do. A replay
     // (a batch) starts each partition at sled's offset itself and never goes back.
@@ -789,14 +798,7 @@ pub(crate) async fn process<H: Handler, M: Message + Sync>(
     let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
         return Err(Failure::Poison("empty", "the record has no value".into()));
     };
-    let record = Record {
-        topic: at.topic,
-        partition: at.partition,
-        offset: at.offset,
-        key: message.key(),
-        payload,
-        metadata: metadata.as_ref(),
-    };
+    let record = Record::at(&at, message, payload, metadata.as_ref());
     let fallback;
     let cause = match &metadata {
         Some(metadata) => metadata,
