@@ -339,6 +339,12 @@ impl Codec {
         if let Some(decoded) = self.decode_cached::<E>(id, body) {
             return decoded;
         }
+        // Boxed: the registry call's state is large, and unboxed it would make every decode's
+        // future that large, to be moved on each call even when the cache answers.
+        Box::pin(self.decode_uncached::<E>(id, body)).await
+    }
+
+    async fn decode_uncached<E: Event>(&self, id: u32, body: &[u8]) -> Result<E, CodecError> {
         let local = self.local::<E>()?;
         let plan = self.plan::<E>(id, &local).await?;
         plan.decode(id, body)
