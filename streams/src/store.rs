@@ -257,7 +257,7 @@ pub const DEDUPE_WINDOW: usize = 100_000;
 
 /// The event ids a store remembers, in memory for lookups and in sled for restarts. Each
 /// commit writes its records' ids as one chunk (one sled key per transaction, not one per
-/// record: a replay's batch of 1,000 records writes one chunk); the oldest chunks are dropped
+/// record: a replay's batch of 5,000 records writes one chunk); the oldest chunks are dropped
 /// once more than [`DEDUPE_WINDOW`] ids are kept.
 #[derive(Debug, Default)]
 struct Seen {
