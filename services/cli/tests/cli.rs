@@ -1,11 +1,13 @@
 //! The `tripstream` binary as scripts use it: exit codes and messages.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod support;
+use support::start_registry;
 
 fn tripstream() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tripstream"));
@@ -382,48 +384,6 @@ fn an_invalid_topic_spec_names_the_file_the_field_and_the_reason() {
     }
 }
 
-/// A child process, killed on drop so a failing test leaves nothing running.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `tripstream registry` process on `bootstrap`, and its URL from the first line it prints.
-fn start_registry(bootstrap: &str) -> (KillOnDrop, String) {
-    let mut registry = KillOnDrop(
-        tripstream()
-            .args([
-                "registry",
-                "--listen",
-                "127.0.0.1:0",
-                "--brokers",
-                bootstrap,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("registry starts"),
-    );
-    // Read the first line for the URL, then keep draining stdout so the registry never
-    // writes into a closed pipe.
-    let mut lines = BufReader::new(registry.0.stdout.take().expect("stdout")).lines();
-    let first_line = lines
-        .next()
-        .expect("a line")
-        .expect("registry prints its URL");
-    std::thread::spawn(move || lines.for_each(drop));
-    let url = first_line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("URL in the first line")
-        .to_owned();
-    (registry, url)
-}
-
 /// A `tripstream broker` process, stopped on drop.
 struct BrokerProcess {
     child: Child,
@@ -513,7 +473,7 @@ fn a_standalone_broker_serves_topics_a_registry_and_schema_registration() {
     );
 
     // A registry process on that broker, then the project's schemas registered and checked.
-    let (registry, url) = start_registry(&broker.bootstrap);
+    let (registry, url) = start_registry(tripstream(), &broker.bootstrap);
     let (code, out, err) = run(tripstream().arg("--root").arg(&root).args([
         "schemas",
         "register",
@@ -558,7 +518,7 @@ fn produce_consume_and_replay_round_trip_json_lines_through_the_broker() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let tmp = TempDir::new().expect("tmp");
     let broker = BrokerProcess::start(&root, &tmp.path().join("bootstrap"));
-    let (_registry, url) = start_registry(&broker.bootstrap);
+    let (_registry, url) = start_registry(tripstream(), &broker.bootstrap);
     let with_env = |command: &mut Command| {
         command
             .arg("--root")

@@ -6,10 +6,9 @@
 //! tier, on Tansu, a real broker process that is killed and restarted as well.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::{FlightScheduled, HotelListed, Money, topics};
@@ -18,6 +17,9 @@ use serde_json::{Value, json};
 use streams::codec::Codec;
 use streams::producer::{Metadata, Producer};
 use streams::store::Store;
+
+mod support;
+use support::Process;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -30,16 +32,6 @@ fn tripstream() -> Command {
         .arg(root())
         .env("TRIPSTREAM_LOG", "warn");
     command
-}
-
-/// A child process, killed on drop so a failing test leaves nothing running.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 impl Process {
@@ -449,28 +441,7 @@ struct Survived {
 
 async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -> Survived {
     let bootstrap = broker.bootstrap.clone();
-    let mut registry = Process(
-        tripstream()
-            .args([
-                "registry",
-                "--listen",
-                "127.0.0.1:0",
-                "--brokers",
-                &bootstrap,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("registry"),
-    );
-    let mut lines = BufReader::new(registry.0.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("a line").expect("the registry's URL");
-    std::thread::spawn(move || lines.for_each(drop));
-    let registry_url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("URL")
-        .to_owned();
+    let (registry, registry_url) = support::start_registry(tripstream(), &bootstrap);
     let cluster = Cluster {
         dir,
         bootstrap,
