@@ -34,7 +34,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::codec::{Codec, CodecError, Event};
 use crate::error::{Error, Result};
-use crate::producer::{self, Metadata, Producer};
+use crate::producer::{self, Delivery, Metadata, Producer};
 use crate::store::{Batch, Committed, Effects, OutboxEntry, Position, Reads, Store};
 
 /// How long one receive waits before it is asked again (see the run loop).
@@ -933,33 +933,94 @@ async fn dead_letter(
     store.commit(&at, None, &Effects::default()).map(drop)
 }
 
-/// Publishes the outbox in order until stopped, clearing each entry once the broker acked it.
-/// Publishes `store`'s outbox until `stopped` turns true, then returns (whatever is left stays
-/// for the next start). Services that emit events outside a processor (from HTTP requests,
-/// say) run this beside their server.
+/// Outbox entries a relay keeps in flight (sent, not yet acked) at most.
+const RELAY_WINDOW: usize = 512;
+
+/// Publishes `store`'s outbox until `stopped` turns true and the outbox is empty (whatever is
+/// left when the caller gives up waiting stays for the next start). Services that emit events
+/// outside a processor (from HTTP requests, say) run this beside their server.
+///
+/// Entries are sent as soon as they are committed, without waiting for earlier ones to be
+/// acked (librdkafka keeps each partition's order), and cleared in send order as acks come
+/// back. A failed send clears nothing after it: the relay waits for what is in flight, backs
+/// off, and republishes from the oldest entry left, so nothing is skipped (a republished entry
+/// keeps its event id, and consumers skip it).
 pub async fn relay(
     store: Store,
     producer: Producer,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    use futures::StreamExt as _;
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut sent = std::collections::HashSet::new();
+    // New entries are looked for after the newest one sent; from the start again whenever
+    // nothing is in flight or the periodic tick fires, for an entry whose id was taken before
+    // a concurrent writer's but committed after it (workers sharing a store).
+    let mut from = 0;
+    let mut failed = false;
+    let mut stopping = *stopped.borrow();
     loop {
-        match relay_once(&store, &producer, 256).await {
-            Ok(0) => {}
-            Ok(_) => continue,
-            Err(error) => {
-                tracing::warn!(%error, "Publishing the outbox failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+        if !failed && in_flight.len() < RELAY_WINDOW {
+            if in_flight.is_empty() {
+                from = 0;
+            }
+            match store.outbox_unsent(RELAY_WINDOW - in_flight.len(), from, &sent) {
+                Ok(entries) => {
+                    for (id, entry) in entries {
+                        sent.insert(id);
+                        from = from.max(id + 1);
+                        in_flight.push_back(publish(producer.clone(), id, entry));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Reading the outbox failed; retrying");
+                    failed = true;
+                }
             }
         }
-        if *stopped.borrow() {
-            return;
+        if in_flight.is_empty() {
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                failed = false;
+                continue;
+            }
+            if stopping && store.outbox(1).is_ok_and(|left| left.is_empty()) {
+                return;
+            }
         }
         tokio::select! {
-            _ = stopped.changed() => {}
+            Some((id, result)) = in_flight.next() => match result {
+                Ok(_) if !failed => {
+                    sent.remove(&id);
+                    if let Err(error) = store.clear_outbox(id) {
+                        tracing::warn!(%error, "Clearing a published outbox entry failed");
+                        failed = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "Publishing the outbox failed; retrying");
+                    failed = true;
+                }
+            },
+            // A dropped sender counts as a stop.
+            changed = stopped.changed(), if !stopping => {
+                stopping = changed.is_err() || *stopped.borrow();
+            }
             () = store.outbox_changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => from = 0,
+        }
+        if failed && in_flight.is_empty() {
+            // Everything after the failure is sent again, from the oldest entry left.
+            sent.clear();
         }
     }
+}
+
+/// Sends one outbox entry; the answer names the entry.
+async fn publish(producer: Producer, id: u64, entry: OutboxEntry) -> (u64, Result<Delivery>) {
+    let result = producer.send_record(&entry).await;
+    (id, result)
 }
 
 /// Publishes up to `max` outbox entries and clears them; returns how many.

@@ -640,12 +640,33 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure or an entry this runtime did not write.
     pub fn outbox(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        self.outbox_unsent(max, 0, &HashSet::new())
+    }
+
+    /// The oldest outbox entries from id `from` on whose ids are not in `sent`, up to `max`,
+    /// with their ids.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::outbox`].
+    pub fn outbox_unsent(
+        &self,
+        max: usize,
+        from: u64,
+        sent: &HashSet<u64>,
+    ) -> Result<Vec<(u64, OutboxEntry)>> {
         let mut entries = Vec::new();
-        for item in self.outbox.iter().take(max) {
+        for item in self.outbox.range(from.to_be_bytes()..) {
+            if entries.len() >= max {
+                break;
+            }
             let (key, value) = item.map_err(|e| Error::Store(e.to_string()))?;
             let id = <[u8; 8]>::try_from(key.as_ref())
                 .map(u64::from_be_bytes)
                 .unwrap_or_default();
+            if sent.contains(&id) {
+                continue;
+            }
             let entry = OutboxEntry::decode(&value)
                 .ok_or_else(|| Error::Store(format!("outbox entry {id} is corrupt")))?;
             entries.push((id, entry));

@@ -519,6 +519,82 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_it_stops() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let service = Store::temporary().expect("store");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(processor::relay(
+        service.clone(),
+        h.producer.clone(),
+        stopped,
+    ));
+    // 2,000 events of one booking (one partition), committed while the relay runs, in
+    // transactions of 1 to 7 events.
+    let mut sequence = 0;
+    let mut offset = 0;
+    while sequence < 2_000 {
+        let mut effects = Effects::default();
+        for _ in 0..(offset % 7 + 1).min(2_000 - sequence) {
+            let booked = Booked {
+                booking_id: "b00001".into(),
+                route: sequence.to_string(),
+            };
+            let entry =
+                streams::producer::record(&h.codec, "bookings", &booked, &Metadata::new("b00001"))
+                    .await
+                    .expect("encodes");
+            effects.emit(entry);
+            sequence += 1;
+        }
+        let at = Position {
+            group: "svc",
+            topic: "input",
+            partition: 0,
+            offset,
+        };
+        service.commit(&at, None, &effects).expect("commit");
+        offset += 1;
+    }
+    // Asked to stop at once: it still publishes everything left before it returns.
+    stop.send(true).expect("relay listening");
+    tokio::time::timeout(Duration::from_secs(30), relay)
+        .await
+        .expect("the relay drained its outbox within 30 s")
+        .expect("joined");
+    assert!(service.outbox(1).expect("outbox").is_empty());
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", h.broker.bootstrap_servers())
+        .set("group.id", "order-reader")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..4 {
+        tpl.add_partition_offset("bookings", partition, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut routes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while routes.len() < 2_000 && Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let booked: Booked = h
+            .codec
+            .decode(message.payload().unwrap_or_default())
+            .await
+            .expect("decodes");
+        routes.push(booked.route.parse::<usize>().expect("a number"));
+    }
+    let expected: Vec<usize> = (0..2_000).collect();
+    assert_eq!(routes, expected, "every event once, in commit order");
+    drop(consumer);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_processed_again_after_their_transactions_were_lost_emit_the_same_event_ids() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;
