@@ -10,6 +10,7 @@ use std::time::Duration;
 use booking::{Saga, Status};
 use events::{AccountCredited, FlightScheduled, HotelListed, Money, topics};
 use payment::Charge;
+use rdkafka::producer::Producer as _;
 use rust_decimal::Decimal;
 use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, Event};
@@ -41,6 +42,23 @@ impl Default for Options {
     }
 }
 
+/// Records not yet applied plus outbox entries not yet published, over every store.
+fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<i64> {
+    let mut behind = 0;
+    for store in stores.all() {
+        behind += i64::try_from(store.outbox(usize::MAX)?.len())?;
+        for (_, topic, partition, next) in store.all_offsets()? {
+            let (_, high) = producer.inner().client().fetch_watermarks(
+                &topic,
+                partition,
+                Duration::from_secs(10),
+            )?;
+            behind += (high - next).max(0);
+        }
+    }
+    Ok(behind)
+}
+
 /// Each service's store.
 #[derive(Debug, Clone)]
 pub struct Stores {
@@ -56,6 +74,20 @@ pub struct Stores {
     pub gateway: Store,
     /// Users.
     pub auth: Store,
+}
+
+impl Stores {
+    /// Every store.
+    pub fn all(&self) -> [&Store; 6] {
+        [
+            &self.booking,
+            &self.flight,
+            &self.hotel,
+            &self.payment,
+            &self.gateway,
+            &self.auth,
+        ]
+    }
 }
 
 /// The running system.
@@ -262,6 +294,29 @@ impl System {
         drop(self.producer);
         drop(self.broker);
         Ok(())
+    }
+
+    /// Waits until the system is idle: every service applied every record of the partitions it
+    /// reads (its stored offsets reach the high watermarks) and published its whole outbox.
+    ///
+    /// # Errors
+    ///
+    /// When it is not idle within `limit`, or a store or the broker cannot be read.
+    pub async fn settle(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (stores, producer) = (self.stores.clone(), self.producer.clone());
+            // Watermark requests block; they run off the async workers.
+            let behind = tokio::task::spawn_blocking(move || behind(&stores, &producer)).await??;
+            if behind == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the services are still {behind} records or outbox entries behind after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Checks the system's invariants on the services' stores.

@@ -1,7 +1,7 @@
 //! The whole system over HTTP on the embedded broker: sign up, log in, search, book, poll to
 //! the end; declines and sold-out flights compensate; users see only their own bookings;
 //! tokens are checked; bad input gets one error shape, and garbage on the command topics is
-//! dead-lettered while the services keep running.
+//! dead-lettered while the services keep running; settling waits for all work sent.
 
 use std::time::{Duration, Instant};
 
@@ -572,4 +572,58 @@ async fn count_dead_letters(system: &System, topics: &[&str], expected: i64) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settling_waits_until_every_service_has_finished_the_work_sent() {
+    let _serial = SERIAL.lock().await;
+    let (system, _) = seeded().await;
+    system.credit("u1", eur(1_000_000)).await.expect("credit");
+    // 30 requests for a flight with 10 seats: 10 confirm, 20 cancel, all without waiting.
+    let ids: Vec<String> = (0..30).map(|i| format!("settle-{i:02}")).collect();
+    for id in &ids {
+        let request = events::BookingRequested {
+            booking_id: id.clone(),
+            user_id: "u1".into(),
+            flight: events::FlightSelection {
+                flight_id: "LH1".into(),
+                seats: 1,
+            },
+            hotel: events::HotelSelection {
+                hotel_id: "H1".into(),
+                check_in: 20_788,
+                check_out: 20_789,
+                rooms: 1,
+            },
+            extras: vec![],
+            requested_at: events::now_millis(),
+        };
+        system.send(topics::BOOKINGS, &request).await.expect("sent");
+    }
+    system
+        .settle(Duration::from_secs(60))
+        .await
+        .expect("settles");
+    // No waiting from here: each saga ended, the gateway's view shows it, nothing is queued.
+    let stores = &system.stores;
+    assert!(stores.booking.scan(b"open/").expect("scan").is_empty());
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let view: gateway::view::BookingView = stores
+            .gateway
+            .get(format!("booking/{id}").as_bytes())
+            .expect("read")
+            .map(|bytes| serde_json::from_slice(&bytes).expect("a view"))
+            .unwrap_or_else(|| panic!("booking {id} is in the gateway's view"));
+        *statuses.entry(view.status).or_default() += 1;
+    }
+    assert_eq!(
+        statuses,
+        [("CANCELLED".to_owned(), 20), ("CONFIRMED".to_owned(), 10)].into()
+    );
+    for store in stores.all() {
+        assert!(store.outbox(1).expect("outbox").is_empty());
+    }
+    assert!(system.consistency().expect("consistency").holds());
+    system.stop().await.expect("stops");
 }

@@ -39,9 +39,12 @@ pub enum Command {
         /// Bookings sent at once for the throughput figure.
         #[arg(long, default_value_t = 10_000)]
         bookings: usize,
-        /// How long the half-load latency run lasts.
+        /// How long the latency run lasts.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Bookings per second in the latency run [default: half the measured throughput].
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -242,8 +245,12 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("ratio: {:.2} of raw", typed_rate / raw_rate);
             bench.registry.stop().await?;
         }
-        Command::Saga { bookings, seconds } => {
-            super::saga_bench::run(bookings, seconds).await?;
+        Command::Saga {
+            bookings,
+            seconds,
+            rate,
+        } => {
+            super::saga_bench::run(bookings, seconds, rate).await?;
         }
         Command::Replay { events } => {
             let bench = setup(64).await?;

@@ -10,11 +10,11 @@ use events::{
     topics,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
-use streams::producer::Metadata;
+use streams::producer::{Metadata, header};
 use system::{Options, System};
 
 /// Messages one confirmed booking puts through the broker: the request, two reservations and
@@ -48,10 +48,14 @@ fn request(i: usize, users: &[String]) -> BookingRequested {
     }
 }
 
-/// Runs the bench: throughput with `bookings` sent at once, then latency at half the measured
-/// rate for `latency_seconds`.
-pub async fn run(bookings: usize, latency_seconds: u64) -> anyhow::Result<()> {
+/// Runs the bench: throughput with `bookings` sent at once, then latency at `rate` (half the
+/// measured rate if not given) for `latency_seconds`.
+pub async fn run(bookings: usize, latency_seconds: u64, rate: Option<f64>) -> anyhow::Result<()> {
     anyhow::ensure!(bookings > 0, "--bookings must be at least 1");
+    anyhow::ensure!(
+        rate.is_none_or(|rate| rate.is_finite() && rate > 0.0),
+        "--rate must be a positive number of bookings per second"
+    );
     let system = System::start(Options::default()).await?;
     for i in 0..8 {
         system
@@ -90,34 +94,45 @@ pub async fn run(bookings: usize, latency_seconds: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     send(&system, bookings, &users, None).await?;
     wait_finished(&system, 200 + bookings, Duration::from_secs(600)).await?;
-    let rate = bookings as f64 / started.elapsed().as_secs_f64();
+    let throughput = bookings as f64 / started.elapsed().as_secs_f64();
 
-    let half = (rate / 2.0).max(1.0);
-    let count = ((half * latency_seconds as f64) as usize).max(1);
-    eprintln!("Latency: {count} bookings at {half:.0}/s...");
-    let sent_at = send(&system, count, &users, Some(half)).await?;
+    // The latency run starts once the throughput run's backlog is gone (the gateway's views,
+    // outboxes): half load, not half load on top of a queue.
+    system.settle(Duration::from_secs(120)).await?;
+    let pace = rate.unwrap_or((throughput / 2.0).max(1.0));
+    let count = ((pace * latency_seconds as f64) as usize).max(1);
+    eprintln!("Latency: {count} bookings at {pace:.0}/s...");
+    let sent_at = send(&system, count, &users, Some(pace)).await?;
     wait_finished(&system, 200 + bookings + count, Duration::from_secs(600)).await?;
-    let mut latencies = confirmation_latencies(&system, &sent_at)?;
-    latencies.sort_unstable();
+    let stages = stages(&system, &sent_at)?;
+    let latencies = stages
+        .iter()
+        .find(|(kind, _)| kind == events::BookingConfirmed::TYPE)
+        .map(|(_, latencies)| latencies.as_slice())
+        .unwrap_or_default();
 
     let raw = raw_rate(&system, 50_000).await?;
     let report = system.consistency()?;
-    let percentile = |p: f64| -> i64 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i]
-    };
-    println!("saga, sent at once:        {rate:>10.0} confirmed bookings/s ({bookings} bookings)");
     println!(
-        "saga at {half:.0}/s:            p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} confirmed of {count})",
-        percentile(0.50),
-        percentile(0.95),
-        percentile(0.99),
+        "saga, sent at once:        {throughput:>10.0} confirmed bookings/s ({bookings} bookings)"
+    );
+    println!(
+        "saga at {pace:.0}/s:            p50 {} ms, p95 {} ms, p99 {} ms, max {} ms ({} confirmed of {count})",
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
         latencies.last().copied().unwrap_or(0),
         latencies.len()
     );
+    println!("  where the time goes (ms from request to each event written, p50 / p99):");
+    for (kind, latencies) in &stages {
+        println!(
+            "    {:<40} {:>5} / {:>5}",
+            kind.strip_prefix("tripstream.").unwrap_or(kind),
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99)
+        );
+    }
     println!("raw rdkafka, pre-encoded:  {raw:>10.0} messages/s on the same broker");
     println!(
         "consistency: {}",
@@ -129,8 +144,8 @@ pub async fn run(bookings: usize, latency_seconds: u64) -> anyhow::Result<()> {
     );
     println!(
         "ratio: {:.2} of raw (each booking is {MESSAGES_PER_BOOKING} messages: {:.0} messages/s)",
-        rate * MESSAGES_PER_BOOKING / raw,
-        rate * MESSAGES_PER_BOOKING
+        throughput * MESSAGES_PER_BOOKING / raw,
+        throughput * MESSAGES_PER_BOOKING
     );
     system.stop().await?;
     Ok(())
@@ -191,56 +206,88 @@ async fn wait_finished(system: &System, sagas: usize, limit: Duration) -> anyhow
     }
 }
 
-/// For each booking of `sent_at` confirmed: the confirmation's broker timestamp minus the
-/// request's send time, in ms.
-fn confirmation_latencies(
+/// The topics a booking's saga goes through.
+const SAGA_TOPICS: [&str; 7] = [
+    topics::BOOKINGS,
+    topics::FLIGHT_COMMANDS,
+    topics::HOTEL_COMMANDS,
+    topics::FLIGHT_EVENTS,
+    topics::HOTEL_EVENTS,
+    topics::PAYMENT_COMMANDS,
+    topics::PAYMENT_EVENTS,
+];
+
+/// For each event type a saga of `sent_at` wrote, when it was written: its broker timestamp
+/// minus the request's send time, in ms, sorted; the stages in the order they happen (by p50).
+fn stages(
     system: &System,
     sent_at: &HashMap<String, i64>,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", system.broker.bootstrap_servers())
         // assign() needs a group handle; this reader never joins the group nor commits.
         .set("group.id", "tripstream-bench-latency")
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topics::BOOKINGS), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining = 0;
-    for partition in metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        let (low, high) =
-            consumer.fetch_watermarks(topics::BOOKINGS, partition.id(), Duration::from_secs(10))?;
-        remaining += high - low;
-        tpl.add_partition_offset(topics::BOOKINGS, partition.id(), Offset::Beginning)?;
+    for topic in SAGA_TOPICS {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for partition in metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions())
+            .unwrap_or_default()
+        {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+            remaining += high - low;
+            tpl.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+        }
     }
     consumer.assign(&tpl)?;
-    let mut latencies = Vec::new();
+    let value = |message: &BorrowedMessage<'_>, name: &str| {
+        message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    };
+    let mut by_type: HashMap<String, Vec<i64>> = HashMap::new();
     while remaining > 0 {
         let Some(message) = consumer.poll(Duration::from_secs(10)) else {
-            anyhow::bail!(
-                "reading {} stalled with {remaining} records left",
-                topics::BOOKINGS
-            );
+            anyhow::bail!("reading the saga topics stalled with {remaining} records left");
         };
         let message = message?;
         remaining -= 1;
-        let confirmed = message.headers().is_some_and(|headers| {
-            headers.iter().any(|h| {
-                h.key == "event_type" && h.value == Some(events::BookingConfirmed::TYPE.as_bytes())
-            })
-        });
-        let key = message.key().map(String::from_utf8_lossy);
-        if let (true, Some(key), Some(at)) = (confirmed, key, message.timestamp().to_millis())
-            && let Some(sent) = sent_at.get(key.as_ref())
-        {
-            latencies.push(at - sent);
+        let (Some(kind), Some(booking), Some(at)) = (
+            value(&message, header::EVENT_TYPE),
+            value(&message, header::CORRELATION_ID),
+            message.timestamp().to_millis(),
+        ) else {
+            continue;
+        };
+        if let Some(sent) = sent_at.get(&booking) {
+            by_type.entry(kind).or_default().push(at - sent);
         }
     }
-    Ok(latencies)
+    let mut stages: Vec<(String, Vec<i64>)> = by_type.into_iter().collect();
+    for (_, latencies) in &mut stages {
+        latencies.sort_unstable();
+    }
+    stages.sort_by_key(|(_, latencies)| percentile(latencies, 0.5));
+    Ok(stages)
+}
+
+/// The `p` quantile of sorted `values` (0 when empty).
+fn percentile(values: &[i64], p: f64) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let i = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
 }
 
 /// Raw rdkafka sending pre-encoded bytes of the same size: messages/s.
