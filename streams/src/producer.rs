@@ -105,27 +105,29 @@ impl Metadata {
 
     /// The headers, as name and value pairs.
     pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
-        let mut pairs = vec![
+        self.headers(None)
+            .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// The headers as (name, value), with `event_type` in place of the metadata's own when
+    /// given.
+    fn headers<'a>(
+        &'a self,
+        event_type: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'static str, &'a str)> {
+        [
+            (header::EVENT_ID, Some(self.event_id.as_str())),
+            (header::CORRELATION_ID, Some(self.correlation_id.as_str())),
+            (header::CAUSATION_ID, self.causation_id.as_deref()),
             (
-                header::EVENT_ID.to_owned(),
-                self.event_id.as_bytes().to_vec(),
+                header::EVENT_TYPE,
+                event_type.or(self.event_type.as_deref()),
             ),
-            (
-                header::CORRELATION_ID.to_owned(),
-                self.correlation_id.as_bytes().to_vec(),
-            ),
-        ];
-        let optional = [
-            (header::CAUSATION_ID, &self.causation_id),
-            (header::EVENT_TYPE, &self.event_type),
-            (header::TRACEPARENT, &self.traceparent),
-        ];
-        for (name, value) in optional {
-            if let Some(value) = value {
-                pairs.push((name.to_owned(), value.as_bytes().to_vec()));
-            }
-        }
-        pairs
+            (header::TRACEPARENT, self.traceparent.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 }
 
@@ -238,10 +240,26 @@ impl Producer {
         event: &E,
         metadata: &Metadata,
     ) -> Result<Delivery> {
-        let entry = record(&self.codec, topic, event, metadata)
-            .await
-            .map_err(|e| Error::Codec(Box::new(e)))?;
-        self.send_record(&entry).await
+        // Straight to librdkafka's record, without an owned outbox entry in between: this is
+        // the hot path of every producer that is not a relay.
+        let codec_error = |e| Error::Codec(Box::new(e));
+        let payload = self.codec.encode(topic, event).await.map_err(codec_error)?;
+        let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
+        let mut headers = OwnedHeaders::new_with_capacity(5);
+        for (key, value) in metadata.headers(Some(&event_type)) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let key = event.key();
+        let mut record = FutureRecord::to(topic)
+            .payload(payload.as_slice())
+            .headers(headers);
+        if !key.is_empty() {
+            record = record.key(key.as_bytes());
+        }
+        self.deliver(record).await
     }
 
     /// Sends an already framed record (from an outbox, or a dead letter).
@@ -258,18 +276,24 @@ impl Producer {
             });
         }
         let mut record = FutureRecord::to(&entry.topic)
-            .payload(&entry.payload)
+            .payload(entry.payload.as_slice())
             .headers(headers);
         if !entry.key.is_empty() {
-            record = record.key(&entry.key);
+            record = record.key(entry.key.as_slice());
         }
-        let (partition, offset) = self
-            .inner
+        self.deliver(record).await
+    }
+
+    async fn deliver(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<Delivery> {
+        let topic = record.topic;
+        self.inner
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| Error::kafka(format!("sending to {}", entry.topic), e))
-            .map(|delivery| (delivery.partition, delivery.offset))?;
-        Ok(Delivery { partition, offset })
+            .map(|delivery| Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            })
+            .map_err(|(e, _)| Error::kafka(format!("sending to {topic}"), e))
     }
 
     /// The underlying rdkafka producer (to flush, or for raw sends in benchmarks).
