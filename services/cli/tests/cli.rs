@@ -1,4 +1,4 @@
-//! The `tripstream` binary as scripts use it: exit codes and messages.
+//! The `tripstream` binary as scripts use it: exit codes and messages, and the demo serving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -628,4 +628,52 @@ fn produce_consume_and_replay_round_trip_json_lines_through_the_broker() {
         .arg(&store));
     assert_eq!(code, 2);
     assert!(err.contains("already holds a store"), "{err}");
+}
+
+#[test]
+fn demo_serve_on_port_0_prints_the_port_it_bound_and_serves_there() {
+    let mut demo = support::Process(
+        tripstream()
+            .args([
+                "demo",
+                "--bookings",
+                "4",
+                "--users",
+                "2",
+                "--serve",
+                "127.0.0.1:0",
+            ])
+            // The demo reads topics/ from the project it runs in.
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo starts"),
+    );
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(
+        demo.0.stdout.take().expect("stdout"),
+    ));
+    let mut seen = Vec::new();
+    let mut url = None;
+    for line in lines {
+        let line = line.expect("a line");
+        if let Some(rest) = line.strip_prefix("Serving the API at ") {
+            url = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+        seen.push(line);
+    }
+    let url = url.unwrap_or_else(|| panic!("no serving line in:\n{}", seen.join("\n")));
+    let address = url.strip_prefix("http://").expect("an http URL");
+    assert!(!address.ends_with(":0"), "the bound port, not 0: {url}");
+    let mut connection = std::net::TcpStream::connect(address).expect("the gateway answers");
+    std::io::Write::write_all(
+        &mut connection,
+        b"GET /openapi.json HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request sent");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut connection, &mut response).expect("response read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"openapi\""), "{response}");
 }

@@ -287,26 +287,28 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
         );
     }
 
-    if let Some(addr) = args.serve {
+    if args.serve.is_some() {
+        // The address bound, not the one asked for: `--serve 127.0.0.1:0` picks a free port.
+        let base = system.gateway_url();
         crate::say!("");
-        crate::say!("Serving the API at http://{addr} until Ctrl-C. Try:");
+        crate::say!("Serving the API at {base} until Ctrl-C. Try:");
         crate::say!(
-            "  TOKEN=$(curl -s -X POST http://{addr}/v1/sessions -H 'content-type: application/json' \\"
+            "  TOKEN=$(curl -s -X POST {base}/v1/sessions -H 'content-type: application/json' \\"
         );
         crate::say!(
             "    -d '{{\"email\":\"user0@demo.tripstream.dev\",\"password\":\"demo password 0\"}}' | jq -r .token)"
         );
         crate::say!(
-            "  curl -s 'http://{addr}/v1/flights?from=LIS&to=FRA&date={DAY}' -H \"authorization: Bearer $TOKEN\""
+            "  curl -s '{base}/v1/flights?from=LIS&to=FRA&date={DAY}' -H \"authorization: Bearer $TOKEN\""
         );
         crate::say!(
-            "  curl -s -X POST http://{addr}/v1/bookings -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\"
+            "  curl -s -X POST {base}/v1/bookings -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\"
         );
         crate::say!(
             "    -d '{{\"flight_id\":\"TS100\",\"seats\":1,\"hotel_id\":\"FRA-CENTRAL\",\"check_in\":\"{DAY}\",\"check_out\":\"2026-12-03\"}}'"
         );
-        crate::say!("  curl -s http://{addr}/v1/bookings -H \"authorization: Bearer $TOKEN\"");
-        crate::say!("  curl -s http://{addr}/openapi.json");
+        crate::say!("  curl -s {base}/v1/bookings -H \"authorization: Bearer $TOKEN\"");
+        crate::say!("  curl -s {base}/openapi.json");
         crate::interrupted().await;
     }
     system.stop().await?;
