@@ -433,6 +433,20 @@ impl Store {
             .collect()
     }
 
+    /// How many business-state entries are under a key prefix (nothing is copied out).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn count(&self, prefix: &[u8]) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.state.scan_prefix(prefix).keys() {
+            entry.map_err(|e| Error::Store(e.to_string()))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// The next offset to consume for a partition, as last committed with a record.
     ///
     /// # Errors
@@ -796,6 +810,8 @@ mod tests {
         };
         store.commit(&at, Some(b"e1"), &effects).expect("commit");
         assert_eq!(store.get(b"seats/LH1").expect("get"), Some(b"3".to_vec()));
+        assert_eq!(store.count(b"seats/").expect("count"), 1);
+        assert_eq!(store.count(b"rooms/").expect("count"), 0);
         assert_eq!(store.next_offset("g", "t", 2).expect("offset"), Some(42));
         assert_eq!(
             store.offsets("g").expect("offsets"),
@@ -821,6 +837,7 @@ mod tests {
                 .commit(&at, None, &Effects::default())
                 .expect("commit");
         }
+        assert_eq!(store.count(b"").expect("count"), 0, "offsets are not state");
         let mut of_g = store.offsets("g").expect("offsets");
         of_g.sort();
         assert_eq!(of_g, vec![("t".into(), 0, 6), ("u".into(), 3, 1)]);
