@@ -681,6 +681,11 @@ impl Store {
         self.outbox_unsent(max, 0, &HashSet::new())
     }
 
+    /// How many entries the outbox holds (nothing is decoded).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// The oldest outbox entries from id `from` on whose ids are not in `sent`, up to `max`,
     /// with their ids.
     ///
@@ -819,6 +824,7 @@ mod tests {
         );
         assert!(store.seen(b"e1"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
+        assert_eq!(store.outbox_len(), 1);
     }
 
     #[test]

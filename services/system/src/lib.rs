@@ -46,7 +46,7 @@ impl Default for Options {
 fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<i64> {
     let mut behind = 0;
     for store in stores.all() {
-        behind += i64::try_from(store.outbox(usize::MAX)?.len())?;
+        behind += i64::try_from(store.outbox_len())?;
         for (_, topic, partition, next) in store.all_offsets()? {
             let (_, high) = producer.inner().client().fetch_watermarks(
                 &topic,
