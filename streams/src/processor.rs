@@ -749,8 +749,7 @@ async fn finish(
     stop_relay: tokio::sync::watch::Sender<bool>,
     relay: tokio::task::JoinHandle<()>,
 ) {
-    let _ = stop_relay.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    stop_relay_within(stop_relay, relay, Duration::from_secs(5)).await;
     commit_from_store(consumer, store, &settings.group, None, CommitMode::Sync);
     let _ = store.flush();
     tracing::info!(group = %settings.group, "Processor stopped");
@@ -979,6 +978,11 @@ pub async fn relay(
             }
         }
         if in_flight.is_empty() {
+            if failed && stopping {
+                // The broker is not taking entries while the service stops: they stay in the
+                // outbox for the next start rather than holding the shutdown.
+                return;
+            }
             if failed {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 failed = false;
@@ -1014,6 +1018,22 @@ pub async fn relay(
             // Everything after the failure is sent again, from the oldest entry left.
             sent.clear();
         }
+    }
+}
+
+/// Asks a [`relay`] to stop and waits up to `limit` for it to publish what is left; after
+/// that it is aborted (what it did not publish stays in the outbox for the next start).
+pub async fn stop_relay_within(
+    stop: tokio::sync::watch::Sender<bool>,
+    mut relay: tokio::task::JoinHandle<()>,
+    limit: Duration,
+) {
+    let _ = stop.send(true);
+    if tokio::time::timeout(limit, &mut relay).await.is_err() {
+        tracing::warn!(
+            "The relay did not publish its outbox in time; the rest waits for the next start"
+        );
+        relay.abort();
     }
 }
 

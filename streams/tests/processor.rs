@@ -144,6 +144,23 @@ impl Harness {
         drop(self.broker);
     }
 
+    /// A consumer of every partition of `topic` from the beginning, outside any group.
+    fn reader(&self, topic: &str, partitions: i32) -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            // assign() needs a group id; the reader never joins nor commits.
+            .set("group.id", "test-reader")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..partitions {
+            tpl.add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign");
+        consumer
+    }
+
     fn settings(&self, group: &str, topic: &str) -> Settings {
         let mut settings = Settings::new(self.broker.bootstrap_servers(), group, &[topic]);
         settings.consumer = vec![
@@ -564,17 +581,7 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
         .expect("joined");
     assert!(service.outbox(1).expect("outbox").is_empty());
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", h.broker.bootstrap_servers())
-        .set("group.id", "order-reader")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for partition in 0..4 {
-        tpl.add_partition_offset("bookings", partition, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = h.reader("bookings", 4);
     let mut routes = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while routes.len() < 2_000 && Instant::now() < deadline {
@@ -712,15 +719,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
     })
     .await;
 
-    let dlq: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", h.broker.bootstrap_servers())
-        .set("group.id", "dlq-reader")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("bookings.dlq", 0, Offset::Beginning)
-        .expect("tpl");
-    dlq.assign(&tpl).expect("assign");
+    let dlq = h.reader("bookings.dlq", 1);
     let mut kinds = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while kinds.len() < 5 && Instant::now() < deadline {
@@ -839,4 +838,45 @@ async fn broker_faults_lose_nothing_and_apply_nothing_twice() {
     reader.stop().await;
     drop(mock);
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_returns() {
+    let service = Store::temporary().expect("store");
+    let mut effects = Effects::default();
+    for n in 0..2u8 {
+        effects.emit(streams::store::OutboxEntry {
+            topic: "bookings".into(),
+            key: vec![n],
+            payload: vec![0, 0, 0, 0, 1, n],
+            headers: vec![],
+        });
+    }
+    let at = Position {
+        group: "svc",
+        topic: "input",
+        partition: 0,
+        offset: 0,
+    };
+    service.commit(&at, None, &effects).expect("commit");
+    // Nothing listens on port 1; each send fails after half a second.
+    let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+    let producer = Producer::new(
+        "127.0.0.1:1",
+        codec,
+        &[("message.timeout.ms".into(), "500".into())],
+    )
+    .expect("producer");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(processor::relay(service.clone(), producer, stopped));
+    stop.send(true).expect("relay listening");
+    tokio::time::timeout(Duration::from_secs(20), relay)
+        .await
+        .expect("the relay returned on its own instead of retrying forever")
+        .expect("joined");
+    assert_eq!(
+        service.outbox_len(),
+        2,
+        "nothing was cleared that was not sent"
+    );
 }

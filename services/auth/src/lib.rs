@@ -63,8 +63,12 @@ impl Running {
     /// When the server had failed.
     pub async fn stop(self) -> std::io::Result<()> {
         let served = self.server.stop().await;
-        let _ = self.stop_relay.send(true);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.relay).await;
+        streams::processor::stop_relay_within(
+            self.stop_relay,
+            self.relay,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
         served
     }
 }
