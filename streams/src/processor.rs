@@ -993,20 +993,29 @@ pub async fn relay(
             }
         }
         tokio::select! {
-            Some((id, result)) = in_flight.next() => match result {
-                Ok(_) if !failed => {
-                    sent.remove(&id);
-                    if let Err(error) = store.clear_outbox(id) {
-                        tracing::warn!(%error, "Clearing a published outbox entry failed");
-                        failed = true;
+            Some(first) = in_flight.next() => {
+                // The acks already in are cleared together: one sled batch, not one write each.
+                let mut acked = Vec::new();
+                let mut next = Some(first);
+                while let Some((id, result)) = next {
+                    match result {
+                        Ok(_) if !failed => acked.push(id),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "Publishing the outbox failed; retrying");
+                            failed = true;
+                        }
                     }
+                    next = in_flight.next().now_or_never().flatten();
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "Publishing the outbox failed; retrying");
+                for id in &acked {
+                    sent.remove(id);
+                }
+                if let Err(error) = store.clear_outbox_all(&acked) {
+                    tracing::warn!(%error, "Clearing published outbox entries failed");
                     failed = true;
                 }
-            },
+            }
             // A dropped sender counts as a stop.
             changed = stopped.changed(), if !stopping => {
                 stopping = changed.is_err() || *stopped.borrow();

@@ -723,9 +723,24 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn clear_outbox(&self, id: u64) -> Result<()> {
+        self.clear_outbox_all(&[id])
+    }
+
+    /// Removes published outbox entries, all in one write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure (then none is removed).
+    pub fn clear_outbox_all(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
         self.outbox
-            .remove(id.to_be_bytes())
-            .map(drop)
+            .apply_batch(batch)
             .map_err(|e| Error::Store(e.to_string()))
     }
 
@@ -825,6 +840,43 @@ mod tests {
         assert!(store.seen(b"e1"));
         assert_eq!(store.outbox(10).expect("outbox").len(), 1);
         assert_eq!(store.outbox_len(), 1);
+    }
+
+    #[test]
+    fn published_outbox_entries_are_cleared_together_and_the_rest_stay_in_order() {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for topic in ["a", "b", "c", "d"] {
+            effects.emit(OutboxEntry {
+                topic: topic.into(),
+                key: vec![],
+                payload: vec![],
+                headers: vec![],
+            });
+        }
+        let at = Position {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            offset: 0,
+        };
+        store.commit(&at, None, &effects).expect("commit");
+        let ids: Vec<u64> = store
+            .outbox(10)
+            .expect("outbox")
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        store.clear_outbox_all(&ids[..2]).expect("cleared");
+        store.clear_outbox_all(&[]).expect("nothing to clear");
+        let left: Vec<String> = store
+            .outbox(10)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, entry)| entry.topic)
+            .collect();
+        assert_eq!(left, ["c", "d"]);
+        assert_eq!(store.outbox_len(), 2);
     }
 
     #[test]
