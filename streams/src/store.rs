@@ -811,17 +811,22 @@ mod tests {
         }
     }
 
+    /// An outbox entry for `topic` with nothing in it.
+    fn bare_entry(topic: &str) -> OutboxEntry {
+        OutboxEntry {
+            topic: topic.into(),
+            key: vec![],
+            payload: vec![],
+            headers: vec![],
+        }
+    }
+
     #[test]
     fn a_commit_applies_state_offset_dedupe_and_outbox_together() {
         let store = Store::temporary().expect("store");
         let mut effects = Effects::default();
         effects.put(b"seats/LH1".to_vec(), b"3".to_vec());
-        effects.emit(OutboxEntry {
-            topic: "out".into(),
-            key: vec![],
-            payload: vec![],
-            headers: vec![],
-        });
+        effects.emit(bare_entry("out"));
         let at = Position {
             group: "g",
             topic: "t",
@@ -847,12 +852,7 @@ mod tests {
         let store = Store::temporary().expect("store");
         let mut effects = Effects::default();
         for topic in ["a", "b", "c", "d"] {
-            effects.emit(OutboxEntry {
-                topic: topic.into(),
-                key: vec![],
-                payload: vec![],
-                headers: vec![],
-            });
+            effects.emit(bare_entry(topic));
         }
         let at = Position {
             group: "g",
