@@ -467,31 +467,12 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>> {
-        Ok(self
-            .stored_offsets(format!("{group}\u{0}").as_bytes())?
-            .into_iter()
-            .map(|(_, topic, partition, next)| (topic, partition, next))
-            .collect())
-    }
-
-    /// Every stored offset of every group: (group, topic, partition, next offset).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] on an I/O failure.
-    pub fn all_offsets(&self) -> Result<Vec<(String, String, i32, i64)>> {
-        self.stored_offsets(b"")
-    }
-
-    fn stored_offsets(&self, prefix: &[u8]) -> Result<Vec<(String, String, i32, i64)>> {
+        let prefix = format!("{group}\u{0}");
         let mut found = Vec::new();
-        for entry in self.offsets.scan_prefix(prefix) {
+        for entry in self.offsets.scan_prefix(prefix.as_bytes()) {
             let (key, value) = entry.map_err(|e| Error::Store(e.to_string()))?;
-            let key = String::from_utf8_lossy(&key);
-            let mut parts = key.split('\u{0}');
-            let (Some(group), Some(topic), Some(partition), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let Some((topic, partition)) = key.rsplit_once('\u{0}') else {
                 continue;
             };
             let (Ok(partition), Ok(bytes)) =
@@ -499,12 +480,7 @@ impl Store {
             else {
                 continue;
             };
-            found.push((
-                group.to_owned(),
-                topic.to_owned(),
-                partition,
-                i64::from_be_bytes(bytes),
-            ));
+            found.push((topic.to_owned(), partition, i64::from_be_bytes(bytes)));
         }
         Ok(found)
     }
@@ -880,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_listed_per_group_and_for_all_groups() {
+    fn offsets_are_listed_per_group() {
         let store = Store::temporary().expect("store");
         for (group, topic, partition, offset) in
             [("g", "t", 0, 5), ("g2", "t", 0, 9), ("g", "u", 3, 0)]
@@ -903,16 +879,6 @@ mod tests {
         assert_eq!(
             store.offsets("g2").expect("offsets"),
             vec![("t".into(), 0, 10)]
-        );
-        let mut all = store.all_offsets().expect("offsets");
-        all.sort();
-        assert_eq!(
-            all,
-            vec![
-                ("g".into(), "t".into(), 0, 6),
-                ("g".into(), "u".into(), 3, 1),
-                ("g2".into(), "t".into(), 0, 10),
-            ]
         );
     }
 

@@ -28,6 +28,14 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "booking";
 
+/// The topics the saga reads: requests, and the answers of flight, hotel and payment.
+pub const TOPICS: &[&str] = &[
+    topics::BOOKINGS,
+    topics::FLIGHT_EVENTS,
+    topics::HOTEL_EVENTS,
+    topics::PAYMENT_EVENTS,
+];
+
 /// How long a saga may take from its request before its open steps are undone.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,19 +64,7 @@ pub async fn run_with(
     let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep(store, producer, timeout, stopped));
-    let served = streams::service::run(
-        GROUP,
-        &[
-            topics::BOOKINGS,
-            topics::FLIGHT_EVENTS,
-            topics::HOTEL_EVENTS,
-            topics::PAYMENT_EVENTS,
-        ],
-        &settings,
-        Sagas,
-        shutdown,
-    )
-    .await;
+    let served = streams::service::run(GROUP, TOPICS, &settings, Sagas, shutdown).await;
     let _ = stop.send(true);
     let _ = sweeper.await;
     served

@@ -19,20 +19,16 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "flight";
 
+/// The topics flight reads: the schedule and its commands.
+pub const TOPICS: &[&str] = &[topics::FLIGHTS, topics::FLIGHT_COMMANDS];
+
 /// Runs the flight service until `shutdown`.
 ///
 /// # Errors
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(
-        GROUP,
-        &[topics::FLIGHTS, topics::FLIGHT_COMMANDS],
-        &settings,
-        Flights,
-        shutdown,
-    )
-    .await
+    streams::service::run(GROUP, TOPICS, &settings, Flights, shutdown).await
 }
 
 /// What the service holds for one booking.

@@ -36,6 +36,9 @@ use web::{ApiError, Json, Query};
 /// The consumer group of the gateway's views.
 pub const GROUP: &str = "gateway";
 
+/// The topics the views are built from.
+pub const TOPICS: &[&str] = &[topics::BOOKINGS, topics::FLIGHTS, topics::HOTELS];
+
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -111,15 +114,9 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
     let mut service = settings.service.clone();
     service.data = streams::service::Data::Store(store.clone());
     let views = tokio::spawn(async move {
-        streams::service::run(
-            GROUP,
-            &[topics::BOOKINGS, topics::FLIGHTS, topics::HOTELS],
-            &service,
-            view::Views,
-            async move {
-                let _ = views_stopped.wait_for(|s| *s).await;
-            },
-        )
+        streams::service::run(GROUP, TOPICS, &service, view::Views, async move {
+            let _ = views_stopped.wait_for(|s| *s).await;
+        })
         .await
     });
     let gateway = Arc::new(Gateway {

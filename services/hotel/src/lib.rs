@@ -19,6 +19,9 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "hotel";
 
+/// The topics hotel reads: the listings and its commands.
+pub const TOPICS: &[&str] = &[topics::HOTELS, topics::HOTEL_COMMANDS];
+
 /// The longest stay one booking can hold, in nights.
 pub const MAX_NIGHTS: i32 = 30;
 
@@ -28,14 +31,7 @@ pub const MAX_NIGHTS: i32 = 30;
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(
-        GROUP,
-        &[topics::HOTELS, topics::HOTEL_COMMANDS],
-        &settings,
-        Hotels,
-        shutdown,
-    )
-    .await
+    streams::service::run(GROUP, TOPICS, &settings, Hotels, shutdown).await
 }
 
 /// What the service holds for one booking.

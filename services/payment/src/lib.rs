@@ -19,20 +19,16 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "payment";
 
+/// The topics payment reads: its commands.
+pub const TOPICS: &[&str] = &[topics::PAYMENT_COMMANDS];
+
 /// Runs the payment service until `shutdown`.
 ///
 /// # Errors
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(
-        GROUP,
-        &[topics::PAYMENT_COMMANDS],
-        &settings,
-        Payments,
-        shutdown,
-    )
-    .await
+    streams::service::run(GROUP, TOPICS, &settings, Payments, shutdown).await
 }
 
 /// What happened to one booking's payment.

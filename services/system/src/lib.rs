@@ -42,21 +42,39 @@ impl Default for Options {
     }
 }
 
-/// Records not yet applied plus outbox entries not yet published, over every store.
-fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<i64> {
+/// Records not yet applied plus outbox entries not yet published, over every store, with the
+/// high watermarks seen. Every partition of every topic a service reads counts, also one it
+/// never read from (from its low watermark then): a partition's first record leaves no stored
+/// offset to compare with.
+fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<(i64, Vec<i64>)> {
+    let client = producer.inner().client();
+    let timeout = Duration::from_secs(10);
+    let readers: [(&Store, &str, &[&str]); 5] = [
+        (&stores.booking, booking::GROUP, booking::TOPICS),
+        (&stores.flight, flight::GROUP, flight::TOPICS),
+        (&stores.hotel, hotel::GROUP, hotel::TOPICS),
+        (&stores.payment, payment::GROUP, payment::TOPICS),
+        (&stores.gateway, gateway::GROUP, gateway::TOPICS),
+    ];
     let mut behind = 0;
+    let mut watermarks = Vec::new();
     for store in stores.all() {
         behind += i64::try_from(store.outbox_len())?;
-        for (_, topic, partition, next) in store.all_offsets()? {
-            let (_, high) = producer.inner().client().fetch_watermarks(
-                &topic,
-                partition,
-                Duration::from_secs(10),
-            )?;
-            behind += (high - next).max(0);
+    }
+    for (store, group, topics) in readers {
+        for topic in topics {
+            let metadata = client.fetch_metadata(Some(topic), timeout)?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (low, high) = client.fetch_watermarks(topic, partition.id(), timeout)?;
+                let next = store
+                    .next_offset(group, topic, partition.id())?
+                    .unwrap_or(low);
+                behind += (high - next).max(0);
+                watermarks.push(high);
+            }
         }
     }
-    Ok(behind)
+    Ok((behind, watermarks))
 }
 
 /// Each service's store.
@@ -297,19 +315,29 @@ impl System {
     }
 
     /// Waits until the system is idle: every service applied every record of the partitions it
-    /// reads (its stored offsets reach the high watermarks) and published its whole outbox.
+    /// reads (its stored offsets reach the high watermarks) and published its whole outbox, seen
+    /// twice in a row with no high watermark moved.
     ///
     /// # Errors
     ///
     /// When it is not idle within `limit`, or a store or the broker cannot be read.
     pub async fn settle(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut idle_at = None;
         loop {
             let (stores, producer) = (self.stores.clone(), self.producer.clone());
             // Watermark requests block; they run off the async workers.
-            let behind = tokio::task::spawn_blocking(move || behind(&stores, &producer)).await??;
-            if behind == 0 {
+            let (behind, watermarks) =
+                tokio::task::spawn_blocking(move || behind(&stores, &producer)).await??;
+            // One look reads stores and watermarks one after another, so an entry can move from
+            // an outbox (read first) to a topic (read later) in between. Idle twice in a row
+            // with no watermark moved means nothing was in flight during either look.
+            if behind > 0 {
+                idle_at = None;
+            } else if idle_at.as_ref() == Some(&watermarks) {
                 return Ok(());
+            } else {
+                idle_at = Some(watermarks);
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
