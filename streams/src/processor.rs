@@ -1062,13 +1062,17 @@ pub async fn relay_once(store: &Store, producer: &Producer, max: usize) -> Resul
     let entries = store.outbox(max)?;
     let sends = entries.iter().map(|(_, entry)| producer.send_record(entry));
     let results = futures::future::join_all(sends).await;
-    let mut published = 0;
     // Entries are cleared in order and only up to the first failure, so that a later attempt
     // republishes from there rather than leaving a hole.
+    let mut published = Vec::new();
+    let mut failure = None;
     for ((id, _), result) in entries.iter().zip(results) {
-        result?;
-        store.clear_outbox(*id)?;
-        published += 1;
+        if let Err(error) = result {
+            failure = Some(error);
+            break;
+        }
+        published.push(*id);
     }
-    Ok(published)
+    store.clear_outbox_all(&published)?;
+    failure.map_or(Ok(published.len()), Err)
 }

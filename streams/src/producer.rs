@@ -105,7 +105,12 @@ impl Metadata {
 
     /// The headers, as name and value pairs.
     pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
-        self.headers(None)
+        self.pairs(None)
+    }
+
+    /// The headers as owned pairs, with `event_type` in place of the metadata's own when given.
+    fn pairs(&self, event_type: Option<&str>) -> Vec<(String, Vec<u8>)> {
+        self.headers(event_type)
             .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
             .collect()
     }
@@ -143,13 +148,12 @@ pub async fn record<E: Event>(
     metadata: &Metadata,
 ) -> Result<OutboxEntry, CodecError> {
     let payload = codec.encode(topic, event).await?;
-    let mut metadata = metadata.clone();
-    metadata.event_type = Some(codec.record_name::<E>()?);
+    let event_type = codec.record_name::<E>()?;
     Ok(OutboxEntry {
         topic: topic.to_owned(),
         key: event.key().into_bytes(),
         payload,
-        headers: metadata.to_pairs(),
+        headers: metadata.pairs(Some(&event_type)),
     })
 }
 

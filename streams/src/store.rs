@@ -693,15 +693,6 @@ impl Store {
         Ok(entries)
     }
 
-    /// Removes a published outbox entry.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] on an I/O failure.
-    pub fn clear_outbox(&self, id: u64) -> Result<()> {
-        self.clear_outbox_all(&[id])
-    }
-
     /// Removes published outbox entries, all in one write.
     ///
     /// # Errors

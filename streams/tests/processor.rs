@@ -283,6 +283,17 @@ impl Drop for Running {
     }
 }
 
+/// Commits `effects` as the service "svc" applying record `offset` of partition 0 of `topic`.
+fn commit_as_service(store: &Store, topic: &str, offset: i64, effects: &Effects) {
+    let at = Position {
+        group: "svc",
+        topic,
+        partition: 0,
+        offset,
+    };
+    store.commit(&at, None, effects).expect("commit");
+}
+
 fn total(store: &Store, prefix: &str) -> u64 {
     store
         .scan(prefix.as_bytes())
@@ -495,13 +506,7 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
     .await
     .expect("encodes");
     effects.emit(entry);
-    let at = Position {
-        group: "svc",
-        topic: "bookings",
-        partition: 0,
-        offset: 0,
-    };
-    service.commit(&at, None, &effects).expect("commit");
+    commit_as_service(&service, "bookings", 0, &effects);
     // The relay published it, then crashed before clearing it...
     let (_, pending) = service.outbox(1).expect("outbox").remove(0);
     h.producer.send_record(&pending).await.expect("published");
@@ -564,13 +569,7 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
             effects.emit(entry);
             sequence += 1;
         }
-        let at = Position {
-            group: "svc",
-            topic: "input",
-            partition: 0,
-            offset,
-        };
-        service.commit(&at, None, &effects).expect("commit");
+        commit_as_service(&service, "input", offset, &effects);
         offset += 1;
     }
     // Asked to stop at once: it still publishes everything left before it returns.
@@ -852,13 +851,7 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
             headers: vec![],
         });
     }
-    let at = Position {
-        group: "svc",
-        topic: "input",
-        partition: 0,
-        offset: 0,
-    };
-    service.commit(&at, None, &effects).expect("commit");
+    commit_as_service(&service, "input", 0, &effects);
     // Nothing listens on port 1; each send fails after half a second.
     let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
     let producer = Producer::new(
