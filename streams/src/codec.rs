@@ -1,8 +1,9 @@
 //! The Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary) and typed
 //! events: encoding with the registered writer schema, decoding any registered version.
 //!
-//! The hot path is `serde_avro_fast` in both directions: a record written with the reader's own
-//! schema (same Parsing Canonical Form) decodes straight into the Rust type. A record written
+//! Encoding is `serde_avro_fast`'s; decoding is [`crate::avro`]'s compiled deserializer, or
+//! `serde_avro_fast`'s for the few schemas that one does not compile. A record written with the
+//! reader's own schema (same Parsing Canonical Form) decodes straight into the Rust type. A record written
 //! with another version is first rewritten by [`crate::resolve`] (Avro's schema resolution:
 //! defaults filled, promotions applied, removed fields skipped) and then decoded the same way,
 //! so old events replay into new code with the reader's defaults. (`apache-avro` 0.22's own
@@ -16,6 +17,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::avro::Program;
 use crate::contract::subject_name;
 use crate::registry::Client;
 use crate::schema::Schema;
@@ -118,6 +120,8 @@ struct Local {
     name: String,
     parsed: Schema,
     fast: serde_avro_fast::Schema,
+    /// The decoder; `None` for schemas it does not compile, which `fast` decodes instead.
+    program: Option<Program>,
     fingerprint: String,
 }
 
@@ -128,10 +132,12 @@ impl Local {
             reason,
         };
         let parsed = Schema::parse(E::SCHEMA).map_err(|e| bad(e.to_string()))?;
-        let fast: serde_avro_fast::Schema = parsed
+        let safe: serde_avro_fast::schema::SchemaMut = parsed
             .canonical()
             .parse()
             .map_err(|e| bad(format!("{e}")))?;
+        let program = Program::compile(&safe);
+        let fast = safe.freeze().map_err(|e| bad(format!("{e}")))?;
         let fingerprint = apache_avro::Schema::parse_str(parsed.canonical())
             .map_err(|e| bad(e.to_string()))?
             .canonical_form();
@@ -142,6 +148,7 @@ impl Local {
                 .to_owned(),
             parsed,
             fast,
+            program,
             fingerprint,
         })
     }
@@ -470,10 +477,13 @@ impl Codec {
 }
 
 fn decode_direct<E: Event>(local: &Local, id: u32, body: &[u8]) -> Result<E, CodecError> {
-    serde_avro_fast::from_datum_slice::<E>(body, &local.fast).map_err(|e| CodecError::Decode {
-        id,
-        reason: e.to_string(),
-    })
+    let decoded = match &local.program {
+        Some(program) => program.decode::<E>(body).map_err(|e| e.to_string()),
+        None => {
+            serde_avro_fast::from_datum_slice::<E>(body, &local.fast).map_err(|e| e.to_string())
+        }
+    };
+    decoded.map_err(|reason| CodecError::Decode { id, reason })
 }
 
 #[cfg(test)]

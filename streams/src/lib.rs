@@ -3,9 +3,11 @@
 //! One module per concern: [`broker`] (the embedded Kafka-protocol broker), [`topic`] (topic
 //! specs and provisioning), [`schema`] (Avro schemas with located errors), [`compat`]
 //! (compatibility levels), [`contract`] (topics and schemas together, and their registry
-//! subjects), [`registry`] (the registry client), [`codec`], [`producer`], [`processor`],
-//! [`store`], [`replay`], [`service`] (what every service process shares) and [`telemetry`].
+//! subjects), [`registry`] (the registry client), [`codec`] (over [`avro`] and [`resolve`]),
+//! [`producer`], [`processor`], [`store`], [`replay`], [`service`] (what every service process
+//! shares) and [`telemetry`].
 
+pub mod avro;
 pub mod broker;
 pub mod codec;
 pub mod compat;

@@ -11,19 +11,9 @@ use serde_json::Value;
 
 use crate::schema::{NamedKind, Schema, Type};
 
-/// Deeper nesting than this is refused rather than risking the stack on hostile input.
-const MAX_DEPTH: usize = 128;
+use crate::avro::{DatumError, Input, MAX_DEPTH, fail};
 
-/// Why a datum could not be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ResolveError(pub String);
-
-type Result<T> = std::result::Result<T, ResolveError>;
-
-fn fail<T>(reason: impl Into<String>) -> Result<T> {
-    Err(ResolveError(reason.into()))
-}
+type Result<T> = std::result::Result<T, DatumError>;
 
 /// Rewrites `input`, a datum written with `writer`, as a datum of `reader`.
 ///
@@ -35,77 +25,14 @@ pub fn transcode(writer: &Schema, reader: &Schema, input: &[u8]) -> Result<Vec<u
     let mut resolver = Resolver {
         writer,
         reader,
-        input: Input {
-            bytes: input,
-            at: 0,
-        },
+        input: Input::new(input),
         depth: 0,
     };
     let mut out = Vec::with_capacity(input.len() + 16);
     resolver.resolve(writer.root(), reader.root(), &mut out)?;
-    if resolver.input.at != input.len() {
-        return fail(format!(
-            "{} bytes remain after the datum",
-            input.len() - resolver.input.at
-        ));
-    }
-    Ok(out)
-}
-
-struct Input<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Input<'a> {
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.at
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return fail(format!(
-                "the datum ends early: {n} bytes wanted, {} left",
-                self.remaining()
-            ));
-        }
-        let slice = &self.bytes[self.at..self.at + n];
-        self.at += n;
-        Ok(slice)
-    }
-
-    fn long(&mut self) -> Result<i64> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
-            }
-        }
-        fail("a variable-length integer is longer than 10 bytes")
-    }
-
-    fn int(&mut self) -> Result<i32> {
-        let value = self.long()?;
-        i32::try_from(value).map_or_else(|_| fail(format!("{value} does not fit an int")), Ok)
-    }
-
-    fn length(&mut self) -> Result<usize> {
-        let n = self.long()?;
-        usize::try_from(n).map_or_else(|_| fail(format!("negative length {n}")), Ok)
-    }
-
-    fn float(&mut self) -> Result<f32> {
-        let b = self.take(4)?;
-        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn double(&mut self) -> Result<f64> {
-        let b = self.take(8)?;
-        Ok(f64::from_le_bytes([
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-        ]))
+    match resolver.input.remaining() {
+        0 => Ok(out),
+        left => fail(format!("{left} bytes remain after the datum")),
     }
 }
 
@@ -147,7 +74,7 @@ impl Resolver<'_> {
             let branch = usize::try_from(index)
                 .ok()
                 .and_then(|i| branches.get(i))
-                .ok_or_else(|| ResolveError(format!("union branch {index} does not exist")))?;
+                .ok_or_else(|| DatumError(format!("union branch {index} does not exist")))?;
             return self.resolve(branch, r, out);
         }
         if let Type::Union(branches) = r {
@@ -241,25 +168,12 @@ impl Resolver<'_> {
         mut item: impl FnMut(&mut Self, &mut Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         loop {
-            let mut count = self.input.long()?;
+            let count = self.input.block_count()?;
             if count == 0 {
                 out.push(0);
                 return Ok(());
             }
-            if count < 0 {
-                count = count
-                    .checked_neg()
-                    .ok_or_else(|| ResolveError("invalid block count".into()))?;
-                self.input.long()?;
-            }
-            // Items of zero bytes (nulls) are legal, but not a billion of them in a payload.
-            if count as u64 > self.input.remaining() as u64 + 65_536 {
-                return fail(format!(
-                    "a block claims {count} items with {} bytes left",
-                    self.input.remaining()
-                ));
-            }
-            write_long(out, count);
+            write_long(out, count as i64);
             for _ in 0..count {
                 item(self, out)?;
             }
@@ -313,7 +227,7 @@ impl Resolver<'_> {
                     .ok()
                     .and_then(|i| wsyms.get(i))
                     .ok_or_else(|| {
-                        ResolveError(format!("enum index {index} does not exist in {}", w.name))
+                        DatumError(format!("enum index {index} does not exist in {}", w.name))
                     })?;
                 let target = rsyms
                     .iter()
@@ -324,7 +238,7 @@ impl Resolver<'_> {
                             .and_then(|d| rsyms.iter().position(|s| s == d))
                     })
                     .ok_or_else(|| {
-                        ResolveError(format!(
+                        DatumError(format!(
                             "the reader's enum {} has no symbol {symbol} and no default",
                             r.name
                         ))
@@ -398,7 +312,7 @@ impl Resolver<'_> {
                 let branch = usize::try_from(index)
                     .ok()
                     .and_then(|i| branches.get(i))
-                    .ok_or_else(|| ResolveError(format!("union branch {index} does not exist")))?;
+                    .ok_or_else(|| DatumError(format!("union branch {index} does not exist")))?;
                 self.skip(branch)
             }
             Type::Array(items) => {
@@ -440,7 +354,7 @@ fn encode_default(
         return fail("a default nests too deep");
     }
     let bad = || {
-        ResolveError(format!(
+        DatumError(format!(
             "the default {value} does not fit {}",
             schema.describe(ty)
         ))
