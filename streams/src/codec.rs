@@ -351,6 +351,20 @@ impl Codec {
         Box::pin(self.decode_uncached::<E>(id, body)).await
     }
 
+    /// Decodes without waiting when the payload's writer id is already known for `E` (after
+    /// warm-up, every payload): no future, no registry. `None` when the registry must be asked
+    /// first, which [`Codec::decode`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::decode`], less [`CodecError::Registry`] and [`CodecError::UnknownSchema`].
+    pub fn decode_known<E: Event>(&self, payload: &[u8]) -> Option<Result<E, CodecError>> {
+        match split(payload) {
+            Ok((id, body)) => self.decode_cached::<E>(id, body),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn decode_uncached<E: Event>(&self, id: u32, body: &[u8]) -> Result<E, CodecError> {
         let local = self.local::<E>()?;
         let plan = self.plan::<E>(id, &local).await?;

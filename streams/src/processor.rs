@@ -172,7 +172,11 @@ impl<'a> Context<'a> {
     ///
     /// As [`Codec::decode`].
     pub async fn decode<E: Event>(&self, record: &Record<'_>) -> Result<E, HandlerError> {
-        Ok(self.codec.decode(record.payload).await?)
+        let decoded = match self.codec.decode_known(record.payload) {
+            Some(decoded) => decoded,
+            None => self.codec.decode(record.payload).await,
+        };
+        Ok(decoded?)
     }
 
     /// Reads a business-state key, seeing this record's own writes.

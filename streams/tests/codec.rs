@@ -247,6 +247,21 @@ async fn after_warm_up_encoding_and_decoding_need_no_registry() {
     assert_eq!(again, payload);
     let decoded: TripV1 = s.codec.decode(&again).await.expect("cached schema");
     assert_eq!(decoded, trip_v1());
+    // The synchronous path answers for the known id only, and for a bad frame at once.
+    assert_eq!(
+        s.codec.decode_known::<TripV1>(&again).map(Result::ok),
+        Some(Some(trip_v1()))
+    );
+    assert!(s.codec.decode_known::<TripV2>(&again).is_none());
+    assert!(
+        s.codec
+            .decode_known::<TripV1>(&[0, 0, 0, 0, 42, 0])
+            .is_none()
+    );
+    assert!(matches!(
+        s.codec.decode_known::<TripV1>(&[1, 2]),
+        Some(Err(CodecError::Short { len: 2 }))
+    ));
     // A schema id never seen needs the registry, which is down: that one is worth a retry.
     let unknown = [0, 0, 0, 0, 42, 0];
     let error = s
