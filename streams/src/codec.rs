@@ -3,11 +3,12 @@
 //!
 //! Encoding is `serde_avro_fast`'s; decoding is [`crate::avro`]'s compiled deserializer, or
 //! `serde_avro_fast`'s for the few schemas that one does not compile. A record written with the
-//! reader's own schema (same Parsing Canonical Form) decodes straight into the Rust type. A record written
-//! with another version is first rewritten by [`crate::resolve`] (Avro's schema resolution:
-//! defaults filled, promotions applied, removed fields skipped) and then decoded the same way,
-//! so old events replay into new code with the reader's defaults. (`apache-avro` 0.22's own
-//! resolution refuses small bytes-backed decimals such as our money amounts, hence our own.)
+//! reader's own schema (same Parsing Canonical Form) decodes straight into the Rust type. A
+//! record written with another version is first rewritten by [`crate::resolve`] (Avro's schema
+//! resolution: defaults filled, promotions applied, removed fields skipped) and then decoded the
+//! same way, so old events replay into new code with the reader's defaults. (`apache-avro`
+//! 0.22's own resolution refuses small bytes-backed decimals such as our money amounts, hence
+//! our own.)
 //! Every malformed payload is an error value, never a panic.
 
 use std::any::TypeId;

@@ -9,9 +9,8 @@
 
 use serde_json::Value;
 
-use crate::schema::{NamedKind, Schema, Type};
-
 use crate::avro::{DatumError, Input, MAX_DEPTH, fail};
+use crate::schema::{NamedKind, Schema, Type};
 
 type Result<T> = std::result::Result<T, DatumError>;
 
