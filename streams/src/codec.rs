@@ -227,7 +227,8 @@ type Cache<K, V> = Arc<RwLock<HashMap<K, V, std::hash::BuildHasherDefault<KeyHas
 pub struct Codec {
     registry: Client,
     locals: Cache<TypeId, Arc<Local>>,
-    writer_ids: Cache<TypeId, HashMap<String, u32>>,
+    /// Per type, the id by topic (foldhash: the topic is hashed on every encode).
+    writer_ids: Cache<TypeId, HashMap<String, u32, foldhash::fast::RandomState>>,
     plans: Cache<(TypeId, u32), Arc<Plan>>,
     generic: Cache<u32, Arc<(Option<String>, serde_avro_fast::Schema)>>,
 }
@@ -287,12 +288,8 @@ impl Codec {
     ///
     /// [`CodecError::Registry`] when the registry is down or refuses the schema.
     pub async fn writer_id<E: Event>(&self, topic: &str) -> Result<u32, CodecError> {
-        // Looked up by borrowed topic: the hot path allocates nothing.
-        if let Some(id) = read(&self.writer_ids)
-            .get(&TypeId::of::<E>())
-            .and_then(|by_topic| by_topic.get(topic))
-        {
-            return Ok(*id);
+        if let Some(id) = self.known_writer_id::<E>(topic) {
+            return Ok(id);
         }
         let local = self.local::<E>()?;
         let subject = subject_name(topic, &local.name);
@@ -306,6 +303,31 @@ impl Codec {
             .or_default()
             .insert(topic.to_owned(), id);
         Ok(id)
+    }
+
+    /// The writer id of `E` on `topic` if it is registered already. Looked up by borrowed
+    /// topic: the hot path allocates nothing.
+    fn known_writer_id<E: Event>(&self, topic: &str) -> Option<u32> {
+        read(&self.writer_ids)
+            .get(&TypeId::of::<E>())
+            .and_then(|by_topic| by_topic.get(topic))
+            .copied()
+    }
+
+    /// Encodes without waiting when `E`'s schema is registered for `topic` already (after
+    /// warm-up, every event): no future, no registry. `None` when it must be registered first,
+    /// which [`Codec::encode`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Encode`] when the value does not fit its schema.
+    pub fn encode_known<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+    ) -> Option<Result<Vec<u8>, CodecError>> {
+        let id = self.known_writer_id::<E>(topic)?;
+        Some(self.encode_with_id(id, event))
     }
 
     /// Encodes an event for `topic` in the Confluent wire format.

@@ -247,7 +247,11 @@ impl Producer {
         // Straight to librdkafka's record, without an owned outbox entry in between: this is
         // the hot path of every producer that is not a relay.
         let codec_error = |e| Error::Codec(Box::new(e));
-        let payload = self.codec.encode(topic, event).await.map_err(codec_error)?;
+        let payload = match self.codec.encode_known(topic, event) {
+            Some(payload) => payload,
+            None => self.codec.encode(topic, event).await,
+        }
+        .map_err(codec_error)?;
         let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
         let mut headers = OwnedHeaders::new_with_capacity(5);
         for (key, value) in metadata.headers(Some(&event_type)) {

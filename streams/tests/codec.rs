@@ -247,6 +247,11 @@ async fn after_warm_up_encoding_and_decoding_need_no_registry() {
     assert_eq!(again, payload);
     let decoded: TripV1 = s.codec.decode(&again).await.expect("cached schema");
     assert_eq!(decoded, trip_v1());
+    assert_eq!(
+        s.codec.encode_known("trips", &trip_v1()).map(Result::ok),
+        Some(Some(payload.clone()))
+    );
+    assert!(s.codec.encode_known("other", &trip_v1()).is_none());
     // The synchronous path answers for the known id only, and for a bad frame at once.
     assert_eq!(
         s.codec.decode_known::<TripV1>(&again).map(Result::ok),
