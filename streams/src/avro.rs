@@ -15,7 +15,6 @@
 //! Malformed input is an error, never a panic: every read is bounds-checked, nesting is limited,
 //! block counts are checked against the bytes left and the whole datum must be consumed.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::de::value::StrDeserializer;
@@ -158,11 +157,8 @@ impl<'a> Input<'a> {
 
     #[inline]
     fn bytes(&mut self) -> Result<&'a [u8]> {
-        let len = self.long()?;
-        match usize::try_from(len) {
-            Ok(len) => self.take(len),
-            Err(_) => fail(format!("negative length {len}")),
-        }
+        let len = self.length()?;
+        self.take(len)
     }
 
     #[inline]
@@ -498,24 +494,6 @@ impl<'s, 'de, 'p> Datum<'s, 'de, 'p> {
     }
 }
 
-/// Decimal text on the stack: the longest a `rust_decimal` prints is well under 64 bytes.
-struct Text {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl std::fmt::Write for Text {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 macro_rules! forward_to_any {
     ($($method:ident)*) => {
         $(
@@ -561,14 +539,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, 'de, '_> {
             }
             Node::Decimal { scale, size } => {
                 let decimal = self.decimal(*scale, *size)?;
-                let mut text = Text {
-                    buf: [0; 64],
-                    len: 0,
-                };
-                write!(text, "{decimal}").map_err(|_| DatumError("a decimal too long".into()))?;
-                let text = std::str::from_utf8(&text.buf[..text.len])
-                    .map_err(|e| DatumError(e.to_string()))?;
-                visitor.visit_str(text)
+                visitor.visit_str(&decimal.to_string())
             }
         }
     }

@@ -365,10 +365,10 @@ impl Codec {
     /// [`CodecError::Decode`] for bad bytes (poison: never retry), [`CodecError::Registry`]
     /// when the registry is unreachable (retry).
     pub async fn decode<E: Event>(&self, payload: &[u8]) -> Result<E, CodecError> {
-        let (id, body) = split(payload)?;
-        if let Some(decoded) = self.decode_cached::<E>(id, body) {
+        if let Some(decoded) = self.decode_known::<E>(payload) {
             return decoded;
         }
+        let (id, body) = split(payload)?;
         // Boxed: the registry call's state is large, and unboxed it would make every decode's
         // future that large, to be moved on each call even when the cache answers.
         Box::pin(self.decode_uncached::<E>(id, body)).await

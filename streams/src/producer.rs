@@ -253,21 +253,11 @@ impl Producer {
         }
         .map_err(codec_error)?;
         let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
-        let mut headers = OwnedHeaders::new_with_capacity(5);
-        for (key, value) in metadata.headers(Some(&event_type)) {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let key = event.key();
-        let mut record = FutureRecord::to(topic)
-            .payload(payload.as_slice())
-            .headers(headers);
-        if !key.is_empty() {
-            record = record.key(key.as_bytes());
-        }
-        self.deliver(record).await
+        let headers = metadata
+            .headers(Some(&event_type))
+            .map(|(name, value)| (name, value.as_bytes()));
+        self.deliver(topic, event.key().as_bytes(), &payload, headers)
+            .await
     }
 
     /// Sends an already framed record (from an outbox, or a dead letter).
@@ -276,24 +266,33 @@ impl Producer {
     ///
     /// [`Error::Kafka`] when the broker did not take it within the message timeout.
     pub async fn send_record(&self, entry: &OutboxEntry) -> Result<Delivery> {
-        let mut headers = OwnedHeaders::new_with_capacity(entry.headers.len());
-        for (key, value) in &entry.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_slice()),
-            });
-        }
-        let mut record = FutureRecord::to(&entry.topic)
-            .payload(entry.payload.as_slice())
-            .headers(headers);
-        if !entry.key.is_empty() {
-            record = record.key(entry.key.as_slice());
-        }
-        self.deliver(record).await
+        let headers = entry
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()));
+        self.deliver(&entry.topic, &entry.key, &entry.payload, headers)
+            .await
     }
 
-    async fn deliver(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<Delivery> {
-        let topic = record.topic;
+    /// Builds librdkafka's record (no key when `key` is empty) and waits for the broker's ack.
+    async fn deliver<'h>(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<Delivery> {
+        let mut owned = OwnedHeaders::new_with_capacity(5);
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
+        if !key.is_empty() {
+            record = record.key(key);
+        }
         self.inner
             .send(record, Duration::from_secs(30))
             .await
