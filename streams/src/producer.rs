@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Codec, CodecError, Event};
@@ -176,6 +177,71 @@ pub fn derived_id(parts: &[&[u8]]) -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
+/// How long a send waits for room in librdkafka's queue before it fails.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What became of a record handed to librdkafka.
+enum Queued {
+    /// Queued; the future resolves with the broker's answer.
+    Sent(DeliveryFuture),
+    /// Not queued yet: no room in the queue (or, for [`Producer::send`], no writer id for
+    /// the topic yet); the caller takes the path that waits.
+    NotYet,
+    /// Refused for good (unknown topic, message too large...).
+    Failed(KafkaError),
+}
+
+/// librdkafka's record (no key when `key` is empty).
+fn future_record<'a, 'h>(
+    topic: &'a str,
+    key: &'a [u8],
+    payload: &'a [u8],
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut owned = OwnedHeaders::new_with_capacity(5);
+    for (name, value) in headers {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let record = FutureRecord::to(topic).payload(payload).headers(owned);
+    if key.is_empty() {
+        record
+    } else {
+        record.key(key)
+    }
+}
+
+/// The broker's answer as the producer's result.
+fn delivered(
+    topic: &str,
+    answer: std::result::Result<rdkafka::producer::future_producer::Delivery, KafkaError>,
+) -> Result<Delivery> {
+    answer
+        .map(|delivery| Delivery {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
+        .map_err(|e| Error::kafka(format!("sending to {topic}"), e))
+}
+
+/// Waits for a queued record's delivery report.
+async fn acked(
+    delivery: DeliveryFuture,
+) -> std::result::Result<rdkafka::producer::future_producer::Delivery, KafkaError> {
+    match delivery.await {
+        Ok(answer) => answer.map_err(|(e, _)| e),
+        // The sender lives in librdkafka's message until its delivery report; it is dropped
+        // unanswered only when the producer goes away, which the caller's borrow prevents.
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+fn codec_error(e: CodecError) -> Error {
+    Error::Codec(Box::new(e))
+}
+
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
@@ -244,20 +310,50 @@ impl Producer {
         event: &E,
         metadata: &Metadata,
     ) -> Result<Delivery> {
-        // Straight to librdkafka's record, without an owned outbox entry in between: this is
-        // the hot path of every producer that is not a relay.
-        let codec_error = |e| Error::Codec(Box::new(e));
-        let payload = match self.codec.encode_known(topic, event) {
-            Some(payload) => payload,
-            None => self.codec.encode(topic, event).await,
+        // The hot path queues the record synchronously, so all this future holds across its
+        // one await is librdkafka's delivery future: every send's future is moved into its
+        // task, and one that held the encoder and the headers cost a large copy per event.
+        let delivery = match self.codec.encode_known(topic, event) {
+            Some(payload) => {
+                let payload = payload.map_err(codec_error)?;
+                let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
+                let headers = metadata
+                    .headers(Some(&event_type))
+                    .map(|(name, value)| (name, value.as_bytes()));
+                self.queue(topic, event.key().as_bytes(), &payload, headers)
+            }
+            None => Queued::NotYet,
+        };
+        match delivery {
+            Queued::Sent(delivery) => delivered(topic, acked(delivery).await),
+            Queued::Failed(e) => Err(Error::kafka(format!("sending to {topic}"), e)),
+            // A full queue, or the first send of the type to this topic (registers the schema).
+            Queued::NotYet => Box::pin(self.send_waiting(topic, event, metadata)).await,
         }
-        .map_err(codec_error)?;
+    }
+
+    /// [`Producer::send`] when the writer id is not known yet or the queue is full: encodes
+    /// through the registry and waits for room in the queue.
+    async fn send_waiting<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+        metadata: &Metadata,
+    ) -> Result<Delivery> {
+        let payload = self.codec.encode(topic, event).await.map_err(codec_error)?;
         let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
         let headers = metadata
             .headers(Some(&event_type))
             .map(|(name, value)| (name, value.as_bytes()));
-        self.deliver(topic, event.key().as_bytes(), &payload, headers)
-            .await
+        let key = event.key();
+        let record = future_record(topic, key.as_bytes(), &payload, headers);
+        delivered(
+            topic,
+            self.inner
+                .send(record, QUEUE_TIMEOUT)
+                .await
+                .map_err(|(e, _)| e),
+        )
     }
 
     /// Sends an already framed record (from an outbox, or a dead letter).
@@ -266,41 +362,39 @@ impl Producer {
     ///
     /// [`Error::Kafka`] when the broker did not take it within the message timeout.
     pub async fn send_record(&self, entry: &OutboxEntry) -> Result<Delivery> {
-        let headers = entry
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()));
-        self.deliver(&entry.topic, &entry.key, &entry.payload, headers)
-            .await
+        let headers = || {
+            entry
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice()))
+        };
+        match self.queue(&entry.topic, &entry.key, &entry.payload, headers()) {
+            Queued::Sent(delivery) => delivered(&entry.topic, acked(delivery).await),
+            Queued::Failed(e) => Err(Error::kafka(format!("sending to {}", entry.topic), e)),
+            Queued::NotYet => {
+                let record = future_record(&entry.topic, &entry.key, &entry.payload, headers());
+                let sent = Box::pin(self.inner.send(record, QUEUE_TIMEOUT)).await;
+                delivered(&entry.topic, sent.map_err(|(e, _)| e))
+            }
+        }
     }
 
-    /// Builds librdkafka's record (no key when `key` is empty) and waits for the broker's ack.
-    async fn deliver<'h>(
+    /// Hands a record to librdkafka without waiting for room in its queue.
+    fn queue<'h>(
         &self,
         topic: &str,
         key: &[u8],
         payload: &[u8],
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
-    ) -> Result<Delivery> {
-        let mut owned = OwnedHeaders::new_with_capacity(5);
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(value),
-            });
+    ) -> Queued {
+        match self
+            .inner
+            .send_result(future_record(topic, key, payload, headers))
+        {
+            Ok(delivery) => Queued::Sent(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Queued::NotYet,
+            Err((e, _)) => Queued::Failed(e),
         }
-        let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
-        if !key.is_empty() {
-            record = record.key(key);
-        }
-        self.inner
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|delivery| Delivery {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            })
-            .map_err(|(e, _)| Error::kafka(format!("sending to {topic}"), e))
     }
 
     /// The underlying rdkafka producer (to flush, or for raw sends in benchmarks).
