@@ -1,5 +1,5 @@
-//! Avro binary datums: a bounds-checked reader, and a serde deserializer compiled once per schema
-//! that is the codec's decode hot path.
+//! Avro binary datums: a bounds-checked reader, and a schema compiled once into the serde
+//! deserializer and serializer that are the codec's hot paths.
 //!
 //! `serde_avro_fast` hands every record to the reader's type as a map of field names, so a
 //! derived `Deserialize` compares each name against its own, on every record of every event.
@@ -11,6 +11,11 @@
 //! types as their underlying type. A schema with any other union or with the duration or
 //! big-decimal logical type is not compiled ([`Program::compile`] returns `None`) and the codec
 //! decodes it with `serde_avro_fast`.
+//!
+//! The serializer writes the bytes `serde_avro_fast` writes, without its per-field dispatch:
+//! records whose fields come in schema order (as derived code gives them), nullable unions,
+//! enums, decimals, arrays and maps. Any other value is handed back ([`Unsupported`]) and the
+//! codec encodes it with `serde_avro_fast`, which also reports what does not fit the schema.
 //!
 //! Malformed input is an error, never a panic: every read is bounds-checked, nesting is limited,
 //! block counts are checked against the bytes left and the whole datum must be consumed.
@@ -836,9 +841,9 @@ impl Program {
     }
 }
 
-/// Avro's zig-zag varint.
+/// Appends Avro's zig-zag varint.
 #[inline]
-fn write_long(out: &mut Vec<u8>, n: i64) {
+pub(crate) fn write_long(out: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -847,8 +852,9 @@ fn write_long(out: &mut Vec<u8>, n: i64) {
     out.push(z as u8);
 }
 
+/// Appends a length and the bytes.
 #[inline]
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_long(out, bytes.len() as i64);
     out.extend_from_slice(bytes);
 }

@@ -1,8 +1,8 @@
 //! The Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary) and typed
 //! events: encoding with the registered writer schema, decoding any registered version.
 //!
-//! Encoding is `serde_avro_fast`'s; decoding is [`crate::avro`]'s compiled deserializer, or
-//! `serde_avro_fast`'s for the few schemas that one does not compile. A record written with the
+//! Encoding and decoding go through the schema compiled by [`crate::avro`], or through
+//! `serde_avro_fast` for the few schemas it does not compile and the values it does not write. A record written with the
 //! reader's own schema (same Parsing Canonical Form) decodes straight into the Rust type. A
 //! record written with another version is first rewritten by [`crate::resolve`] (Avro's schema
 //! resolution: defaults filled, promotions applied, removed fields skipped) and then decoded the

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use crate::avro::{DatumError, Input, MAX_DEPTH, fail};
+use crate::avro::{DatumError, Input, MAX_DEPTH, fail, write_bytes, write_long};
 use crate::schema::{NamedKind, Schema, Type};
 
 type Result<T> = std::result::Result<T, DatumError>;
@@ -33,20 +33,6 @@ pub fn transcode(writer: &Schema, reader: &Schema, input: &[u8]) -> Result<Vec<u
         0 => Ok(out),
         left => fail(format!("{left} bytes remain after the datum")),
     }
-}
-
-fn write_long(out: &mut Vec<u8>, value: i64) {
-    let mut n = ((value << 1) ^ (value >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    write_long(out, bytes.len() as i64);
-    out.extend_from_slice(bytes);
 }
 
 struct Resolver<'a> {
