@@ -1,12 +1,8 @@
-//! The saga's events on the codec's hot path: the schema compiles, the compiled encoder writes
-//! each event itself (a field order that differs from the schema would send every event the
-//! slow way), its bytes are `serde_avro_fast`'s, and they decode back.
+//! Every event on the codec's hot path: the schema compiles, the compiled encoder writes each
+//! event itself (a field order that differs from the schema would send every event the slow
+//! way), its bytes are `serde_avro_fast`'s, and they decode back.
 
-use events::{
-    BookingCancelled, BookingConfirmed, BookingRequested, CancellationReason, ChargePayment, Extra,
-    FlightSelection, HotelSelection, Money, PaymentCharged, ReserveRooms, ReserveSeats,
-    RoomsReserved, SeatsReserved,
-};
+use events::*;
 use rust_decimal::Decimal;
 use serde_avro_fast::schema::SchemaMut;
 use streams::avro::Program;
@@ -36,7 +32,7 @@ fn eur(cents: i64) -> Money {
 }
 
 #[test]
-fn the_sagas_events_take_the_compiled_encoder() {
+fn every_event_takes_the_compiled_encoder() {
     let booking = "7d4f3c5e-1f0b-4a4e-9c55-2b1f0c9a6d11".to_owned();
     let user = "5e0c9a3b-77d2-4f0e-8a41-c2d9f1b3e6a7".to_owned();
     check(&BookingRequested {
@@ -101,10 +97,88 @@ fn the_sagas_events_take_the_compiled_encoder() {
         confirmed_at: 1_796_000_000_500,
     });
     check(&BookingCancelled {
-        booking_id: booking,
-        user_id: user,
+        booking_id: booking.clone(),
+        user_id: user.clone(),
         reason: CancellationReason::PaymentDeclined,
         detail: "insufficient funds".into(),
         cancelled_at: 1_796_000_000_500,
+    });
+    check(&BookingTimedOut {
+        booking_id: booking.clone(),
+        user_id: user.clone(),
+        deadline: 1_796_000_030_000,
+    });
+    check(&FlightScheduled {
+        flight_id: "LH1234-2026-12-01".into(),
+        origin: "FRA".into(),
+        destination: "LIS".into(),
+        departs_at: 1_796_000_000_000,
+        arrives_at: 1_796_010_800_000,
+        seats: 180,
+        seat_price: eur(20_999),
+    });
+    check(&ReleaseSeats {
+        booking_id: booking.clone(),
+        flight_id: "LH1234-2026-12-01".into(),
+        reason: "payment declined".into(),
+    });
+    check(&SeatsRefused {
+        booking_id: booking.clone(),
+        flight_id: "LH1234-2026-12-01".into(),
+        reason: "sold out".into(),
+    });
+    check(&SeatsReleased {
+        booking_id: booking.clone(),
+        flight_id: "LH1234-2026-12-01".into(),
+        seats: 2,
+    });
+    check(&HotelListed {
+        hotel_id: "lisbon-1".into(),
+        name: "Casa Ünïcode".into(),
+        city: "Lisbon".into(),
+        rooms: 40,
+        nightly_rate: eur(8_900),
+    });
+    check(&ReleaseRooms {
+        booking_id: booking.clone(),
+        hotel_id: "lisbon-1".into(),
+        reason: "seats refused".into(),
+    });
+    check(&RoomsRefused {
+        booking_id: booking.clone(),
+        hotel_id: "lisbon-1".into(),
+        reason: "full".into(),
+    });
+    check(&RoomsReleased {
+        booking_id: booking.clone(),
+        hotel_id: "lisbon-1".into(),
+        rooms: 1,
+    });
+    check(&AccountCredited {
+        user_id: user.clone(),
+        amount: eur(500_000),
+        note: "demo seed".into(),
+    });
+    check(&RefundPayment {
+        booking_id: booking.clone(),
+        user_id: user.clone(),
+        reason: "rooms refused".into(),
+    });
+    check(&PaymentDeclined {
+        booking_id: booking.clone(),
+        user_id: user.clone(),
+        amount: eur(999_999),
+        reason: "insufficient funds".into(),
+    });
+    check(&PaymentRefunded {
+        booking_id: booking,
+        user_id: user.clone(),
+        amount: eur(52_998),
+    });
+    check(&UserRegistered {
+        user_id: user,
+        email: "ada@example.com".into(),
+        display_name: "Ada".into(),
+        registered_at: 1_796_000_000_000,
     });
 }
