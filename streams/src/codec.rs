@@ -2,13 +2,13 @@
 //! events: encoding with the registered writer schema, decoding any registered version.
 //!
 //! Encoding and decoding go through the schema compiled by [`crate::avro`], or through
-//! `serde_avro_fast` for the few schemas it does not compile and the values it does not write. A record written with the
-//! reader's own schema (same Parsing Canonical Form) decodes straight into the Rust type. A
-//! record written with another version is first rewritten by [`crate::resolve`] (Avro's schema
-//! resolution: defaults filled, promotions applied, removed fields skipped) and then decoded the
-//! same way, so old events replay into new code with the reader's defaults. (`apache-avro`
-//! 0.22's own resolution refuses small bytes-backed decimals such as our money amounts, hence
-//! our own.)
+//! `serde_avro_fast` for the few schemas it does not compile and the values it does not write.
+//! A record written with the reader's own schema (same Parsing Canonical Form) decodes straight
+//! into the Rust type. A record written with another version is first rewritten by
+//! [`crate::resolve`] (Avro's schema resolution: defaults filled, promotions applied, removed
+//! fields skipped) and then decoded the same way, so old events replay into new code with the
+//! reader's defaults. (`apache-avro` 0.22's own resolution refuses small bytes-backed decimals
+//! such as our money amounts, hence our own.)
 //! Every malformed payload is an error value, never a panic.
 
 use std::any::TypeId;
