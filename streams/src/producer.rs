@@ -116,6 +116,15 @@ impl Metadata {
             .collect()
     }
 
+    /// The headers as librdkafka takes them, with `event_type` in place of the metadata's own.
+    fn header_bytes<'a>(
+        &'a self,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.headers(Some(event_type))
+            .map(|(name, value)| (name, value.as_bytes()))
+    }
+
     /// The headers as (name, value), with `event_type` in place of the metadata's own when
     /// given.
     fn headers<'a>(
@@ -317,9 +326,7 @@ impl Producer {
             Some(payload) => {
                 let payload = payload.map_err(codec_error)?;
                 let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
-                let headers = metadata
-                    .headers(Some(&event_type))
-                    .map(|(name, value)| (name, value.as_bytes()));
+                let headers = metadata.header_bytes(&event_type);
                 self.queue(topic, event.key().as_bytes(), &payload, headers)
             }
             None => Queued::NotYet,
@@ -342,9 +349,7 @@ impl Producer {
     ) -> Result<Delivery> {
         let payload = self.codec.encode(topic, event).await.map_err(codec_error)?;
         let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
-        let headers = metadata
-            .headers(Some(&event_type))
-            .map(|(name, value)| (name, value.as_bytes()));
+        let headers = metadata.header_bytes(&event_type);
         let key = event.key();
         let record = future_record(topic, key.as_bytes(), &payload, headers);
         delivered(

@@ -1,7 +1,7 @@
 //! The codec against a real registry on the embedded broker: round trips, old versions read by
 //! new code, malformed payloads, and no registry calls after warm-up.
 
-use std::net::SocketAddr;
+mod support;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -81,16 +81,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let broker = EmbeddedBroker::start(1).expect("broker");
-    broker
-        .create_topic(registry::SCHEMAS_TOPIC, 1, 1)
-        .expect("_schemas");
-    let running = registry::start(registry::Settings::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        broker.bootstrap_servers(),
-    ))
-    .await
-    .expect("registry");
-    let codec = Codec::new(Client::new(&running.url()).expect("client"));
+    let (running, codec) = support::registry(&broker).await;
     Setup {
         _broker: broker,
         registry: Some(running),

@@ -1,7 +1,8 @@
 //! The processor's guarantees on the embedded broker: partitions shared and taken over, crashes
 //! between the sled and Kafka commits, relay duplicates, poison records, broker faults, replay.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -111,7 +112,6 @@ async fn harness() -> Harness {
     streams::telemetry::init("info");
     let broker = EmbeddedBroker::start(1).expect("broker");
     for (topic, partitions) in [
-        (registry::SCHEMAS_TOPIC, 1),
         ("bookings", 4),
         ("bookings.dlq", 1),
         ("counted", 2),
@@ -119,13 +119,7 @@ async fn harness() -> Harness {
     ] {
         broker.create_topic(topic, partitions, 1).expect("topic");
     }
-    let running = registry::start(registry::Settings::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        broker.bootstrap_servers(),
-    ))
-    .await
-    .expect("registry");
-    let codec = Codec::new(Client::new(&running.url()).expect("client"));
+    let (running, codec) = support::registry(&broker).await;
     let producer = Producer::new(broker.bootstrap_servers(), codec.clone(), &[]).expect("producer");
     Harness {
         broker,

@@ -1,17 +1,17 @@
 //! The typed producer on the embedded broker: every send lands, also when librdkafka's queue
 //! is full and when the schema is not registered yet, with the metadata in its headers.
 
+mod support;
+
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde::{Deserialize, Serialize};
 use streams::broker::EmbeddedBroker;
-use streams::codec::{Codec, Event};
+use streams::codec::Event;
 use streams::producer::{Metadata, Producer, header};
-use streams::registry::Client;
 use streams::store::OutboxEntry;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,17 +33,8 @@ impl Event for Ping {
 #[tokio::test]
 async fn sends_beyond_a_full_queue_all_land_with_their_headers() {
     let broker = EmbeddedBroker::start(1).expect("broker");
-    broker
-        .create_topic(registry::SCHEMAS_TOPIC, 1, 1)
-        .expect("_schemas");
     broker.create_topic("pings", 2, 1).expect("topic");
-    let registry = registry::start(registry::Settings::new(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        broker.bootstrap_servers(),
-    ))
-    .await
-    .expect("registry");
-    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
+    let (registry, codec) = support::registry(&broker).await;
     // Room for 10 records; the linger keeps them queued while the rest arrive.
     let producer = Producer::new(
         broker.bootstrap_servers(),
