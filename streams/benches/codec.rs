@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::{self, Codec, Event};
+use streams::kafka::broker::EmbeddedBroker;
 
 const SCHEMA: &str = include_str!("../../schemas/tripstream.booking.BookingRequested.avsc");
 

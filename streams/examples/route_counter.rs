@@ -4,13 +4,15 @@
 //!     cargo run -p tripstream-streams --example route_counter
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, Event};
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::topic::TopicSet;
+use streams::kafka::{Metadata, Producer};
 use streams::processor::{self, Context, Handler, HandlerError, Positions, Record, Settings};
-use streams::producer::{Metadata, Producer};
 use streams::replay::{self, Start};
 use streams::store::Store;
 
@@ -66,7 +68,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let store = Store::temporary()?;
-    let settings = Settings::new(broker.bootstrap_servers(), "route-counter", &["bookings"]);
+    // The bookings topic as `topics/` declares it, dead-letter topic included.
+    let spec = TopicSet::load_file(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../topics/bookings.toml"
+    )))?;
+    let settings = Settings::new(broker.bootstrap_servers(), "route-counter", &[&spec]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let positions = Positions::default();
     let service = tokio::spawn(processor::run(

@@ -1,11 +1,11 @@
 //! The Confluent wire format (byte 0, 4-byte big-endian schema id, Avro binary) and typed
 //! events: encoding with the registered writer schema, decoding any registered version.
 //!
-//! Encoding and decoding go through the schema compiled by [`crate::avro`], or through
+//! Encoding and decoding go through the schema compiled by [`crate::avro::program`], or through
 //! `serde_avro_fast` for the few schemas it does not compile and the values it does not write.
 //! A record written with the reader's own schema (same Parsing Canonical Form) decodes straight
 //! into the Rust type. A record written with another version is first rewritten by
-//! [`crate::resolve`] (Avro's schema resolution: defaults filled, promotions applied, removed
+//! [`crate::avro::resolve`] (Avro's schema resolution: defaults filled, promotions applied, removed
 //! fields skipped) and then decoded the same way, so old events replay into new code with the
 //! reader's defaults. (`apache-avro` 0.22's own resolution refuses small bytes-backed decimals
 //! such as our money amounts, hence our own.)
@@ -19,10 +19,9 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::avro::Program;
-use crate::contract::subject_name;
-use crate::registry::Client;
-use crate::schema::Schema;
+use crate::avro::program::Program;
+use crate::avro::schema::Schema;
+use crate::registry::{Client, subject_name};
 use crate::sync::{read, write};
 
 /// The first byte of every Confluent-framed payload.
@@ -86,6 +85,15 @@ impl CodecError {
     /// the bytes or the types, which waiting does not change.
     pub fn is_retriable(&self) -> bool {
         matches!(self, CodecError::Registry(e) if e.is_retriable())
+    }
+}
+
+impl From<CodecError> for crate::Error {
+    fn from(error: CodecError) -> Self {
+        crate::Error::Codec {
+            retriable: error.is_retriable(),
+            source: Box::new(error),
+        }
     }
 }
 
@@ -175,7 +183,7 @@ impl Plan {
         match &self.writer {
             None => decode_direct(&self.local, id, body),
             Some(writer) => {
-                let resolved = crate::resolve::transcode(writer, &self.local.parsed, body)
+                let resolved = crate::avro::resolve::transcode(writer, &self.local.parsed, body)
                     .map_err(|e| CodecError::Decode {
                         id,
                         reason: e.to_string(),

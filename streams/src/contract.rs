@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::compat::Level;
+use crate::avro::compat::Level;
+use crate::avro::schema::Schema;
 use crate::error::{Error, Result};
-use crate::schema::Schema;
-use crate::topic::TopicSet;
+use crate::kafka::topic::TopicSet;
+use crate::registry::subject_name;
 
 /// One `.avsc` file of `schemas/`.
 #[derive(Debug, Clone)]
@@ -41,11 +42,6 @@ pub struct Subject {
     pub record: String,
     /// The level of the topic.
     pub level: Level,
-}
-
-/// The subject name of a record type on a topic.
-pub fn subject_name(topic: &str, record: &str) -> String {
-    format!("{topic}-{record}")
 }
 
 /// Topics and schemas of a project.
@@ -170,14 +166,14 @@ pub fn load_schema_file(path: &Path) -> Result<SchemaFile> {
             path: path.to_owned(),
             schema,
         }),
-        Some(name) => Err(Error::Schema(crate::schema::SchemaError {
+        Some(name) => Err(Error::from(crate::avro::schema::SchemaError {
             source: Some(shown),
             location: "/name".into(),
             reason: format!(
                 "the record is named {name} but the file is named {stem}.avsc; they must agree"
             ),
         })),
-        None => Err(Error::Schema(crate::schema::SchemaError {
+        None => Err(Error::from(crate::avro::schema::SchemaError {
             source: Some(shown),
             location: "/".into(),
             reason: "a file under schemas/ must define a named record type".into(),

@@ -1,8 +1,12 @@
 //! The one error type of the streaming runtime, and whether a retry can help.
+//!
+//! It names no other module's types: a module with an error of its own (schemas, the codec)
+//! converts it into [`Error`] where it is defined, so this module sits below all the others.
 
 use std::path::PathBuf;
 
-use crate::schema::SchemaError;
+/// A module's own error, kept whole inside [`Error`].
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
 
 /// A `Result` whose error defaults to the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -21,9 +25,10 @@ pub enum Error {
         /// The librdkafka error.
         cause: rdkafka::error::KafkaError,
     },
-    /// An Avro schema is not valid.
+    /// An Avro schema is not valid (the source is an [`crate::avro::schema::SchemaError`],
+    /// which names the location).
     #[error("{0}")]
-    Schema(#[from] SchemaError),
+    Schema(Source),
     /// A topic spec under `topics/` is not valid.
     #[error("{file}: field `{field}`: {reason}")]
     TopicSpec {
@@ -63,9 +68,15 @@ pub enum Error {
     /// The embedded broker could not do what was asked.
     #[error("embedded broker: {0}")]
     Embedded(String),
-    /// An event could not be encoded or decoded.
-    #[error(transparent)]
-    Codec(Box<crate::codec::CodecError>),
+    /// An event could not be encoded or decoded (the source is a
+    /// [`crate::codec::CodecError`]).
+    #[error("{source}")]
+    Codec {
+        /// What the codec said.
+        source: Source,
+        /// Whether the codec's error may pass (the registry was down, say).
+        retriable: bool,
+    },
     /// The local sled store failed.
     #[error("local store: {0}")]
     Store(String),
@@ -93,7 +104,7 @@ impl Error {
                 !matches!(code, rdkafka::types::RDKafkaErrorCode::InvalidConfig)
             }),
             Error::Registry { status, .. } => *status >= 500,
-            Error::Codec(e) => e.is_retriable(),
+            Error::Codec { retriable, .. } => *retriable,
             Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
             Error::Schema(_)
             | Error::TopicSpec { .. }

@@ -1,28 +1,25 @@
 //! The streaming runtime every tripstream service is built on.
 //!
-//! One module per concern: [`broker`] (the embedded Kafka-protocol broker), [`topic`] (topic
-//! specs and provisioning), [`schema`] (Avro schemas with located errors), [`compat`]
-//! (compatibility levels), [`contract`] (topics and schemas together, and their registry
-//! subjects), [`registry`] (the registry client), [`codec`] (over [`avro`] and [`resolve`]),
-//! [`producer`], [`processor`], [`store`], [`replay`], [`service`] (what every service process
-//! shares) and [`telemetry`].
+//! One module per concern: [`avro`] (schemas, compatibility, resolution, compiled datums),
+//! [`kafka`] (the embedded broker, topic specs and provisioning, the producer), [`registry`]
+//! (the registry client), [`codec`] (the Confluent wire format), [`contract`] (topics and
+//! schemas together, and their registry subjects), [`store`] (a service's sled state),
+//! [`outbox`] (events waiting to be published, and the relay that publishes them),
+//! [`processor`] (the consumer-group runner), [`replay`] (rebuilding a store from the log),
+//! [`service`] (what every service process shares), [`telemetry`] and [`error`].
 
 pub mod avro;
-pub mod broker;
 pub mod codec;
-pub mod compat;
 pub mod contract;
 pub mod error;
+pub mod kafka;
+pub mod outbox;
 pub mod processor;
-pub mod producer;
 pub mod registry;
 pub mod replay;
-pub mod resolve;
-pub mod schema;
 pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub mod topic;
 
 pub use error::{Error, Result};

@@ -10,10 +10,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::compat::Level;
+use crate::avro::compat::Level;
+use crate::avro::schema::Schema;
 use crate::error::{Error, Result};
-use crate::schema::Schema;
 use crate::sync::{read, write};
+
+/// The subject name of a record type on a topic (Confluent's TopicRecordNameStrategy: a topic
+/// carries several record types, each evolving on its own).
+pub fn subject_name(topic: &str, record: &str) -> String {
+    format!("{topic}-{record}")
+}
 
 /// The media type of the registry API.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -184,7 +190,7 @@ impl Client {
             .and_then(|v| v.as_str())
             .unwrap_or("BACKWARD");
         level.parse().map_err(
-            |e: crate::compat::UnknownLevel| Error::RegistryUnavailable {
+            |e: crate::avro::compat::UnknownLevel| Error::RegistryUnavailable {
                 url: format!("{}{path}", self.base),
                 reason: e.to_string(),
             },

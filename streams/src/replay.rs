@@ -15,8 +15,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::processor::{Failure, Handler, process};
-use crate::store::{Batch, Effects, Position, Store};
+use crate::processor::{Apply, Failure, Handler};
+use crate::store::{Batch, Effects, Position, Store, Writers};
 
 /// Where the replay starts in each partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +209,7 @@ pub async fn replay<H: Handler>(
         }
     }
     if !run.batch.is_empty() {
-        store.commit_batch(&run.batch)?;
+        store.commit(&run.batch, Writers::Sole)?;
     }
     progress(Progress {
         records: run.applied + run.skipped,
@@ -307,9 +307,17 @@ impl Run {
         progress: &mut impl FnMut(Progress),
     ) -> Result<()> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        // The replay's store is its own: nothing to check at commit, no reads to record.
+        let apply = Apply {
+            group: GROUP,
+            store,
+            codec,
+            handler,
+            writers: Writers::Sole,
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match process(GROUP, store, codec, handler, message, Some(&mut self.batch)).await {
+            match apply.record(&mut self.batch, message).await {
                 Ok(()) => {
                     self.applied += 1;
                     break;
@@ -341,8 +349,8 @@ impl Run {
             }
         }
         if self.batch.len() >= BATCH_RECORDS {
-            store.commit_batch(&self.batch)?;
-            self.batch.committed();
+            store.commit(&self.batch, Writers::Sole)?;
+            self.batch.clear();
         }
         // The clock is read every 256 records, not for each.
         if (self.applied + self.skipped).is_multiple_of(256)

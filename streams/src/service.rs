@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::Codec;
 use crate::error::Result;
+use crate::kafka::topic::TopicSpec;
 use crate::processor::{self, Handler, Positions};
 use crate::registry::Client;
 use crate::store::Store;
@@ -79,7 +80,7 @@ impl Settings {
 /// As [`processor::run`], and when the store cannot be opened.
 pub async fn run<H: Handler>(
     group: &str,
-    topics: &[&str],
+    topics: &[&TopicSpec],
     settings: &Settings,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -87,7 +88,7 @@ pub async fn run<H: Handler>(
     let store = settings.data.open()?;
     let mut processor = processor::Settings::new(&settings.brokers, group, topics);
     processor.consumer.clone_from(&settings.consumer);
-    tracing::info!(group, topics = ?topics, "Service starting");
+    tracing::info!(group, topics = ?processor.topics, "Service starting");
     processor::run(
         processor,
         store,

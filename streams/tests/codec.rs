@@ -5,8 +5,8 @@ mod support;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, CodecError, Event, split};
+use streams::kafka::broker::EmbeddedBroker;
 use streams::registry::Client;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

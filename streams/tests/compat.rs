@@ -1,7 +1,7 @@
 //! The compatibility checker against a table of evolution cases, at every level.
 
-use streams::compat::{Direction, Kind, Level, can_read, check};
-use streams::schema::Schema;
+use streams::avro::compat::{Direction, Kind, Level, can_read, check};
+use streams::avro::schema::Schema;
 
 fn schema(text: &str) -> Schema {
     Schema::parse(text).unwrap_or_else(|e| panic!("test schema {text} is invalid: {e}"))

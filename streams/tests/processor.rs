@@ -11,13 +11,14 @@ use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, Event};
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::{Metadata, Producer};
+use streams::outbox;
 use streams::processor::{self, Context, Handler, HandlerError, Positions, Record, Settings};
-use streams::producer::{Metadata, Producer};
 use streams::registry::Client;
 use streams::replay::{self, Start};
-use streams::store::{Effects, Position, Store};
+use streams::store::{Batch, Effects, Position, Store, Writers};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +157,11 @@ impl Harness {
     }
 
     fn settings(&self, group: &str, topic: &str) -> Settings {
-        let mut settings = Settings::new(self.broker.bootstrap_servers(), group, &[topic]);
+        let mut settings = Settings::new(
+            self.broker.bootstrap_servers(),
+            group,
+            &[&support::spec(topic)],
+        );
         settings.consumer = vec![
             ("session.timeout.ms".into(), "6000".into()),
             ("heartbeat.interval.ms".into(), "300".into()),
@@ -285,7 +290,9 @@ fn commit_as_service(store: &Store, topic: &str, offset: i64, effects: &Effects)
         partition: 0,
         offset,
     };
-    store.commit(&at, None, effects).expect("commit");
+    let mut batch = Batch::default();
+    batch.add(&at, None, effects.clone());
+    store.commit(&batch, Writers::Shared).expect("commit");
 }
 
 fn total(store: &Store, prefix: &str) -> u64 {
@@ -489,7 +496,7 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
     let service = Store::temporary().expect("store");
     let mut effects = Effects::default();
     let cause = Metadata::new("b00001");
-    let entry = streams::producer::record(
+    let entry = streams::kafka::producer::record(
         &h.codec,
         "counted",
         &Counted {
@@ -502,16 +509,18 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
     effects.emit(entry);
     commit_as_service(&service, "bookings", 0, &effects);
     // The relay published it, then crashed before clearing it...
-    let (_, pending) = service.outbox(1).expect("outbox").remove(0);
+    let (_, pending) = service.outbox().oldest(1).expect("outbox").remove(0);
     h.producer.send_record(&pending).await.expect("published");
     // ...so the restarted relay publishes it again.
-    assert_eq!(
-        processor::relay_once(&service, &h.producer, 10)
-            .await
-            .expect("relay"),
-        1
-    );
-    assert!(service.outbox(10).expect("outbox").is_empty());
+    assert_eq!(service.outbox().len(), 1);
+    let (_stop, stopped) = tokio::sync::watch::channel(true);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        outbox::relay(service.outbox().clone(), h.producer.clone(), stopped),
+    )
+    .await
+    .expect("the relay publishes the entry and stops");
+    assert!(service.outbox().oldest(10).expect("outbox").is_empty());
 
     let consumer_store = Store::temporary().expect("store");
     let consumer = h.start(h.settings("seen", "counted"), &consumer_store, SeenCounter);
@@ -540,8 +549,8 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
     let h = harness().await;
     let service = Store::temporary().expect("store");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(processor::relay(
-        service.clone(),
+    let relay = tokio::spawn(outbox::relay(
+        service.outbox().clone(),
         h.producer.clone(),
         stopped,
     ));
@@ -556,10 +565,14 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
                 booking_id: "b00001".into(),
                 route: sequence.to_string(),
             };
-            let entry =
-                streams::producer::record(&h.codec, "bookings", &booked, &Metadata::new("b00001"))
-                    .await
-                    .expect("encodes");
+            let entry = streams::kafka::producer::record(
+                &h.codec,
+                "bookings",
+                &booked,
+                &Metadata::new("b00001"),
+            )
+            .await
+            .expect("encodes");
             effects.emit(entry);
             sequence += 1;
         }
@@ -572,7 +585,7 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
         .await
         .expect("the relay drained its outbox within 30 s")
         .expect("joined");
-    assert!(service.outbox(1).expect("outbox").is_empty());
+    assert!(service.outbox().oldest(1).expect("outbox").is_empty());
 
     let consumer = h.reader("bookings", 4);
     let mut routes = Vec::new();
@@ -605,8 +618,9 @@ async fn records_processed_again_after_their_transactions_were_lost_emit_the_sam
     let emitting = || RouteCounter {
         emit_to: Some("counted"),
     };
-    let published =
-        |store: &Store| total(store, "route/") == 20 && store.outbox(1).expect("outbox").is_empty();
+    let published = |store: &Store| {
+        total(store, "route/") == 20 && store.outbox().oldest(1).expect("outbox").is_empty()
+    };
     // The service applies every booking and its relay publishes what they emitted...
     let lost = Store::temporary().expect("store");
     let first = h.start(settings.clone(), &lost, emitting());
@@ -629,9 +643,9 @@ async fn records_processed_again_after_their_transactions_were_lost_emit_the_sam
             partition,
             offset: -1,
         };
-        rebuilt
-            .commit(&before_the_first, None, &Effects::default())
-            .expect("commit");
+        let mut batch = Batch::default();
+        batch.add(&before_the_first, None, Effects::default());
+        rebuilt.commit(&batch, Writers::Shared).expect("commit");
     }
     let second = h.start(settings, &rebuilt, emitting());
     wait_for("20 bookings applied again", Duration::from_secs(30), || {
@@ -669,7 +683,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
         .encode("bookings", &good("x"))
         .await
         .expect("encodes");
-    let raw = |payload: Vec<u8>| streams::store::OutboxEntry {
+    let raw = |payload: Vec<u8>| streams::kafka::OutgoingRecord {
         topic: "bookings".into(),
         key: b"poison".to_vec(),
         payload,
@@ -838,7 +852,7 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
     let service = Store::temporary().expect("store");
     let mut effects = Effects::default();
     for n in 0..2u8 {
-        effects.emit(streams::store::OutboxEntry {
+        effects.emit(streams::kafka::OutgoingRecord {
             topic: "bookings".into(),
             key: vec![n],
             payload: vec![0, 0, 0, 0, 1, n],
@@ -855,14 +869,14 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
     )
     .expect("producer");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(processor::relay(service.clone(), producer, stopped));
+    let relay = tokio::spawn(outbox::relay(service.outbox().clone(), producer, stopped));
     stop.send(true).expect("relay listening");
     tokio::time::timeout(Duration::from_secs(20), relay)
         .await
         .expect("the relay returned on its own instead of retrying forever")
         .expect("joined");
     assert_eq!(
-        service.outbox_len(),
+        service.outbox().len(),
         2,
         "nothing was cleared that was not sent"
     );

@@ -9,10 +9,11 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::Event;
-use streams::producer::{Metadata, Producer, header};
-use streams::store::OutboxEntry;
+use streams::kafka::OutgoingRecord;
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::headers::{Metadata, header};
+use streams::kafka::producer::Producer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ping {
@@ -62,7 +63,7 @@ async fn sends_beyond_a_full_queue_all_land_with_their_headers() {
         .map(|(ping, metadata)| producer.send("pings", ping, metadata));
     let typed = futures::future::join_all(sends).await;
     let entries: Vec<_> = (0..40u8)
-        .map(|n| OutboxEntry {
+        .map(|n| OutgoingRecord {
             topic: "pings".into(),
             key: vec![n],
             payload: vec![0, 0, 0, 0, 1, n],

@@ -17,7 +17,8 @@ use axum::routing::{get, post};
 use axum::{Router, response::IntoResponse};
 use events::{UserRegistered, topics};
 use serde::{Deserialize, Serialize};
-use streams::producer::{self, Metadata, Producer};
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::{self, Producer};
 use streams::store::{Effects, Store};
 use web::{ApiError, Json};
 
@@ -63,7 +64,7 @@ impl Running {
     /// When the server had failed.
     pub async fn stop(self) -> std::io::Result<()> {
         let served = self.server.stop().await;
-        streams::processor::stop_relay_within(
+        streams::outbox::stop_within(
             self.stop_relay,
             self.relay,
             std::time::Duration::from_secs(5),
@@ -83,8 +84,8 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
     let codec = settings.service.codec()?;
     let producer = Producer::new(&settings.service.brokers, codec.clone(), &[])?;
     let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(streams::processor::relay(
-        store.clone(),
+    let relay = tokio::spawn(streams::outbox::relay(
+        store.outbox().clone(),
         producer,
         relay_stopped,
     ));
@@ -270,7 +271,7 @@ async fn sign_up(
     );
     effects.emit(entry);
     auth.store
-        .commit_local(&effects)
+        .commit_local(effects)
         .map_err(ApiError::internal)?;
     tracing::info!(user_id = %user.user_id, "User registered");
     Ok((

@@ -20,8 +20,9 @@ use events::{
     RoomsReserved, SeatsRefused, SeatsReleased, SeatsReserved, now_millis, topics,
 };
 use serde::{Deserialize, Serialize};
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
 use streams::processor::{Context, Handler, HandlerError, Record};
-use streams::producer::{Metadata, Producer};
 use streams::service::{Data, Settings};
 use streams::store::Store;
 

@@ -13,13 +13,14 @@ use events::{
 };
 use payment::Charge;
 use rust_decimal::Decimal;
-use streams::broker::EmbeddedBroker;
 use streams::codec::Codec;
-use streams::producer::{Metadata, Producer};
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
+use streams::kafka::topic::{Target, TopicSet};
 use streams::registry::Client;
 use streams::service::{Data, Settings};
 use streams::store::Store;
-use streams::topic::{Target, TopicSet};
 use tokio::sync::watch;
 
 fn eur(amount: i64) -> Money {
@@ -62,7 +63,7 @@ async fn start_with(timeout: Duration, with_flight: bool) -> System {
     let broker = EmbeddedBroker::start(1).expect("broker");
     let set = TopicSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topics"))
         .expect("topics/ is valid");
-    streams::topic::apply(Target::Embedded(&broker), &set.all())
+    streams::kafka::topic::apply(Target::Embedded(&broker), &set.all())
         .await
         .expect("topics");
     let registry = registry::start(registry::Settings::new(

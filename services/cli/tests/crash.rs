@@ -15,7 +15,8 @@ use events::{FlightScheduled, HotelListed, Money, topics};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use streams::codec::Codec;
-use streams::producer::{Metadata, Producer};
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
 use streams::store::Store;
 
 mod support;

@@ -5,7 +5,7 @@
 use events::*;
 use rust_decimal::Decimal;
 use serde_avro_fast::schema::SchemaMut;
-use streams::avro::Program;
+use streams::avro::program::Program;
 use streams::codec::Event;
 
 fn check<E: Event + PartialEq + std::fmt::Debug>(event: &E) {

@@ -28,7 +28,8 @@ use events::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use streams::producer::{Metadata, Producer};
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
 use streams::store::Store;
 use view::BookingView;
 use web::{ApiError, Json, Query};
@@ -452,7 +453,7 @@ fn request(
 /// The booking id an `Idempotency-Key` stands for: the same user and key always give the same
 /// id, so a retried request names the same booking, which the saga and the views take once.
 fn idempotent_id(user: &str, key: &str) -> String {
-    streams::producer::derived_id(&[user.as_bytes(), key.as_bytes()])
+    streams::kafka::headers::derived_id(&[user.as_bytes(), key.as_bytes()])
 }
 
 async fn book(

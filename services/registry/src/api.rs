@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use streams::compat::{self, Level};
+use streams::avro::compat::{self, Level};
+use streams::avro::schema::Schema;
 use streams::registry::CONTENT_TYPE;
-use streams::schema::Schema;
 
 use crate::error::ApiError;
 use crate::log::Log;

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use streams::schema::SchemaError;
+use streams::avro::schema::SchemaError;
 
 /// An error answered to an HTTP client as `{"error_code": N, "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use streams::compat::Level;
-use streams::topic::{CleanupPolicy, TopicSpec};
+use streams::avro::compat::Level;
+use streams::kafka::topic::{CleanupPolicy, TopicSpec};
 use tokio::sync::watch;
 
 /// The default name of the registry's topic, as in Confluent's registry.
@@ -117,14 +117,14 @@ pub fn topic_spec(topic: &str) -> TopicSpec {
 /// [`Error::Topic`] when the broker cannot be reached or cannot create it (a `tripstream
 /// broker` process creates the topics of `topics/` only when it starts).
 pub async fn ensure_topic(bootstrap: &str, topic: &str) -> Result<(), Error> {
-    let reports = streams::topic::apply(
-        streams::topic::Target::Kafka(bootstrap),
+    let reports = streams::kafka::topic::apply(
+        streams::kafka::topic::Target::Kafka(bootstrap),
         &[topic_spec(topic)],
     )
     .await
     .map_err(|e| Error::Topic(e.to_string()))?;
     for report in reports {
-        if let streams::topic::Outcome::Missing(reason) = report.outcome {
+        if let streams::kafka::topic::Outcome::Missing(reason) = report.outcome {
             return Err(Error::Topic(format!(
                 "topic {} is missing: {reason}",
                 report.topic

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use streams::compat::{self, Direction, Level};
-use streams::schema::Schema;
+use streams::avro::compat::{self, Direction, Level};
+use streams::avro::schema::Schema;
 
 use crate::error::ApiError;
 

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use registry::{Running, Settings};
 use serde_json::{Value, json};
-use streams::broker::EmbeddedBroker;
+use streams::kafka::broker::EmbeddedBroker;
 
 struct Harness {
     broker: EmbeddedBroker,

@@ -12,13 +12,14 @@ use events::{AccountCredited, FlightScheduled, HotelListed, Money, topics};
 use payment::Charge;
 use rdkafka::producer::Producer as _;
 use rust_decimal::Decimal;
-use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, Event};
-use streams::producer::{Metadata, Producer};
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
+use streams::kafka::topic::{Target, TopicSet};
 use streams::registry::Client;
 use streams::service::{Data, Settings};
 use streams::store::Store;
-use streams::topic::{Target, TopicSet};
 use tokio::sync::watch;
 
 /// How the system is started.
@@ -59,7 +60,7 @@ fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<(i64, Vec<i64>
     let mut behind = 0;
     let mut watermarks = Vec::new();
     for store in stores.all() {
-        behind += i64::try_from(store.outbox_len())?;
+        behind += i64::try_from(store.outbox().len())?;
     }
     for (store, group, topics) in readers {
         for topic in topics {
@@ -155,7 +156,7 @@ impl System {
                     .join("; ")
             )
         })?;
-        streams::topic::apply(Target::Embedded(&broker), &set.all()).await?;
+        streams::kafka::topic::apply(Target::Embedded(&broker), &set.all()).await?;
         let registry = registry::start(registry::Settings::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             broker.bootstrap_servers(),

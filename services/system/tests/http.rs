@@ -9,7 +9,7 @@ use events::{FlightScheduled, HotelListed, Money, topics};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use streams::store::OutboxEntry;
+use streams::kafka::OutgoingRecord;
 use system::{Options, System};
 
 fn eur(amount: i64) -> Money {
@@ -513,7 +513,7 @@ async fn bad_input_gets_one_error_shape_and_garbage_on_command_topics_is_dead_le
             vec![0, 0, 0, 0, 99, 1],
             vec![0, 0, 0, 0, 1, 0xff, 0xff],
         ] {
-            let entry = OutboxEntry {
+            let entry = OutgoingRecord {
                 topic: topic.into(),
                 key: b"garbage".to_vec(),
                 payload,
@@ -622,7 +622,7 @@ async fn settling_waits_until_every_service_has_finished_the_work_sent() {
         [("CANCELLED".to_owned(), 20), ("CONFIRMED".to_owned(), 10)].into()
     );
     for store in stores.all() {
-        assert!(store.outbox(1).expect("outbox").is_empty());
+        assert!(store.outbox().oldest(1).expect("outbox").is_empty());
     }
     assert!(system.consistency().expect("consistency").holds());
     system.stop().await.expect("stops");

@@ -2,9 +2,21 @@
 
 use std::net::SocketAddr;
 
-use streams::broker::EmbeddedBroker;
 use streams::codec::Codec;
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::topic::TopicSpec;
 use streams::registry::Client;
+
+/// The spec of a test topic: its dead letters go to `<topic>.dlq`.
+#[allow(dead_code)] // Not every test binary that includes this module reads topics.
+pub fn spec(topic: &str) -> TopicSpec {
+    let text = format!(
+        "name = \"{topic}\"\ndescription = \"A test topic.\"\npartitions = 1\n\
+         replication_factor = 1\nretention = \"1d\"\ncleanup_policy = \"delete\"\n\
+         record_types = []\ndead_letter = \"{topic}.dlq\"\n"
+    );
+    toml::from_str(&text).expect("a valid spec")
+}
 
 /// Starts a registry on a free port over `broker` (creating its `_schemas` topic), and a codec
 /// that uses it.

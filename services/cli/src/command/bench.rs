@@ -10,12 +10,14 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use streams::broker::EmbeddedBroker;
 use streams::codec::{Codec, Event};
+use streams::kafka::OutgoingRecord;
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
 use streams::processor::{Context, Handler, HandlerError, Record};
-use streams::producer::{Metadata, Producer};
 use streams::replay::{self, Start};
-use streams::store::{OutboxEntry, Store};
+use streams::store::Store;
 
 /// Subcommands of `tripstream bench`.
 #[derive(Debug, clap::Subcommand)]
@@ -178,11 +180,11 @@ async fn produce_generated(producer: &Producer, count: usize) -> anyhow::Result<
 
 /// Sends pre-encoded bytes with the same headers through raw rdkafka, the fastest way it
 /// offers (queue a chunk without waiting, then await the acks); returns events/s.
-async fn produce_raw(raw: &FutureProducer, payloads: &[OutboxEntry]) -> anyhow::Result<f64> {
+async fn produce_raw(raw: &FutureProducer, payloads: &[OutgoingRecord]) -> anyhow::Result<f64> {
     let start = Instant::now();
     for chunk in payloads.chunks(5_000) {
         let sends = chunk.iter().map(
-            |OutboxEntry {
+            |OutgoingRecord {
                  key,
                  payload,
                  headers,
@@ -244,7 +246,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .map_err(anyhow::Error::from)?;
                     let mut metadata = Metadata::new(event.booking_id.clone());
                     metadata.event_type = Some("tripstream.booking.BookingRequested".into());
-                    Ok(OutboxEntry {
+                    Ok(OutgoingRecord {
                         topic: "bench.raw".into(),
                         key: event.booking_id.into_bytes(),
                         payload,
@@ -257,7 +259,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             // side's were).
             let typed: Vec<_> = (0..events).map(booking_with_metadata).collect();
             let raw: FutureProducer =
-                streams::producer::client_config(bench.broker.bootstrap_servers(), &[]).create()?;
+                streams::kafka::producer::client_config(bench.broker.bootstrap_servers(), &[])
+                    .create()?;
             // Warm-up, as the typed side had: connections, producer id, partition leaders.
             produce_raw(&raw, &payloads[..payloads.len().min(1_000)]).await?;
             // Rounds alternate so both sides see the same moments of a shared machine; each

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use streams::broker::EmbeddedBroker;
-use streams::topic::{self, Outcome, Target, TopicSet, TopicSpec};
+use streams::kafka::broker::EmbeddedBroker;
+use streams::kafka::topic::{self, Outcome, Target, TopicSet, TopicSpec};
 
 use crate::brokers;
 

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use streams::codec::Codec;
 use streams::contract::load_schema_file;
-use streams::producer::{Metadata, Producer};
+use streams::kafka::OutgoingRecord;
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
+use streams::kafka::topic::TopicSet;
 use streams::registry::Client;
-use streams::store::OutboxEntry;
-use streams::topic::TopicSet;
 
 use crate::brokers;
 
@@ -75,7 +76,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             let mut metadata = Metadata::new(key.clone());
             metadata.event_type = Some(args.record.clone());
             producer
-                .send_record(&OutboxEntry {
+                .send_record(&OutgoingRecord {
                     topic: args.topic.clone(),
                     key: key.into_bytes(),
                     payload,
@@ -104,10 +105,12 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn first_field(schema: &streams::schema::Schema) -> Option<String> {
+fn first_field(schema: &streams::avro::schema::Schema) -> Option<String> {
     match schema.root() {
-        streams::schema::Type::Named(i) => match &schema.named(*i).kind {
-            streams::schema::NamedKind::Record { fields } => fields.first().map(|f| f.name.clone()),
+        streams::avro::schema::Type::Named(i) => match &schema.named(*i).kind {
+            streams::avro::schema::NamedKind::Record { fields } => {
+                fields.first().map(|f| f.name.clone())
+            }
             _ => None,
         },
         _ => None,

@@ -14,7 +14,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
-use streams::producer::{Metadata, header};
+use streams::kafka::headers::{Metadata, header};
 use system::{Options, System};
 
 /// Messages one confirmed booking puts through the broker: the request, two reservations and
@@ -296,7 +296,7 @@ fn percentile(values: &[i64], p: f64) -> i64 {
 async fn raw_rate(system: &System, count: usize) -> anyhow::Result<f64> {
     system.broker.create_topic("bench.raw", 6, 1)?;
     let producer: FutureProducer =
-        streams::producer::client_config(system.broker.bootstrap_servers(), &[]).create()?;
+        streams::kafka::producer::client_config(system.broker.bootstrap_servers(), &[]).create()?;
     let payload = system
         .codec
         .encode(topics::BOOKINGS, &request(0, &["u".to_owned()]))

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::json;
-use streams::compat::{self, Direction, Level, Violation};
+use streams::avro::compat::{self, Direction, Level, Violation};
+use streams::avro::schema::Schema;
 use streams::contract::{Contract, Subject};
 use streams::registry::Client;
-use streams::schema::Schema;
 
 use crate::{EXIT_UNUSABLE, git};
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use streams::topic::{self, Outcome, Target, TopicSet};
+use streams::kafka::topic::{self, Outcome, Target, TopicSet};
 
 use crate::brokers;
 

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{NamedKind, Schema, Type};
+use crate::avro::schema::{NamedKind, Schema, Type};
 
 /// A compatibility level, as the Confluent registry names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,149 +1,29 @@
-//! The typed producer: idempotent, keyed by aggregate id, with event metadata in headers.
-//!
-//! Headers: `event_id` (unique per event, derived from its cause for events a processor emits;
-//! consumers dedupe on it), `correlation_id` (the
-//! booking the event belongs to), `causation_id` (the event that caused it), `event_type`
-//! (the record's full name) and `traceparent` (W3C trace context, passed along).
+//! The typed producer: idempotent, keyed by aggregate id, with event metadata in headers
+//! (see [`crate::kafka::headers`]).
 
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use sha2::{Digest, Sha256};
 
 use crate::codec::{Codec, CodecError, Event};
 use crate::error::{Error, Result};
-use crate::store::OutboxEntry;
+use crate::kafka::headers::Metadata;
 
-/// Header names.
-pub mod header {
-    /// Unique id of the event.
-    pub const EVENT_ID: &str = "event_id";
-    /// The business transaction (booking) the event belongs to.
-    pub const CORRELATION_ID: &str = "correlation_id";
-    /// The event that caused this one.
-    pub const CAUSATION_ID: &str = "causation_id";
-    /// The record's full name.
-    pub const EVENT_TYPE: &str = "event_type";
-    /// W3C trace context.
-    pub const TRACEPARENT: &str = "traceparent";
-}
-
-/// An event's metadata, carried in record headers.
+/// A record ready to send: its value already framed in the Confluent wire format. What an
+/// outbox holds, and what a dead letter or a raw produce sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Metadata {
-    /// Unique id of this event.
-    pub event_id: String,
-    /// The booking (or other business transaction) it belongs to.
-    pub correlation_id: String,
-    /// The event that caused it, if any.
-    pub causation_id: Option<String>,
-    /// The record's full name, when known.
-    pub event_type: Option<String>,
-    /// Trace context, passed from cause to effect.
-    pub traceparent: Option<String>,
-}
-
-impl Metadata {
-    /// Metadata for an event that starts a business transaction.
-    pub fn new(correlation_id: impl Into<String>) -> Self {
-        Metadata {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            correlation_id: correlation_id.into(),
-            causation_id: None,
-            event_type: None,
-            traceparent: None,
-        }
-    }
-
-    /// Metadata for an event caused by `cause`: same correlation and trace, new id.
-    pub fn caused_by(cause: &Metadata) -> Self {
-        Metadata {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            correlation_id: cause.correlation_id.clone(),
-            causation_id: Some(cause.event_id.clone()),
-            event_type: None,
-            traceparent: cause.traceparent.clone(),
-        }
-    }
-
-    /// Metadata for the `n`-th event that `origin` (a consumer group) emits while processing
-    /// `cause`. The id is derived from the three, not drawn at random: if a crash loses the
-    /// transaction after the relay published its outbox, processing `cause` again emits the
-    /// same ids, and consumers skip them as duplicates instead of applying them twice.
-    pub fn derived_from(cause: &Metadata, origin: &str, n: usize) -> Self {
-        Metadata {
-            event_id: derived_id(&[
-                origin.as_bytes(),
-                cause.event_id.as_bytes(),
-                &(n as u64).to_be_bytes(),
-            ]),
-            ..Metadata::caused_by(cause)
-        }
-    }
-
-    /// Reads metadata from record headers; `None` without an `event_id` header.
-    pub fn from_headers<H: Headers>(headers: Option<&H>) -> Option<Self> {
-        let headers = headers?;
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-        };
-        Some(Metadata {
-            event_id: get(header::EVENT_ID)?,
-            correlation_id: get(header::CORRELATION_ID).unwrap_or_default(),
-            causation_id: get(header::CAUSATION_ID),
-            event_type: get(header::EVENT_TYPE),
-            traceparent: get(header::TRACEPARENT),
-        })
-    }
-
-    /// The headers, as name and value pairs.
-    pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
-        self.pairs(None)
-    }
-
-    /// The headers as owned pairs, with `event_type` in place of the metadata's own when given.
-    fn pairs(&self, event_type: Option<&str>) -> Vec<(String, Vec<u8>)> {
-        self.headers(event_type)
-            .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
-            .collect()
-    }
-
-    /// The headers as librdkafka takes them, with `event_type` in place of the metadata's own.
-    fn header_bytes<'a>(
-        &'a self,
-        event_type: &'a str,
-    ) -> impl Iterator<Item = (&'a str, &'a [u8])> {
-        self.headers(Some(event_type))
-            .map(|(name, value)| (name, value.as_bytes()))
-    }
-
-    /// The headers as (name, value), with `event_type` in place of the metadata's own when
-    /// given.
-    fn headers<'a>(
-        &'a self,
-        event_type: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'static str, &'a str)> {
-        [
-            (header::EVENT_ID, Some(self.event_id.as_str())),
-            (header::CORRELATION_ID, Some(self.correlation_id.as_str())),
-            (header::CAUSATION_ID, self.causation_id.as_deref()),
-            (
-                header::EVENT_TYPE,
-                event_type.or(self.event_type.as_deref()),
-            ),
-            (header::TRACEPARENT, self.traceparent.as_deref()),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Some((name, value?)))
-    }
+pub struct OutgoingRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (none when empty).
+    pub key: Vec<u8>,
+    /// Record value.
+    pub payload: Vec<u8>,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Encodes an event into a record ready to send (or to queue in an outbox).
@@ -156,34 +36,15 @@ pub async fn record<E: Event>(
     topic: &str,
     event: &E,
     metadata: &Metadata,
-) -> Result<OutboxEntry, CodecError> {
+) -> Result<OutgoingRecord, CodecError> {
     let payload = codec.encode(topic, event).await?;
     let event_type = codec.record_name::<E>()?;
-    Ok(OutboxEntry {
+    Ok(OutgoingRecord {
         topic: topic.to_owned(),
         key: event.key().into_bytes(),
         payload,
         headers: metadata.pairs(Some(&event_type)),
     })
-}
-
-/// A UUID (RFC 9562 version 8) derived from `parts`: the same parts always give the same id,
-/// different parts different ids (SHA-256, parts separated by a zero byte).
-pub fn derived_id(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            hasher.update([0]);
-        }
-        hasher.update(part);
-    }
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    // Version 8 (custom), variant 10.
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(bytes).to_string()
 }
 
 /// How long a send waits for room in librdkafka's queue before it fails.
@@ -248,7 +109,7 @@ async fn acked(
 }
 
 fn codec_error(e: CodecError) -> Error {
-    Error::Codec(Box::new(e))
+    e.into()
 }
 
 /// Where a record landed.
@@ -366,7 +227,7 @@ impl Producer {
     /// # Errors
     ///
     /// [`Error::Kafka`] when the broker did not take it within the message timeout.
-    pub async fn send_record(&self, entry: &OutboxEntry) -> Result<Delivery> {
+    pub async fn send_record(&self, entry: &OutgoingRecord) -> Result<Delivery> {
         let headers = || {
             entry
                 .headers
@@ -405,33 +266,5 @@ impl Producer {
     /// The underlying rdkafka producer (to flush, or for raw sends in benchmarks).
     pub fn inner(&self) -> &FutureProducer {
         &self.inner
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn derived_ids_repeat_for_the_same_cause_and_differ_otherwise() {
-        let cause = Metadata::new("b1");
-        let id = |origin: &str, n| Metadata::derived_from(&cause, origin, n).event_id;
-        assert_eq!(id("flight", 0), id("flight", 0));
-        assert_ne!(id("flight", 0), id("flight", 1));
-        assert_ne!(id("flight", 0), id("hotel", 0));
-        assert_ne!(
-            id("flight", 0),
-            Metadata::derived_from(&Metadata::new("b1"), "flight", 0).event_id
-        );
-        let parsed = uuid::Uuid::parse_str(&id("flight", 0)).expect("a UUID");
-        assert_eq!(parsed.get_version_num(), 8);
-        let derived = Metadata::derived_from(&cause, "flight", 0);
-        assert_eq!(
-            derived.causation_id.as_deref(),
-            Some(cause.event_id.as_str())
-        );
-        assert_eq!(derived.correlation_id, "b1");
-        // Parts are separated, so moving bytes between them changes the id.
-        assert_ne!(derived_id(&[b"ab", b"c"]), derived_id(&[b"a", b"bc"]));
     }
 }

@@ -15,9 +15,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 
-use crate::broker::EmbeddedBroker;
-use crate::compat::Level;
+use crate::avro::compat::Level;
 use crate::error::{Error, Result};
+use crate::kafka::broker::EmbeddedBroker;
 
 /// How long dead-letter records are kept: long enough for a person to look at them.
 const DEAD_LETTER_RETENTION: &str = "30d";

@@ -59,6 +59,12 @@ impl fmt::Display for SchemaError {
 
 impl std::error::Error for SchemaError {}
 
+impl From<SchemaError> for crate::Error {
+    fn from(error: SchemaError) -> Self {
+        crate::Error::Schema(Box::new(error))
+    }
+}
+
 /// A type in a schema. Named types live in [`Schema::named`] so that recursive types are finite.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Type {

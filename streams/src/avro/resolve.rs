@@ -2,15 +2,15 @@
 //! another, so old events decode into new code with the reader's defaults.
 //!
 //! It works on the encoded form directly (no generic value tree) and follows the same matching
-//! rules as [`crate::compat`]: fields by name or alias, defaults for fields the writer lacks,
+//! rules as [`crate::avro::compat`]: fields by name or alias, defaults for fields the writer lacks,
 //! writer-only fields skipped, enum symbols by name (or the reader's enum default), union
 //! branches by type, and Avro's promotions. Malformed input is an error, never a panic: every
 //! read is bounds-checked, nesting is limited and block counts are checked against the input.
 
 use serde_json::Value;
 
-use crate::avro::{DatumError, Input, MAX_DEPTH, fail, write_bytes, write_long};
-use crate::schema::{NamedKind, Schema, Type};
+use crate::avro::program::{DatumError, Input, MAX_DEPTH, fail, write_bytes, write_long};
+use crate::avro::schema::{NamedKind, Schema, Type};
 
 type Result<T> = std::result::Result<T, DatumError>;
 

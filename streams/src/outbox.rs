@@ -1,0 +1,318 @@
+//! The outbox: records a store committed for publication, and the one relay that publishes
+//! them.
+//!
+//! Delivery guarantee: **at-least-once, in commit order per partition.** An entry is written in
+//! the same sled transaction as the state change that emitted it (see [`crate::store`]), sent
+//! by [`relay`], and cleared only after the broker acked it. A crash between the ack and the
+//! clear publishes the entry again with the same headers, so its event id lets consumers skip
+//! it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+
+use crate::error::{Error, Result};
+use crate::kafka::{Delivery, OutgoingRecord, Producer};
+
+/// The outbox tree of one store. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    /// The store's database: entry ids come from its id generator, in commit order.
+    db: sled::Db,
+    tree: sled::Tree,
+    signal: Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> Self {
+        Outbox {
+            db,
+            tree,
+            signal: Arc::default(),
+        }
+    }
+
+    /// The tree, for the store's transactions.
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Ids for `count` new entries, increasing in the order they are drawn.
+    pub(crate) fn ids(&self, count: usize) -> Result<Vec<u64>> {
+        (0..count)
+            .map(|_| self.db.generate_id())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    /// Wakes a relay waiting in [`Outbox::changed`].
+    pub(crate) fn notify(&self) {
+        self.signal.notify_one();
+    }
+
+    /// The oldest entries, up to `max`, with their ids.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure or an entry this runtime did not write.
+    pub fn oldest(&self, max: usize) -> Result<Vec<(u64, OutgoingRecord)>> {
+        self.unsent(max, 0, &HashSet::new())
+    }
+
+    /// How many entries the outbox holds (nothing is decoded).
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Whether the outbox holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The oldest entries from id `from` on whose ids are not in `sent`, up to `max`, with
+    /// their ids.
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::oldest`].
+    pub fn unsent(
+        &self,
+        max: usize,
+        from: u64,
+        sent: &HashSet<u64>,
+    ) -> Result<Vec<(u64, OutgoingRecord)>> {
+        let mut entries = Vec::new();
+        for item in self.tree.range(from.to_be_bytes()..) {
+            if entries.len() >= max {
+                break;
+            }
+            let (key, value) = item.map_err(|e| Error::Store(e.to_string()))?;
+            let id = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or_default();
+            if sent.contains(&id) {
+                continue;
+            }
+            let entry = decode(&value)
+                .ok_or_else(|| Error::Store(format!("outbox entry {id} is corrupt")))?;
+            entries.push((id, entry));
+        }
+        Ok(entries)
+    }
+
+    /// Removes published entries, all in one write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure (then none is removed).
+    pub fn clear(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    /// Resolves when an entry may have been added since the last call.
+    pub async fn changed(&self) {
+        self.signal.notified().await;
+    }
+}
+
+/// An entry's stored form: each part length-prefixed.
+pub(crate) fn encode(record: &OutgoingRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.payload.len() + record.key.len() + 64);
+    put_part(&mut out, record.topic.as_bytes());
+    put_part(&mut out, &record.key);
+    put_part(&mut out, &record.payload);
+    out.extend_from_slice(&(record.headers.len() as u32).to_be_bytes());
+    for (name, value) in &record.headers {
+        put_part(&mut out, name.as_bytes());
+        put_part(&mut out, value);
+    }
+    out
+}
+
+/// The inverse of [`encode`]; `None` for bytes it did not write.
+pub(crate) fn decode(bytes: &[u8]) -> Option<OutgoingRecord> {
+    let mut at = 0;
+    let topic = String::from_utf8(take_part(bytes, &mut at)?.to_vec()).ok()?;
+    let key = take_part(bytes, &mut at)?.to_vec();
+    let payload = take_part(bytes, &mut at)?.to_vec();
+    let count = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+    at += 4;
+    let mut headers = Vec::new();
+    for _ in 0..count {
+        let name = String::from_utf8(take_part(bytes, &mut at)?.to_vec()).ok()?;
+        let value = take_part(bytes, &mut at)?.to_vec();
+        headers.push((name, value));
+    }
+    (at == bytes.len()).then_some(OutgoingRecord {
+        topic,
+        key,
+        payload,
+        headers,
+    })
+}
+
+/// Appends `part` with its length (the framing of every list the store keeps in one value).
+pub(crate) fn put_part(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
+}
+
+/// The part at `at`, moving `at` past it; `None` past the end or on a length that overruns.
+pub(crate) fn take_part<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = u32::from_be_bytes(bytes.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let part = bytes.get(*at + 4..(*at + 4).checked_add(len)?)?;
+    *at += 4 + len;
+    Some(part)
+}
+
+/// Entries a relay keeps in flight (sent, not yet acked) at most.
+const RELAY_WINDOW: usize = 512;
+
+/// Publishes `outbox` until `stopped` turns true and the outbox is empty (whatever is left when
+/// the caller gives up waiting stays for the next start). Processors run one beside their
+/// consumer; services that emit events outside a processor (from HTTP requests, say) run one
+/// beside their server.
+///
+/// Entries are sent as soon as they are committed, without waiting for earlier ones to be
+/// acked (librdkafka keeps each partition's order), and cleared in send order as acks come
+/// back. A failed send clears nothing after it: the relay waits for what is in flight, backs
+/// off, and republishes from the oldest entry left, so nothing is skipped (a republished entry
+/// keeps its event id, and consumers skip it).
+pub async fn relay(
+    outbox: Outbox,
+    producer: Producer,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt as _;
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut sent = HashSet::new();
+    // New entries are looked for after the newest one sent; from the start again whenever
+    // nothing is in flight or the periodic tick fires, for an entry whose id was taken before
+    // a concurrent writer's but committed after it (workers sharing a store).
+    let mut from = 0;
+    let mut failed = false;
+    let mut stopping = *stopped.borrow();
+    loop {
+        if !failed && in_flight.len() < RELAY_WINDOW {
+            if in_flight.is_empty() {
+                from = 0;
+            }
+            match outbox.unsent(RELAY_WINDOW - in_flight.len(), from, &sent) {
+                Ok(entries) => {
+                    for (id, entry) in entries {
+                        sent.insert(id);
+                        from = from.max(id + 1);
+                        in_flight.push_back(publish(producer.clone(), id, entry));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Reading the outbox failed; retrying");
+                    failed = true;
+                }
+            }
+        }
+        if in_flight.is_empty() {
+            if failed && stopping {
+                // The broker is not taking entries while the service stops: they stay in the
+                // outbox for the next start rather than holding the shutdown.
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                failed = false;
+                continue;
+            }
+            if stopping && outbox.is_empty() {
+                return;
+            }
+        }
+        tokio::select! {
+            Some(first) = in_flight.next() => {
+                // The acks already in are cleared together: one sled batch, not one write each.
+                let mut acked = Vec::new();
+                let mut next = Some(first);
+                while let Some((id, result)) = next {
+                    match result {
+                        Ok(_) if !failed => acked.push(id),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "Publishing the outbox failed; retrying");
+                            failed = true;
+                        }
+                    }
+                    next = in_flight.next().now_or_never().flatten();
+                }
+                for id in &acked {
+                    sent.remove(id);
+                }
+                if let Err(error) = outbox.clear(&acked) {
+                    tracing::warn!(%error, "Clearing published outbox entries failed");
+                    failed = true;
+                }
+            }
+            // A dropped sender counts as a stop.
+            changed = stopped.changed(), if !stopping => {
+                stopping = changed.is_err() || *stopped.borrow();
+            }
+            () = outbox.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => from = 0,
+        }
+        if failed && in_flight.is_empty() {
+            // Everything after the failure is sent again, from the oldest entry left.
+            sent.clear();
+        }
+    }
+}
+
+/// Asks a [`relay`] to stop and waits up to `limit` for it to publish what is left; after
+/// that it is aborted (what it did not publish stays in the outbox for the next start).
+pub async fn stop_within(
+    stop: tokio::sync::watch::Sender<bool>,
+    mut relay: tokio::task::JoinHandle<()>,
+    limit: Duration,
+) {
+    let _ = stop.send(true);
+    if tokio::time::timeout(limit, &mut relay).await.is_err() {
+        tracing::warn!(
+            "The relay did not publish its outbox in time; the rest waits for the next start"
+        );
+        relay.abort();
+    }
+}
+
+/// Sends one entry; the answer names the entry.
+async fn publish(producer: Producer, id: u64, entry: OutgoingRecord) -> (u64, Result<Delivery>) {
+    let result = producer.send_record(&entry).await;
+    (id, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_their_stored_form_and_garbage_is_refused() {
+        let entry = OutgoingRecord {
+            topic: "t".into(),
+            key: b"k".to_vec(),
+            payload: vec![0, 0, 0, 0, 1, 42],
+            headers: vec![("event_id".into(), b"e1".to_vec())],
+        };
+        assert_eq!(decode(&encode(&entry)), Some(entry.clone()));
+        let bytes = encode(&entry);
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), None);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What a processor holds and how it hands partitions over: positions and lag per partition,
+//! and the rebalance callbacks that start partitions at sled's offsets and commit them to
+//! Kafka before giving partitions up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::store::Store;
+
+/// Where a partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The next offset this processor will apply.
+    pub next: i64,
+    /// The partition's high watermark when last read.
+    pub high_watermark: i64,
+}
+
+impl PartitionPosition {
+    /// Records not yet applied.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.next).max(0)
+    }
+}
+
+/// Per-partition positions of a running processor, for metrics and tests: the partitions it
+/// holds (from assignment on) and, once records flow, how far it is.
+#[derive(Debug, Clone, Default)]
+pub struct Positions(Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>);
+
+impl Positions {
+    /// A snapshot: (topic, partition) → position.
+    pub fn snapshot(&self) -> BTreeMap<(String, i32), PartitionPosition> {
+        crate::sync::lock(&self.0).clone()
+    }
+
+    pub(crate) fn set(&self, topic: &str, partition: i32, position: PartitionPosition) {
+        crate::sync::lock(&self.0).insert((topic.to_owned(), partition), position);
+    }
+
+    pub(crate) fn remove(&self, topic: &str, partition: i32) {
+        crate::sync::lock(&self.0).remove(&(topic.to_owned(), partition));
+    }
+}
+
+/// Starts partitions at sled's offsets and commits sled's offsets to Kafka before giving
+/// partitions up.
+pub(crate) struct ProcessorContext {
+    pub(crate) store: Store,
+    pub(crate) group: String,
+    pub(crate) positions: Positions,
+    /// High watermarks from the last statistics report, by (topic, partition).
+    pub(crate) watermarks: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    /// Partitions revoked so far: the poll loop checks it to drop records it holds for
+    /// partitions it no longer owns.
+    pub(crate) revocations: Arc<AtomicU64>,
+}
+
+impl ClientContext for ProcessorContext {
+    /// Keeps only the high watermark of each partition; the full statistics are large and their
+    /// typed form fails on fields the mock cluster leaves out.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(topics) = stats.get("topics").and_then(serde_json::Value::as_object) else {
+            return;
+        };
+        let mut watermarks = crate::sync::lock(&self.watermarks);
+        for (topic, t) in topics {
+            let Some(partitions) = t.get("partitions").and_then(serde_json::Value::as_object)
+            else {
+                continue;
+            };
+            for (partition, p) in partitions {
+                let partition = partition.parse::<i32>().unwrap_or(-1);
+                let high = p.get("hi_offset").and_then(serde_json::Value::as_i64);
+                // Partition -1 is librdkafka's internal "unassigned" queue; -1001 means unknown.
+                if let Some(high) = high.filter(|h| *h >= 0)
+                    && partition >= 0
+                {
+                    watermarks.insert((topic.clone(), partition), high);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProcessorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                for (topic, partition) in partitions {
+                    match self.store.next_offset(&self.group, &topic, partition) {
+                        Ok(stored) => {
+                            if let Some(next) = stored {
+                                let _ = tpl.set_partition_offset(
+                                    &topic,
+                                    partition,
+                                    Offset::Offset(next),
+                                );
+                            }
+                            let next = stored.unwrap_or(0);
+                            let position = PartitionPosition {
+                                next,
+                                high_watermark: next,
+                            };
+                            self.positions.set(&topic, partition, position);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, topic, partition, "Cannot read the stored offset")
+                        }
+                    }
+                }
+                tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions assigned");
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
+                    tracing::error!(%error, "Assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                // This callback runs inside a poll of the run loop, and the loop commits every
+                // record it applies before it polls again: sled holds every applied offset.
+                // Records polled but not applied yet are dropped by the loop (see
+                // `revocations`), and the new owner reads them from these offsets.
+                commit_from_store(
+                    consumer,
+                    &self.store,
+                    &self.group,
+                    Some(tpl),
+                    CommitMode::Sync,
+                );
+                for element in tpl.elements() {
+                    self.positions.remove(element.topic(), element.partition());
+                }
+                tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
+                    tracing::error!(%error, "Unassigning partitions failed");
+                }
+            }
+            other => tracing::warn!(error = ?other, "Rebalance error"),
+        }
+    }
+}
+
+pub(crate) fn commit_from_store<C: Consumer<ProcessorContext>>(
+    consumer: &C,
+    store: &Store,
+    group: &str,
+    only: Option<&TopicPartitionList>,
+    mode: CommitMode,
+) {
+    let Ok(offsets) = store.offsets(group) else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        let wanted = only.is_none_or(|only| only.find_partition(&topic, partition).is_some());
+        if wanted {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0
+        && let Err(error) = consumer.commit(&tpl, mode)
+    {
+        tracing::debug!(%error, "Committing offsets to Kafka failed; sled keeps them");
+    }
+}
+
+/// Notes an applied record's position and the partition's lag.
+pub(crate) fn record_position(
+    positions: &Positions,
+    watermarks: &Mutex<HashMap<(String, i32), i64>>,
+    message: &impl Message,
+) {
+    let (topic, partition) = (message.topic(), message.partition());
+    let high = crate::sync::lock(watermarks)
+        .get(&(topic.to_owned(), partition))
+        .copied()
+        .unwrap_or(0);
+    positions.set(
+        topic,
+        partition,
+        PartitionPosition {
+            next: message.offset() + 1,
+            high_watermark: high.max(message.offset() + 1),
+        },
+    );
+}

@@ -1,0 +1,88 @@
+//! The dedupe window: the event ids a store applied last, to skip a record delivered twice.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::FastMap;
+use crate::outbox::{put_part, take_part};
+
+/// How many of the most recently applied event ids a store remembers to skip duplicates.
+///
+/// A duplicate is an event published again by a relay that crashed between publishing and
+/// clearing its outbox (or re-emitted after a lost transaction, with the same derived id). It
+/// has the original's key, so it lands in the same partition shortly after it: in a consumer's
+/// sequence only what the producers wrote meanwhile lies between the two. Remembering the last
+/// 100,000 ids covers that many times over while keeping the store and its memory bounded
+/// (about 10 MB at most).
+pub const DEDUPE_WINDOW: usize = 100_000;
+
+/// The event ids a store remembers, in memory for lookups and in sled for restarts. Each
+/// commit writes its records' ids as one chunk (one sled key per transaction, not one per
+/// record: a replay's batch of 5,000 records writes one chunk); the oldest chunks are dropped
+/// once more than [`DEDUPE_WINDOW`] ids are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Id → the chunk holding it.
+    pub(crate) ids: FastMap<Arc<[u8]>, u64>,
+    /// Chunks, oldest first, with their ids.
+    chunks: VecDeque<(u64, Vec<Arc<[u8]>>)>,
+    pub(crate) next_chunk: u64,
+}
+
+impl Seen {
+    pub(crate) fn add(&mut self, chunk: u64, ids: impl IntoIterator<Item = Vec<u8>>) {
+        if self.ids.capacity() == 0 {
+            // Sized once for the whole window: growing it rehashes every id.
+            self.ids.reserve(DEDUPE_WINDOW + DEDUPE_WINDOW / 8);
+        }
+        let ids: Vec<Arc<[u8]>> = ids.into_iter().map(Arc::from).collect();
+        for id in &ids {
+            self.ids.insert(id.clone(), chunk);
+        }
+        self.chunks.push_back((chunk, ids));
+        self.next_chunk = self.next_chunk.max(chunk + 1);
+    }
+
+    pub(crate) fn contains(&self, id: &[u8]) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Forgets the oldest chunks while the rest still hold [`DEDUPE_WINDOW`] ids; returns the
+    /// chunks to delete from sled.
+    pub(crate) fn forget_oldest(&mut self) -> Vec<u64> {
+        let mut forgotten = Vec::new();
+        while let Some((chunk, ids)) = self.chunks.front() {
+            if self.ids.len().saturating_sub(ids.len()) < DEDUPE_WINDOW {
+                break;
+            }
+            for id in ids {
+                // An id applied again later (not possible through the runtime) stays.
+                if self.ids.get(id) == Some(chunk) {
+                    self.ids.remove(id);
+                }
+            }
+            forgotten.push(*chunk);
+            self.chunks.pop_front();
+        }
+        forgotten
+    }
+}
+
+/// A chunk of event ids: each length-prefixed.
+pub(crate) fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in ids {
+        put_part(&mut out, id);
+    }
+    out
+}
+
+/// The inverse of [`encode_ids`]; stops at bytes it did not write.
+pub(crate) fn decode_ids(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut at = 0;
+    let mut ids = Vec::new();
+    while let Some(id) = take_part(bytes, &mut at) {
+        ids.push(id.to_vec());
+    }
+    ids
+}

@@ -1,0 +1,182 @@
+//! What records do to a store: one record's [`Effects`], and the [`Batch`] of records that
+//! one transaction commits.
+
+use std::collections::HashSet;
+
+use super::{FastHash, FastMap};
+use crate::kafka::OutgoingRecord;
+
+/// State keys a handler read, with the values it saw (`None`: absent).
+pub(crate) type Reads = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// What one record (or one request) does to the store.
+#[derive(Debug, Default, Clone)]
+pub struct Effects {
+    pub(crate) puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) emits: Vec<OutgoingRecord>,
+    /// Keys read and the values seen, checked again at commit.
+    pub(crate) reads: Reads,
+}
+
+impl Effects {
+    /// Makes the commit conditional on `key` still holding `value` (`None`: absent). A
+    /// read-modify-write is exact only if what it read is unchanged when it writes: with
+    /// several workers on one store, another may have written the key in between.
+    pub fn expect(&mut self, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
+        let key = key.into();
+        if !self.reads.iter().any(|(k, _)| *k == key) {
+            self.reads.push((key, value));
+        }
+    }
+
+    /// Sets a business-state key.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.puts.push((key.into(), Some(value.into())));
+    }
+
+    /// Removes a business-state key.
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.puts.push((key.into(), None));
+    }
+
+    /// Queues a framed record for publication once the transaction commits.
+    pub fn emit(&mut self, record: OutgoingRecord) {
+        self.emits.push(record);
+    }
+
+    /// The records queued so far.
+    pub fn emitted(&self) -> &[OutgoingRecord] {
+        &self.emits
+    }
+
+    /// The value a key will have after these effects, if they touch it.
+    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.puts
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_deref())
+    }
+}
+
+/// Where a consumed record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position<'a> {
+    /// Consumer group (or replay name).
+    pub group: &'a str,
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+}
+
+/// One partition's records in a batch.
+#[derive(Debug)]
+pub(crate) struct Span {
+    pub(crate) group: String,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    /// The batch's first record of the partition: a checked commit is refused if the store is
+    /// already past it.
+    pub(crate) first: i64,
+    /// The offset after the batch's last record.
+    pub(crate) next: i64,
+}
+
+/// Records' effects, offsets and dedupe marks, committed in one transaction by
+/// [`super::Store::commit`]: all of them or none.
+///
+/// Later writes to a key replace earlier ones in memory, so a hot key costs one write per
+/// batch, not one per record, and the batch's event ids are stored as one chunk.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub(crate) state: FastMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) emits: Vec<OutgoingRecord>,
+    /// A handful of partitions, searched in place so that a record costs no allocation here.
+    pub(crate) spans: Vec<Span>,
+    /// Event ids of the batch's records.
+    pub(crate) ids: HashSet<Vec<u8>, FastHash>,
+    /// Keys the batch's handlers read from the store (not from the batch), with the values
+    /// seen: a checked commit is refused as stale if any changed.
+    pub(crate) reads: Reads,
+    records: usize,
+}
+
+impl Batch {
+    /// Adds one record's effects, offset and dedupe mark (`event_id`: `None` for a record
+    /// that only moves the offset, such as a duplicate or a dead letter).
+    pub fn add(&mut self, at: &Position<'_>, event_id: Option<&[u8]>, effects: Effects) {
+        let next = at.offset + 1;
+        match self.span_mut(at) {
+            Some(span) => span.next = next,
+            None => self.spans.push(Span {
+                group: at.group.to_owned(),
+                topic: at.topic.to_owned(),
+                partition: at.partition,
+                first: at.offset,
+                next,
+            }),
+        }
+        if let Some(id) = event_id {
+            self.ids.insert(id.to_vec());
+        }
+        self.add_effects(effects);
+        self.records += 1;
+    }
+
+    /// Adds effects that no consumed record caused (an HTTP request, say).
+    pub(crate) fn add_effects(&mut self, effects: Effects) {
+        for (key, value) in effects.reads {
+            if !self.reads.iter().any(|(k, _)| *k == key) {
+                self.reads.push((key, value));
+            }
+        }
+        self.state.extend(effects.puts);
+        self.emits.extend(effects.emits);
+    }
+
+    fn span_mut(&mut self, at: &Position<'_>) -> Option<&mut Span> {
+        self.spans
+            .iter_mut()
+            .find(|s| s.partition == at.partition && s.topic == at.topic && s.group == at.group)
+    }
+
+    /// Whether the batch holds a record of `at`'s partition.
+    pub fn holds_partition(&self, at: &Position<'_>) -> bool {
+        self.spans
+            .iter()
+            .any(|s| s.partition == at.partition && s.topic == at.topic && s.group == at.group)
+    }
+
+    /// Whether an event id is among the batch's records (see also [`super::Store::seen`]).
+    pub fn seen(&self, event_id: &[u8]) -> bool {
+        self.ids.contains(event_id)
+    }
+
+    /// Empties the batch once it is committed.
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.state.clear();
+        self.emits.clear();
+        self.spans.clear();
+        self.reads.clear();
+        self.records = 0;
+    }
+
+    /// The value a key will have once the batch commits, if the batch touches it.
+    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.state.get(key).map(Option::as_deref)
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+}

@@ -1,0 +1,611 @@
+//! A service's local state in sled: the business state, the consumed offsets, the event-id
+//! dedupe marks and the outbox, changed together in one transaction per [`Batch`].
+//!
+//! The business state lives in one tree whose keys a service namespaces itself (for example
+//! `seats/<flight id>`). Its [`Store::digest`] is order-independent and stable across runs and
+//! machines, so a store rebuilt by replaying topics can be compared with the live one.
+
+mod dedupe;
+mod effects;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use dedupe::DEDUPE_WINDOW;
+use dedupe::{Seen, decode_ids, encode_ids};
+pub(crate) use effects::Reads;
+pub use effects::{Batch, Effects, Position};
+
+use crate::error::{Error, Result};
+use crate::outbox::{self, Outbox};
+
+/// What [`Store::commit`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Its effects, offsets, dedupe marks and outbox entries were written.
+    Applied,
+    /// Nothing was written: another worker sharing the store already applied one of its
+    /// offsets or event ids.
+    AlreadyApplied,
+    /// Nothing was written: a key a handler read changed before the commit (another worker
+    /// sharing the store wrote it). Run the handlers again on fresh state.
+    Stale,
+}
+
+/// Who else may write a store while a batch is built, which decides what its commit checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Other workers may (a live processor): the commit is refused if any of the batch's
+    /// offsets or event ids was applied meanwhile, or a key its handlers read changed.
+    Shared,
+    /// Nobody else does (a replay into its own store): nothing is checked, and handlers'
+    /// reads are not recorded.
+    Sole,
+}
+
+/// A service's sled store. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+    offsets: sled::Tree,
+    /// Applied event ids in chunks: chunk number (big-endian u64) → the ids (see [`Seen`]).
+    marks: sled::Tree,
+    outbox: Outbox,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// The hasher of the maps a record touches: several lookups per record on keys that are event
+/// ids and state keys. foldhash is several times faster than std's SipHash on such short keys
+/// and is still seeded per process.
+type FastHash = foldhash::fast::RandomState;
+type FastMap<K, V> = HashMap<K, V, FastHash>;
+
+fn store_error(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the store in a directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when sled cannot open it (for example another process holds it).
+    pub fn open(path: &Path) -> Result<Store> {
+        let in_path = |e: &dyn std::fmt::Display| Error::Store(format!("{}: {e}", path.display()));
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| in_path(&e))?;
+        Self::from_db(db).map_err(|e| in_path(&e))
+    }
+
+    /// A store that lives in memory only (tests, replays compared and thrown away).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when sled cannot create it.
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .map_err(store_error)?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store> {
+        let tree = |name: &str| db.open_tree(name).map_err(store_error);
+        let marks = tree("marks")?;
+        let mut seen = Seen::default();
+        for entry in marks.iter() {
+            let (key, value) = entry.map_err(store_error)?;
+            if let Ok(chunk) = <[u8; 8]>::try_from(key.as_ref()) {
+                seen.add(u64::from_be_bytes(chunk), decode_ids(&value));
+            }
+        }
+        for chunk in seen.forget_oldest() {
+            marks.remove(chunk.to_be_bytes()).map_err(store_error)?;
+        }
+        Ok(Store {
+            state: tree("state")?,
+            offsets: tree("offsets")?,
+            marks,
+            outbox: Outbox::new(db.clone(), tree("outbox")?),
+            db,
+            seen: Arc::new(Mutex::new(seen)),
+        })
+    }
+
+    /// The store's outbox, for its relay.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Reads a business-state key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+
+    /// Every business-state entry under a key prefix, in key order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.state
+            .scan_prefix(prefix)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| Error::Store(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// How many business-state entries are under a key prefix (nothing is copied out).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn count(&self, prefix: &[u8]) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.state.scan_prefix(prefix).keys() {
+            entry.map_err(|e| Error::Store(e.to_string()))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The next offset to consume for a partition, as last committed with a record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn next_offset(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let key = offset_key(group, topic, partition);
+        Ok(self
+            .offsets
+            .get(key)
+            .map_err(|e| Error::Store(e.to_string()))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    /// Every stored offset of a group: (topic, partition, next offset).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>> {
+        let prefix = format!("{group}\u{0}");
+        let mut found = Vec::new();
+        for entry in self.offsets.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = entry.map_err(|e| Error::Store(e.to_string()))?;
+            let key = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let Some((topic, partition)) = key.rsplit_once('\u{0}') else {
+                continue;
+            };
+            let (Ok(partition), Ok(bytes)) =
+                (partition.parse(), <[u8; 8]>::try_from(value.as_ref()))
+            else {
+                continue;
+            };
+            found.push((topic.to_owned(), partition, i64::from_be_bytes(bytes)));
+        }
+        Ok(found)
+    }
+
+    /// Whether an event id is among the last [`DEDUPE_WINDOW`] applied (a lookup in memory).
+    pub fn seen(&self, event_id: &[u8]) -> bool {
+        crate::sync::lock(&self.seen).contains(event_id)
+    }
+
+    /// Applies a batch in one transaction: its records' effects, offsets and dedupe marks and
+    /// the records they emit. After a crash either all of it happened or none did.
+    ///
+    /// With [`Writers::Shared`] the transaction first checks what the batch relied on: that no
+    /// worker applied one of its offsets or event ids yet (a partition handed over mid-batch),
+    /// and that every key its handlers read still holds what they saw. If not, nothing is
+    /// written and [`Committed`] says why.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
+    pub fn commit(&self, batch: &Batch, writers: Writers) -> Result<Committed> {
+        let checked = writers == Writers::Shared;
+        let outbox_ids = self.outbox.ids(batch.emits.len())?;
+        // Held through the transaction: two workers cannot both pass the duplicate check with
+        // one event id, and chunks are numbered in commit order.
+        let mut seen = crate::sync::lock(&self.seen);
+        if checked && batch.ids.iter().any(|id| seen.contains(id)) {
+            return Ok(Committed::AlreadyApplied);
+        }
+        let spans: Vec<(String, i64, i64)> = batch
+            .spans
+            .iter()
+            .map(|s| (offset_key(&s.group, &s.topic, s.partition), s.first, s.next))
+            .collect();
+        let chunk = seen.next_chunk;
+        let marks = (!batch.ids.is_empty()).then(|| encode_ids(&batch.ids));
+        let result: std::result::Result<(), TransactionError<Committed>> =
+            (&self.state, &self.offsets, &self.marks, self.outbox.tree()).transaction(
+                |(state, offsets, marks_tree, outbox_tree)| {
+                    if checked {
+                        for (key, first, _) in &spans {
+                            let applied = offsets
+                                .get(key.as_bytes())?
+                                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                                .is_some_and(|next| *first < i64::from_be_bytes(next));
+                            if applied {
+                                return Err(ConflictableTransactionError::Abort(
+                                    Committed::AlreadyApplied,
+                                ));
+                            }
+                        }
+                        for (key, expected) in &batch.reads {
+                            if state.get(key.as_slice())?.as_deref() != expected.as_deref() {
+                                return Err(ConflictableTransactionError::Abort(Committed::Stale));
+                            }
+                        }
+                    }
+                    for (key, value) in &batch.state {
+                        match value {
+                            Some(value) => state.insert(key.as_slice(), value.as_slice())?,
+                            None => state.remove(key.as_slice())?,
+                        };
+                    }
+                    for (key, _, next) in &spans {
+                        offsets.insert(key.as_bytes(), &next.to_be_bytes())?;
+                    }
+                    if let Some(ids) = &marks {
+                        marks_tree.insert(&chunk.to_be_bytes(), ids.as_slice())?;
+                    }
+                    for (id, entry) in outbox_ids.iter().zip(&batch.emits) {
+                        outbox_tree.insert(&id.to_be_bytes(), outbox::encode(entry))?;
+                    }
+                    Ok(())
+                },
+            );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(refused)) => return Ok(refused),
+            Err(TransactionError::Storage(e)) => return Err(store_error(e)),
+        }
+        if marks.is_some() {
+            seen.add(chunk, batch.ids.iter().cloned());
+            // Outside the transaction: a crash before these deletes only leaves older marks
+            // to be forgotten at the next start.
+            for old in seen.forget_oldest() {
+                self.marks.remove(old.to_be_bytes()).map_err(store_error)?;
+            }
+        }
+        drop(seen);
+        if !batch.emits.is_empty() {
+            self.outbox.notify();
+        }
+        Ok(Committed::Applied)
+    }
+
+    /// Applies effects that no consumed record caused (an HTTP request, say): state changes and
+    /// emitted records in one transaction, with no offset and no dedupe mark. Keys named with
+    /// [`Effects::expect`] are checked as in [`Store::commit`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the transaction cannot be written.
+    pub fn commit_local(&self, effects: Effects) -> Result<Committed> {
+        let mut batch = Batch::default();
+        batch.add_effects(effects);
+        self.commit(&batch, Writers::Shared)
+    }
+
+    /// An order-independent digest of the business state: the wrapping sum of a 128-bit
+    /// FNV-1a hash of each entry, printed as hex with the entry count.
+    pub fn digest(&self) -> Result<String> {
+        let mut sum: u128 = 0;
+        let mut count = 0u64;
+        for item in self.state.iter() {
+            let (key, value) = item.map_err(|e| Error::Store(e.to_string()))?;
+            sum = sum.wrapping_add(fnv1a(&key, &value));
+            count += 1;
+        }
+        Ok(format!("{count}:{sum:032x}"))
+    }
+
+    /// Writes everything to disk now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn flush(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| Error::Store(e.to_string()))
+    }
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> String {
+    // NUL separates the parts: it cannot occur in group or topic names.
+    format!("{group}\u{0}{topic}\u{0}{partition}")
+}
+
+fn fnv1a(key: &[u8], value: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut hash = OFFSET;
+    let len = (key.len() as u64).to_be_bytes();
+    for byte in len.iter().chain(key).chain(value) {
+        hash ^= u128::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::OutgoingRecord;
+
+    /// Commits one record as a live processor does.
+    fn commit_one(
+        store: &Store,
+        at: &Position<'_>,
+        event_id: Option<&[u8]>,
+        effects: &Effects,
+    ) -> Result<Committed> {
+        let mut batch = Batch::default();
+        batch.add(at, event_id, effects.clone());
+        store.commit(&batch, Writers::Shared)
+    }
+
+    /// A record for `topic` with nothing in it.
+    fn bare_entry(topic: &str) -> OutgoingRecord {
+        OutgoingRecord {
+            topic: topic.into(),
+            key: vec![],
+            payload: vec![],
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn a_commit_applies_state_offset_dedupe_and_outbox_together() {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        effects.put(b"seats/LH1".to_vec(), b"3".to_vec());
+        effects.emit(bare_entry("out"));
+        let at = Position {
+            group: "g",
+            topic: "t",
+            partition: 2,
+            offset: 41,
+        };
+        commit_one(&store, &at, Some(b"e1"), &effects).expect("commit");
+        assert_eq!(store.get(b"seats/LH1").expect("get"), Some(b"3".to_vec()));
+        assert_eq!(store.count(b"seats/").expect("count"), 1);
+        assert_eq!(store.count(b"rooms/").expect("count"), 0);
+        assert_eq!(store.next_offset("g", "t", 2).expect("offset"), Some(42));
+        assert_eq!(
+            store.offsets("g").expect("offsets"),
+            vec![("t".to_owned(), 2, 42)]
+        );
+        assert!(store.seen(b"e1"));
+        assert_eq!(store.outbox().oldest(10).expect("outbox").len(), 1);
+        assert_eq!(store.outbox().len(), 1);
+    }
+
+    #[test]
+    fn published_outbox_entries_are_cleared_together_and_the_rest_stay_in_order() {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for topic in ["a", "b", "c", "d"] {
+            effects.emit(bare_entry(topic));
+        }
+        let at = Position {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            offset: 0,
+        };
+        commit_one(&store, &at, None, &effects).expect("commit");
+        let ids: Vec<u64> = store
+            .outbox()
+            .oldest(10)
+            .expect("outbox")
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        store.outbox().clear(&ids[..2]).expect("cleared");
+        store.outbox().clear(&[]).expect("nothing to clear");
+        let left: Vec<String> = store
+            .outbox()
+            .oldest(10)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, entry)| entry.topic)
+            .collect();
+        assert_eq!(left, ["c", "d"]);
+        assert_eq!(store.outbox().len(), 2);
+    }
+
+    #[test]
+    fn offsets_are_listed_per_group() {
+        let store = Store::temporary().expect("store");
+        for (group, topic, partition, offset) in
+            [("g", "t", 0, 5), ("g2", "t", 0, 9), ("g", "u", 3, 0)]
+        {
+            let at = Position {
+                group,
+                topic,
+                partition,
+                offset,
+            };
+            commit_one(&store, &at, None, &Effects::default()).expect("commit");
+        }
+        assert_eq!(store.count(b"").expect("count"), 0, "offsets are not state");
+        let mut of_g = store.offsets("g").expect("offsets");
+        of_g.sort();
+        assert_eq!(of_g, vec![("t".into(), 0, 6), ("u".into(), 3, 1)]);
+        // A group whose name starts like another's is not mixed in.
+        assert_eq!(
+            store.offsets("g2").expect("offsets"),
+            vec![("t".into(), 0, 10)]
+        );
+    }
+
+    #[test]
+    fn a_commit_refuses_what_another_worker_sharing_the_store_already_did() {
+        let store = Store::temporary().expect("store");
+        let at = |partition, offset| Position {
+            group: "g",
+            topic: "t",
+            partition,
+            offset,
+        };
+        let mut first = Effects::default();
+        first.put(b"n".to_vec(), b"1".to_vec());
+        assert_eq!(
+            commit_one(&store, &at(0, 0), Some(b"e0"), &first).expect("commit"),
+            Committed::Applied
+        );
+
+        // A second worker read `n` before the first wrote it: its write would lose an update.
+        let mut stale = Effects::default();
+        stale.expect(b"n".to_vec(), None);
+        stale.put(b"n".to_vec(), b"1".to_vec());
+        assert_eq!(
+            commit_one(&store, &at(1, 0), None, &stale).expect("commit"),
+            Committed::Stale
+        );
+        // Run again on what is there now, it applies.
+        let mut fresh = Effects::default();
+        fresh.expect(b"n".to_vec(), Some(b"1".to_vec()));
+        fresh.put(b"n".to_vec(), b"2".to_vec());
+        assert_eq!(
+            commit_one(&store, &at(1, 0), None, &fresh).expect("commit"),
+            Committed::Applied
+        );
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+
+        // The same offset, or the same event id from elsewhere, is applied once.
+        let mut again = Effects::default();
+        again.put(b"n".to_vec(), b"9".to_vec());
+        assert_eq!(
+            commit_one(&store, &at(0, 0), None, &again).expect("commit"),
+            Committed::AlreadyApplied
+        );
+        assert_eq!(
+            commit_one(&store, &at(2, 0), Some(b"e0"), &again).expect("commit"),
+            Committed::AlreadyApplied
+        );
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.next_offset("g", "t", 2).expect("offset"), None);
+    }
+
+    #[test]
+    fn a_batch_keeps_the_last_write_and_its_ids_survive_a_restart_as_one_chunk() {
+        let at = |offset| Position {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            offset,
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut batch = Batch::default();
+        for (offset, value) in [(0, b"1"), (1, b"2")] {
+            let mut effects = Effects::default();
+            effects.put(b"n".to_vec(), value.to_vec());
+            batch.add(&at(offset), Some(format!("e{offset}").as_bytes()), effects);
+        }
+        assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        assert!(batch.seen(b"e1") && !store.seen(b"e1"));
+        store.commit(&batch, Writers::Sole).expect("commit");
+        batch.clear();
+        assert!(batch.is_empty() && !batch.seen(b"e1"));
+        assert!(store.seen(b"e0") && store.seen(b"e1") && !store.seen(b"e2"));
+        assert_eq!(store.get(b"n").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.next_offset("g", "t", 0).expect("offset"), Some(2));
+        assert_eq!(store.marks.len(), 1, "one chunk for the batch");
+        drop(store);
+
+        let reopened = Store::open(dir.path()).expect("store");
+        assert!(reopened.seen(b"e0") && reopened.seen(b"e1"));
+        // A record carrying an id applied before the restart is a duplicate.
+        assert_eq!(
+            commit_one(&reopened, &at(2), Some(b"e1"), &Effects::default()).expect("commit"),
+            Committed::AlreadyApplied
+        );
+    }
+
+    #[test]
+    fn the_oldest_ids_are_forgotten_beyond_the_window_in_memory_and_in_sled() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let chunk = 1_000;
+        let batches = DEDUPE_WINDOW / chunk + 3;
+        for b in 0..batches {
+            let mut batch = Batch::default();
+            for i in 0..chunk {
+                let at = Position {
+                    group: "g",
+                    topic: "t",
+                    partition: 0,
+                    offset: (b * chunk + i) as i64,
+                };
+                batch.add(
+                    &at,
+                    Some(format!("e{}", b * chunk + i).as_bytes()),
+                    Effects::default(),
+                );
+            }
+            store.commit(&batch, Writers::Sole).expect("commit");
+        }
+        let newest = format!("e{}", batches * chunk - 1);
+        assert!(store.seen(newest.as_bytes()));
+        assert!(!store.seen(b"e0"), "the oldest chunk is forgotten");
+        assert!(store.seen(format!("e{}", batches * chunk - DEDUPE_WINDOW).as_bytes()));
+        assert_eq!(store.marks.len(), DEDUPE_WINDOW / chunk);
+        drop(store);
+        let reopened = Store::open(dir.path()).expect("store");
+        assert!(reopened.seen(newest.as_bytes()) && !reopened.seen(b"e0"));
+    }
+
+    #[test]
+    fn the_digest_depends_on_content_not_on_insertion_order() {
+        let a = Store::temporary().expect("store");
+        let b = Store::temporary().expect("store");
+        let at = |offset| Position {
+            group: "g",
+            topic: "t",
+            partition: 0,
+            offset,
+        };
+        let mut one = Effects::default();
+        one.put(b"x".to_vec(), b"1".to_vec());
+        let mut two = Effects::default();
+        two.put(b"y".to_vec(), b"2".to_vec());
+        commit_one(&a, &at(0), None, &one).expect("commit");
+        commit_one(&a, &at(1), None, &two).expect("commit");
+        commit_one(&b, &at(0), None, &two).expect("commit");
+        commit_one(&b, &at(1), None, &one).expect("commit");
+        assert_eq!(a.digest().expect("digest"), b.digest().expect("digest"));
+        assert!(a.digest().expect("digest").starts_with("2:"));
+        let mut change = Effects::default();
+        change.put(b"y".to_vec(), b"3".to_vec());
+        commit_one(&b, &at(2), None, &change).expect("commit");
+        assert_ne!(a.digest().expect("digest"), b.digest().expect("digest"));
+    }
+}
