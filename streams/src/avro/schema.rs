@@ -796,11 +796,6 @@ fn short(value: &Value) -> String {
     }
 }
 
-/// The primitive type names of Avro.
-pub fn primitive_names() -> &'static [&'static str] {
-    &PRIMITIVES
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

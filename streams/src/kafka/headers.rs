@@ -3,7 +3,8 @@
 //! `event_id` (unique per event, derived from its cause for events a processor emits;
 //! consumers dedupe on it), `correlation_id` (the booking the event belongs to),
 //! `causation_id` (the event that caused it), `event_type` (the record's full name) and
-//! `traceparent` (W3C trace context, passed along).
+//! `traceparent` (W3C trace context: passed from cause to effect when the first producer set
+//! one; tripstream's own producers do not start traces yet).
 
 use rdkafka::message::Headers;
 use sha2::{Digest, Sha256};
