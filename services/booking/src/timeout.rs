@@ -3,7 +3,7 @@
 //! The saga acts on the announcement when it comes back through the log, so the decision is
 //! replayed like any other; an announcement lost or repeated changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use events::{BookingTimedOut, now_millis, topics};
@@ -30,6 +30,8 @@ pub(crate) async fn sweep(
 ) {
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let mut announced: HashMap<String, Instant> = HashMap::new();
+    // An entry that does not decode is reported once, not on every sweep.
+    let mut unreadable: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
@@ -46,8 +48,18 @@ pub(crate) async fn sweep(
         announced.retain(|_, at| at.elapsed() < ANNOUNCE_AGAIN);
         for (key, value) in open {
             let booking_id = String::from_utf8_lossy(&key[OPEN.len()..]).into_owned();
-            let Some((user_id, requested_at)) = serde_json::from_slice::<Open>(&value).ok() else {
-                continue;
+            let (user_id, requested_at) = match serde_json::from_slice::<Open>(&value) {
+                Ok(open) => open,
+                Err(error) => {
+                    if unreadable.insert(booking_id.clone()) {
+                        tracing::error!(
+                            %error,
+                            booking_id,
+                            "An open saga's entry is unreadable; it cannot time out"
+                        );
+                    }
+                    continue;
+                }
             };
             let deadline = requested_at.saturating_add(timeout_ms);
             if deadline > now || announced.contains_key(&booking_id) {

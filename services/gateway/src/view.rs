@@ -198,24 +198,78 @@ fn finish(
     Ok(())
 }
 
-/// Reads a JSON view.
+/// Reads a JSON view; `None` when there is none.
+///
+/// # Errors
+///
+/// When the store cannot be read or the view stored does not decode.
 pub(crate) fn read<T: serde::de::DeserializeOwned>(
     store: &Store,
     key: &str,
 ) -> streams::Result<Option<T>> {
-    Ok(store
+    store
         .get(key.as_bytes())?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        .map(|bytes| decode(key, &bytes))
+        .transpose()
 }
 
 /// Every JSON view under a prefix.
+///
+/// # Errors
+///
+/// When the store cannot be read or any view under the prefix does not decode.
 pub(crate) fn scan<T: serde::de::DeserializeOwned>(
     store: &Store,
     prefix: &str,
 ) -> streams::Result<Vec<T>> {
-    Ok(store
+    store
         .scan(prefix.as_bytes())?
         .into_iter()
-        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
-        .collect())
+        .map(|(key, bytes)| decode(&String::from_utf8_lossy(&key), &bytes))
+        .collect()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> streams::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| streams::Error::Store(format!("the view {key} is unreadable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use streams::store::Effects;
+
+    use super::*;
+
+    fn store_with(entries: &[(&str, &[u8])]) -> Store {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(*key, value.to_vec());
+        }
+        store.commit_local(&effects).expect("write");
+        store
+    }
+
+    #[test]
+    fn an_absent_view_is_none_and_an_unreadable_one_is_an_error() {
+        let store = store_with(&[("flight/LH1", b"{\"flight_id\": 1")]);
+        assert_eq!(
+            read::<FlightScheduled>(&store, "flight/LH2").expect("absent"),
+            None
+        );
+        let error = read::<FlightScheduled>(&store, "flight/LH1").expect_err("unreadable");
+        assert!(error.to_string().contains("flight/LH1"), "{error}");
+    }
+
+    #[test]
+    fn a_scan_with_one_unreadable_view_is_an_error_not_a_shorter_list() {
+        let store = store_with(&[("hotel/H1", b"[]"), ("hotel/H2", b"not json")]);
+        let error = scan::<HotelListed>(&store, "hotel/").expect_err("unreadable");
+        assert!(error.to_string().contains("hotel/H1"), "{error}");
+        assert!(
+            scan::<HotelListed>(&store, "flight/")
+                .expect("none")
+                .is_empty()
+        );
+    }
 }
