@@ -6,6 +6,7 @@
 //! the gateway checks itself with the key it shares with auth. Every error has one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
+pub mod id;
 pub mod view;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use events::{
     BookingRequested, Extra, FlightScheduled, FlightSelection, HotelListed, HotelSelection, Money,
     date, topics,
 };
+use id::{BookingId, FlightId, HotelId};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use streams::producer::{Metadata, Producer};
@@ -350,9 +352,9 @@ async fn search_hotels(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BookingBody {
-    flight_id: String,
+    flight_id: FlightId,
     seats: i32,
-    hotel_id: String,
+    hotel_id: HotelId,
     check_in: String,
     check_out: String,
     #[serde(default = "one")]
@@ -393,18 +395,16 @@ fn request(
         ));
     }
     let known = |key: String| -> Result<bool, ApiError> {
-        Ok(body.flight_id.len() <= 64
-            && body.hotel_id.len() <= 64
-            && gateway
-                .store
-                .get(key.as_bytes())
-                .map_err(ApiError::internal)?
-                .is_some())
+        Ok(gateway
+            .store
+            .get(key.as_bytes())
+            .map_err(ApiError::internal)?
+            .is_some())
     };
-    if !known(view::flight_key(&body.flight_id))? {
+    if !known(view::flight_key(body.flight_id.as_str()))? {
         return Err(ApiError::invalid("flight_id", "no such flight"));
     }
-    if !known(view::hotel_key(&body.hotel_id))? {
+    if !known(view::hotel_key(body.hotel_id.as_str()))? {
         return Err(ApiError::invalid("hotel_id", "no such hotel"));
     }
     if body.extras.len() > 10 {
@@ -435,11 +435,11 @@ fn request(
         booking_id: uuid::Uuid::new_v4().to_string(),
         user_id: user,
         flight: FlightSelection {
-            flight_id: body.flight_id,
+            flight_id: body.flight_id.into_string(),
             seats: body.seats,
         },
         hotel: HotelSelection {
-            hotel_id: body.hotel_id,
+            hotel_id: body.hotel_id.into_string(),
             check_in,
             check_out,
             rooms: body.rooms,
@@ -527,8 +527,9 @@ async fn get_booking(
     User(user): User,
     Path(booking_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let booking_id = BookingId::parse(booking_id).map_err(|e| ApiError::invalid("id", e))?;
     // Another user's booking answers exactly as a missing one: ids reveal nothing.
-    match lookup(&gateway, &booking_id)? {
+    match lookup(&gateway, booking_id.as_str())? {
         Some(view) if view.user_id == user => Ok(axum::Json(view)),
         _ => Err(ApiError::not_found(format!("no booking {booking_id}"))),
     }
