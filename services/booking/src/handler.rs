@@ -21,7 +21,8 @@ pub(crate) const SAGA: &str = "saga/";
 pub(crate) const OPEN: &str = "open/";
 
 /// What the time-out sweep needs of an open saga: (user id, requested at). A pair, not a
-/// struct, because that is how stores already hold it.
+/// struct: it is stored as a JSON array (`["u-1", 1700000000000]`), and a struct would change
+/// the format of every existing store.
 pub(crate) type Open = (String, i64);
 
 pub(crate) fn saga_key(booking_id: &str) -> String {
