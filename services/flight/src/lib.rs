@@ -210,11 +210,12 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseSeats) -> Result<(), Han
     ctx.emit(topics::FLIGHT_EVENTS, &released).await
 }
 
-/// Seats of a flight: (for sale, held), or `None` for a flight not in the catalog.
+/// Seats of a flight: (for sale, held), or `None` for a flight not in the catalog. No seat held
+/// yet is 0 held.
 ///
 /// # Errors
 ///
-/// When the store cannot be read.
+/// When the store cannot be read, or the flight or its count of held seats does not decode.
 pub fn inventory(store: &Store, flight_id: &str) -> streams::Result<Option<(i32, i64)>> {
     let read = |key: String| -> streams::Result<Option<Vec<u8>>> { store.get(key.as_bytes()) };
     let Some(flight) = read(flight_key(flight_id))? else {
@@ -223,7 +224,61 @@ pub fn inventory(store: &Store, flight_id: &str) -> streams::Result<Option<(i32,
     let flight: FlightScheduled = serde_json::from_slice(&flight)
         .map_err(|e| streams::Error::Store(format!("flight {flight_id}: {e}")))?;
     let held = read(held_key(flight_id))?
-        .map(|v| serde_json::from_slice::<i64>(&v).unwrap_or(0))
+        .map(|v| {
+            serde_json::from_slice::<i64>(&v).map_err(|e| {
+                streams::Error::Store(format!("held seats of flight {flight_id}: {e}"))
+            })
+        })
+        .transpose()?
         .unwrap_or(0);
     Ok(Some((flight.seats, held)))
+}
+
+#[cfg(test)]
+mod tests {
+    use events::Money;
+    use rust_decimal::Decimal;
+    use streams::store::Effects;
+
+    use super::*;
+
+    fn store_with(entries: &[(String, Vec<u8>)]) -> Store {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(key.as_str(), value.clone());
+        }
+        store.commit_local(effects).expect("write");
+        store
+    }
+
+    fn scheduled() -> Vec<u8> {
+        serde_json::to_vec(&FlightScheduled {
+            flight_id: "LH1".into(),
+            origin: "FRA".into(),
+            destination: "LIS".into(),
+            departs_at: 0,
+            arrives_at: 1,
+            seats: 10,
+            seat_price: Money::new(Decimal::new(100, 0), "EUR"),
+        })
+        .expect("a flight encodes")
+    }
+
+    #[test]
+    fn no_seats_held_yet_is_zero_held() {
+        let store = store_with(&[(flight_key("LH1"), scheduled())]);
+        assert_eq!(inventory(&store, "LH1").expect("read"), Some((10, 0)));
+        assert_eq!(inventory(&store, "LH2").expect("read"), None);
+    }
+
+    #[test]
+    fn an_unreadable_count_of_held_seats_is_an_error_not_zero() {
+        let store = store_with(&[
+            (flight_key("LH1"), scheduled()),
+            (held_key("LH1"), b"three".to_vec()),
+        ]);
+        let error = inventory(&store, "LH1").expect_err("the count does not decode");
+        assert!(error.to_string().contains("flight LH1"), "{error}");
+    }
 }

@@ -6,7 +6,11 @@
 //! the gateway checks itself with the key it shares with auth. Every error has one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
+pub mod error;
+pub mod id;
 pub mod view;
+
+pub use error::{Error, Result};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +30,7 @@ use events::{
     BookingRequested, Extra, FlightScheduled, FlightSelection, HotelListed, HotelSelection, Money,
     date, topics,
 };
+use id::{BookingId, FlightId, HotelId};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use streams::kafka::headers::Metadata;
@@ -88,13 +93,14 @@ impl Running {
     ///
     /// # Errors
     ///
-    /// When the server or the views had failed.
-    pub async fn stop(self) -> streams::Result<()> {
+    /// [`Error::Serve`] or [`Error::Views`] when the server or the views' task had failed,
+    /// [`Error::Runtime`] when the views' processor had.
+    pub async fn stop(self) -> Result<()> {
         let served = self.server.stop().await;
         let _ = self.stop_views.send(true);
         let views = self.views.await;
-        served.map_err(|e| streams::Error::Usage(format!("serving failed: {e}")))?;
-        views.map_err(|e| streams::Error::Usage(format!("the views failed: {e}")))?
+        served.map_err(Error::Serve)?;
+        Ok(views.map_err(Error::Views)??)
     }
 }
 
@@ -102,15 +108,17 @@ impl Running {
 ///
 /// # Errors
 ///
-/// When the store, the producer or the listener cannot be set up.
-pub async fn start(settings: Settings) -> streams::Result<Running> {
+/// [`Error::Runtime`] when the store or the producer cannot be set up, [`Error::Listen`] when
+/// the address cannot be bound, [`Error::HttpClient`] or [`Error::Serve`] when the HTTP client
+/// or server cannot be.
+pub async fn start(settings: Settings) -> Result<Running> {
     let store = settings.service.data.open()?;
     let codec = settings.service.codec()?;
     let producer = Producer::new(&settings.service.brokers, codec, &[])?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
-        .map_err(|e| streams::Error::Usage(format!("cannot build an HTTP client: {e}")))?;
+        .map_err(Error::HttpClient)?;
     let (stop_views, mut views_stopped) = tokio::sync::watch::channel(false);
     let mut service = settings.service.clone();
     service.data = streams::service::Data::Store(store.clone());
@@ -152,9 +160,11 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
         .with_state(gateway);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| streams::Error::Usage(format!("cannot listen on {}: {e}", settings.listen)))?;
-    let server = web::Server::start(listener, router)
-        .map_err(|e| streams::Error::Usage(format!("cannot serve: {e}")))?;
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let server = web::Server::start(listener, router).map_err(Error::Serve)?;
     tracing::info!(url = %server.url(), "Gateway listening");
     Ok(Running {
         server,
@@ -165,13 +175,25 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
 
 /// Runs the gateway until `shutdown`.
 ///
+/// The error is the runtime's, as every service's `run` gives it to the process main
+/// (`streams::service::main_with`). `streams::Error` has no variant for a failed HTTP server,
+/// so the gateway's other errors reach it as their message, in [`streams::Error::Usage`];
+/// callers that need to tell them apart use [`start`] and [`Running::stop`].
+///
 /// # Errors
 ///
-/// As [`start`].
+/// As [`start`] and [`Running::stop`].
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    let running = start(settings).await?;
+    let running = start(settings).await.map_err(into_runtime)?;
     shutdown.await;
-    running.stop().await
+    running.stop().await.map_err(into_runtime)
+}
+
+fn into_runtime(error: Error) -> streams::Error {
+    match error {
+        Error::Runtime(e) => e,
+        other => streams::Error::Usage(other.to_string()),
+    }
 }
 
 /// The user a request's bearer token names.
@@ -351,9 +373,9 @@ async fn search_hotels(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BookingBody {
-    flight_id: String,
+    flight_id: FlightId,
     seats: i32,
-    hotel_id: String,
+    hotel_id: HotelId,
     check_in: String,
     check_out: String,
     #[serde(default = "one")]
@@ -394,18 +416,16 @@ fn request(
         ));
     }
     let known = |key: String| -> Result<bool, ApiError> {
-        Ok(body.flight_id.len() <= 64
-            && body.hotel_id.len() <= 64
-            && gateway
-                .store
-                .get(key.as_bytes())
-                .map_err(ApiError::internal)?
-                .is_some())
+        Ok(gateway
+            .store
+            .get(key.as_bytes())
+            .map_err(ApiError::internal)?
+            .is_some())
     };
-    if !known(view::flight_key(&body.flight_id))? {
+    if !known(view::flight_key(body.flight_id.as_str()))? {
         return Err(ApiError::invalid("flight_id", "no such flight"));
     }
-    if !known(view::hotel_key(&body.hotel_id))? {
+    if !known(view::hotel_key(body.hotel_id.as_str()))? {
         return Err(ApiError::invalid("hotel_id", "no such hotel"));
     }
     if body.extras.len() > 10 {
@@ -436,11 +456,11 @@ fn request(
         booking_id: uuid::Uuid::new_v4().to_string(),
         user_id: user,
         flight: FlightSelection {
-            flight_id: body.flight_id,
+            flight_id: body.flight_id.into_string(),
             seats: body.seats,
         },
         hotel: HotelSelection {
-            hotel_id: body.hotel_id,
+            hotel_id: body.hotel_id.into_string(),
             check_in,
             check_out,
             rooms: body.rooms,
@@ -528,8 +548,9 @@ async fn get_booking(
     User(user): User,
     Path(booking_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let booking_id = BookingId::parse(booking_id).map_err(|e| ApiError::invalid("id", e))?;
     // Another user's booking answers exactly as a missing one: ids reveal nothing.
-    match lookup(&gateway, &booking_id)? {
+    match lookup(&gateway, booking_id.as_str())? {
         Some(view) if view.user_id == user => Ok(axum::Json(view)),
         _ => Err(ApiError::not_found(format!("no booking {booking_id}"))),
     }
@@ -562,4 +583,40 @@ async fn list_bookings(
     );
     bookings.sort_by_key(|b| std::cmp::Reverse(b.requested_at));
     Ok(axum::Json(serde_json::json!({ "bookings": bookings })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_address_is_a_listen_error_that_a_retry_may_cure() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = taken.local_addr().expect("bound");
+        let nowhere = "127.0.0.1:1";
+        let settings = Settings {
+            service: streams::service::Settings::new(
+                nowhere,
+                format!("http://{nowhere}"),
+                streams::service::Data::Store(Store::temporary().expect("store")),
+            ),
+            listen: addr,
+            auth_url: format!("http://{nowhere}"),
+            tokens: Signer::random(Duration::from_secs(60)),
+        };
+        let error = start(settings).await.expect_err("the address is taken");
+        assert!(
+            matches!(&error, Error::Listen { addr: a, .. } if *a == addr),
+            "{error}"
+        );
+        assert!(error.is_retriable(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot listen on {addr}: ")),
+            "{error}"
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! The gateway's views, built from the log: each booking's status (from `bookings`) and the
 //! flight and hotel catalogs (from `flights` and `hotels`).
 
+use std::fmt;
+
 use events::{
-    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, FlightScheduled,
-    HotelListed, Money, date,
+    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, CancellationReason,
+    FlightScheduled, HotelListed, Money, date,
 };
 use serde::{Deserialize, Serialize};
 use streams::processor::{Context, Handler, HandlerError, Record};
@@ -16,8 +18,8 @@ pub struct BookingView {
     pub booking_id: String,
     /// Whose.
     pub user_id: String,
-    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
-    pub status: String,
+    /// Where it stands.
+    pub status: BookingStatus,
     /// Seats asked.
     pub flight: FlightPart,
     /// Rooms asked.
@@ -26,14 +28,44 @@ pub struct BookingView {
     pub extras: Vec<ExtraPart>,
     /// What was charged, once confirmed.
     pub total: Option<Money>,
-    /// Why it was cancelled (a `CancellationReason`), once cancelled.
-    pub reason: Option<String>,
+    /// Why it was cancelled, once cancelled.
+    pub reason: Option<CancellationReason>,
     /// The cancellation's explanation.
     pub detail: Option<String>,
     /// When it was asked, milliseconds since the epoch.
     pub requested_at: i64,
     /// When it was confirmed or cancelled.
     pub finished_at: Option<i64>,
+}
+
+/// Where a booking stands, as clients see it: on the wire `PENDING`, `CONFIRMED` or
+/// `CANCELLED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BookingStatus {
+    /// Asked, not decided yet.
+    Pending,
+    /// Booked.
+    Confirmed,
+    /// Ended without a trip.
+    Cancelled,
+}
+
+impl BookingStatus {
+    /// The status as the JSON API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookingStatus::Pending => "PENDING",
+            BookingStatus::Confirmed => "CONFIRMED",
+            BookingStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl fmt::Display for BookingStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The flight part of a booking view.
@@ -75,7 +107,7 @@ impl BookingView {
         BookingView {
             booking_id: request.booking_id.clone(),
             user_id: request.user_id.clone(),
-            status: "PENDING".into(),
+            status: BookingStatus::Pending,
             flight: FlightPart {
                 flight_id: request.flight.flight_id.clone(),
                 seats: request.flight.seats,
@@ -105,7 +137,7 @@ impl BookingView {
 
     /// Whether it is confirmed or cancelled.
     pub fn finished(&self) -> bool {
-        self.status != "PENDING"
+        self.status != BookingStatus::Pending
     }
 }
 
@@ -147,7 +179,7 @@ impl Handler for Views {
             Some(BookingConfirmed::TYPE) => {
                 let confirmed: BookingConfirmed = ctx.decode(record).await?;
                 finish(ctx, &confirmed.booking_id, |view| {
-                    view.status = "CONFIRMED".into();
+                    view.status = BookingStatus::Confirmed;
                     view.total = Some(confirmed.total.clone());
                     view.finished_at = Some(confirmed.confirmed_at);
                 })
@@ -155,8 +187,8 @@ impl Handler for Views {
             Some(BookingCancelled::TYPE) => {
                 let cancelled: BookingCancelled = ctx.decode(record).await?;
                 finish(ctx, &cancelled.booking_id, |view| {
-                    view.status = "CANCELLED".into();
-                    view.reason = Some(cancelled.reason.as_str().into());
+                    view.status = BookingStatus::Cancelled;
+                    view.reason = Some(cancelled.reason);
                     view.detail = Some(cancelled.detail.clone());
                     view.finished_at = Some(cancelled.cancelled_at);
                 })
@@ -198,24 +230,126 @@ fn finish(
     Ok(())
 }
 
-/// Reads a JSON view.
+/// Reads a JSON view; `None` when there is none.
+///
+/// # Errors
+///
+/// When the store cannot be read or the view stored does not decode.
 pub(crate) fn read<T: serde::de::DeserializeOwned>(
     store: &Store,
     key: &str,
 ) -> streams::Result<Option<T>> {
-    Ok(store
+    store
         .get(key.as_bytes())?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+        .map(|bytes| decode(key, &bytes))
+        .transpose()
 }
 
 /// Every JSON view under a prefix.
+///
+/// # Errors
+///
+/// When the store cannot be read or any view under the prefix does not decode.
 pub(crate) fn scan<T: serde::de::DeserializeOwned>(
     store: &Store,
     prefix: &str,
 ) -> streams::Result<Vec<T>> {
-    Ok(store
+    store
         .scan(prefix.as_bytes())?
         .into_iter()
-        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
-        .collect())
+        .map(|(key, bytes)| decode(&String::from_utf8_lossy(&key), &bytes))
+        .collect()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> streams::Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| streams::Error::Store(format!("the view {key} is unreadable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use streams::store::Effects;
+
+    use super::*;
+
+    fn store_with(entries: &[(&str, &[u8])]) -> Store {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(*key, value.to_vec());
+        }
+        store.commit_local(effects).expect("write");
+        store
+    }
+
+    fn pending() -> BookingView {
+        BookingView::pending(&BookingRequested {
+            booking_id: "b-1".into(),
+            user_id: "u".into(),
+            flight: events::FlightSelection {
+                flight_id: "LH1".into(),
+                seats: 1,
+            },
+            hotel: events::HotelSelection {
+                hotel_id: "H1".into(),
+                check_in: 20_000,
+                check_out: 20_002,
+                rooms: 1,
+            },
+            extras: vec![],
+            requested_at: 7,
+        })
+    }
+
+    #[test]
+    fn a_view_on_the_wire_spells_status_and_reason_as_the_api_always_has() {
+        let mut view = pending();
+        let json = serde_json::to_string(&view).expect("encodes");
+        assert!(json.contains(r#""status":"PENDING""#), "{json}");
+        assert!(json.contains(r#""reason":null"#), "{json}");
+        view.status = BookingStatus::Cancelled;
+        view.reason = Some(CancellationReason::TimedOut);
+        let json = serde_json::to_string(&view).expect("encodes");
+        assert_eq!(
+            json,
+            r#"{"booking_id":"b-1","user_id":"u","status":"CANCELLED","flight":{"flight_id":"LH1","seats":1},"hotel":{"hotel_id":"H1","check_in":"2024-10-04","check_out":"2024-10-06","rooms":1},"extras":[],"total":null,"reason":"TIMED_OUT","detail":null,"requested_at":7,"finished_at":null}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<BookingView>(&json).expect("decodes"),
+            view
+        );
+        for status in [
+            BookingStatus::Pending,
+            BookingStatus::Confirmed,
+            BookingStatus::Cancelled,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&status).expect("encodes"),
+                format!("\"{status}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn an_absent_view_is_none_and_an_unreadable_one_is_an_error() {
+        let store = store_with(&[("flight/LH1", b"{\"flight_id\": 1")]);
+        assert_eq!(
+            read::<FlightScheduled>(&store, "flight/LH2").expect("absent"),
+            None
+        );
+        let error = read::<FlightScheduled>(&store, "flight/LH1").expect_err("unreadable");
+        assert!(error.to_string().contains("flight/LH1"), "{error}");
+    }
+
+    #[test]
+    fn a_scan_with_one_unreadable_view_is_an_error_not_a_shorter_list() {
+        let store = store_with(&[("hotel/H1", b"[]"), ("hotel/H2", b"not json")]);
+        let error = scan::<HotelListed>(&store, "hotel/").expect_err("unreadable");
+        assert!(error.to_string().contains("hotel/H1"), "{error}");
+        assert!(
+            scan::<HotelListed>(&store, "flight/")
+                .expect("none")
+                .is_empty()
+        );
+    }
 }

@@ -248,10 +248,11 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseRooms) -> Result<(), Han
 }
 
 /// Rooms of a hotel on one night: (for sale, booked), or `None` for a hotel not in the catalog.
+/// No room booked that night yet is 0 booked.
 ///
 /// # Errors
 ///
-/// When the store cannot be read.
+/// When the store cannot be read, or the hotel or its count of booked rooms does not decode.
 pub fn inventory(store: &Store, hotel_id: &str, day: i32) -> streams::Result<Option<(i32, i64)>> {
     let Some(hotel) = store.get(hotel_key(hotel_id).as_bytes())? else {
         return Ok(None);
@@ -260,7 +261,61 @@ pub fn inventory(store: &Store, hotel_id: &str, day: i32) -> streams::Result<Opt
         .map_err(|e| streams::Error::Store(format!("hotel {hotel_id}: {e}")))?;
     let booked = store
         .get(night_key(hotel_id, day).as_bytes())?
-        .map(|v| serde_json::from_slice::<i64>(&v).unwrap_or(0))
+        .map(|v| {
+            serde_json::from_slice::<i64>(&v).map_err(|e| {
+                streams::Error::Store(format!(
+                    "rooms booked at hotel {hotel_id} on day {day}: {e}"
+                ))
+            })
+        })
+        .transpose()?
         .unwrap_or(0);
     Ok(Some((hotel.rooms, booked)))
+}
+
+#[cfg(test)]
+mod tests {
+    use events::Money;
+    use rust_decimal::Decimal;
+    use streams::store::Effects;
+
+    use super::*;
+
+    fn store_with(entries: &[(String, Vec<u8>)]) -> Store {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(key.as_str(), value.clone());
+        }
+        store.commit_local(effects).expect("write");
+        store
+    }
+
+    fn listed() -> Vec<u8> {
+        serde_json::to_vec(&HotelListed {
+            hotel_id: "H1".into(),
+            name: "Hotel".into(),
+            city: "Lisbon".into(),
+            rooms: 5,
+            nightly_rate: Money::new(Decimal::new(80, 0), "EUR"),
+        })
+        .expect("a hotel encodes")
+    }
+
+    #[test]
+    fn no_rooms_booked_that_night_is_zero_booked() {
+        let store = store_with(&[(hotel_key("H1"), listed())]);
+        assert_eq!(inventory(&store, "H1", 20_000).expect("read"), Some((5, 0)));
+        assert_eq!(inventory(&store, "H2", 20_000).expect("read"), None);
+    }
+
+    #[test]
+    fn an_unreadable_count_of_booked_rooms_is_an_error_not_zero() {
+        let store = store_with(&[
+            (hotel_key("H1"), listed()),
+            (night_key("H1", 20_000), b"two".to_vec()),
+        ]);
+        let error = inventory(&store, "H1", 20_000).expect_err("the count does not decode");
+        assert!(error.to_string().contains("hotel H1"), "{error}");
+    }
 }

@@ -195,15 +195,20 @@ async fn refund(ctx: &mut Context<'_>, command: RefundPayment) -> Result<(), Han
     ctx.emit(topics::PAYMENT_EVENTS, &refunded).await
 }
 
-/// A user's balance in one currency.
+/// A user's balance in one currency; zero for a user never credited in it.
 ///
 /// # Errors
 ///
-/// When the store cannot be read.
+/// When the store cannot be read or the balance stored does not decode.
 pub fn balance(store: &Store, user_id: &str, currency: &str) -> streams::Result<Decimal> {
     Ok(store
         .get(balance_key(user_id, currency).as_bytes())?
-        .and_then(|v| serde_json::from_slice(&v).ok())
+        .map(|v| {
+            serde_json::from_slice(&v).map_err(|e| {
+                streams::Error::Store(format!("balance of {user_id} in {currency}: {e}"))
+            })
+        })
+        .transpose()?
         .unwrap_or(Decimal::ZERO))
 }
 
@@ -211,14 +216,55 @@ pub fn balance(store: &Store, user_id: &str, currency: &str) -> streams::Result<
 ///
 /// # Errors
 ///
-/// When the store cannot be read.
+/// When the store cannot be read or any charge stored does not decode.
 pub fn charges(store: &Store) -> streams::Result<Vec<(String, Charge)>> {
-    Ok(store
+    store
         .scan(b"charge/")?
         .into_iter()
-        .filter_map(|(k, v)| {
+        .map(|(k, v)| {
             let booking = String::from_utf8_lossy(&k["charge/".len()..]).into_owned();
-            serde_json::from_slice(&v).ok().map(|c| (booking, c))
+            match serde_json::from_slice(&v) {
+                Ok(charge) => Ok((booking, charge)),
+                Err(e) => Err(streams::Error::Store(format!(
+                    "charge of booking {booking}: {e}"
+                ))),
+            }
         })
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use streams::store::Effects;
+
+    use super::*;
+
+    fn store_with(entries: &[(String, Vec<u8>)]) -> Store {
+        let store = Store::temporary().expect("store");
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(key.as_str(), value.clone());
+        }
+        store.commit_local(effects).expect("write");
+        store
+    }
+
+    #[test]
+    fn a_user_never_credited_has_a_zero_balance() {
+        let store = store_with(&[]);
+        assert_eq!(balance(&store, "u", "EUR").expect("read"), Decimal::ZERO);
+        assert!(charges(&store).expect("read").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_balance_or_charge_is_an_error_not_zero_or_a_gap() {
+        let store = store_with(&[
+            (balance_key("u", "EUR"), b"lots".to_vec()),
+            (charge_key("b-1"), b"{".to_vec()),
+        ]);
+        let error = balance(&store, "u", "EUR").expect_err("the balance does not decode");
+        assert!(error.to_string().contains("balance of u in EUR"), "{error}");
+        let error = charges(&store).expect_err("the charge does not decode");
+        assert!(error.to_string().contains("booking b-1"), "{error}");
+    }
 }

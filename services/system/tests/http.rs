@@ -262,6 +262,18 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "no booking");
+    // A malformed id is refused at the edge, in the one error shape.
+    for bad in ["not%20an%20id", &"x".repeat(65)] {
+        let (status, body) = client
+            .call(
+                get.clone(),
+                &format!("/v1/bookings/{bad}"),
+                Some(&bo_token),
+                None,
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "id: must");
+    }
     let (status, mine) = client
         .call(get.clone(), "/v1/bookings", Some(&ana_token), None)
         .await;
@@ -615,7 +627,7 @@ async fn settling_waits_until_every_service_has_finished_the_work_sent() {
             .expect("read")
             .map(|bytes| serde_json::from_slice(&bytes).expect("a view"))
             .unwrap_or_else(|| panic!("booking {id} is in the gateway's view"));
-        *statuses.entry(view.status).or_default() += 1;
+        *statuses.entry(view.status.to_string()).or_default() += 1;
     }
     assert_eq!(
         statuses,

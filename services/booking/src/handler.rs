@@ -1,0 +1,156 @@
+//! The processor's handler: each record advances its saga, and the saga's commands are emitted.
+//!
+//! Delivery guarantee, the processor's: effects effectively-once, since the saga, the open-saga
+//! index, the record's offset and the commands (in the outbox) are written in one transaction;
+//! commands at-least-once, each with the event id its consumer dedupes by. This module also
+//! owns the store's layout, which the time-out sweep and the queries read.
+
+use events::{
+    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, PaymentCharged,
+    PaymentDeclined, PaymentRefunded, RoomsRefused, RoomsReleased, RoomsReserved, SeatsRefused,
+    SeatsReleased, SeatsReserved, now_millis, topics,
+};
+use streams::processor::{Context, Handler, HandlerError, Record};
+
+use crate::saga::{Command, Reply, Saga};
+
+/// Key prefix of sagas: booking id → [`Saga`].
+pub(crate) const SAGA: &str = "saga/";
+
+/// Key prefix of open sagas: booking id → [`Open`].
+pub(crate) const OPEN: &str = "open/";
+
+/// What the time-out sweep needs of an open saga: (user id, requested at). A pair, not a
+/// struct: it is stored as a JSON array (`["u-1", 1700000000000]`), and a struct would change
+/// the format of every existing store.
+pub(crate) type Open = (String, i64);
+
+pub(crate) fn saga_key(booking_id: &str) -> String {
+    format!("{SAGA}{booking_id}")
+}
+
+/// The handler: booking requests and every reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sagas;
+
+impl Handler for Sagas {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        let (booking_id, reply) = match record.event_type() {
+            Some(BookingRequested::TYPE) => {
+                let request: BookingRequested = ctx.decode(record).await?;
+                let key = saga_key(&request.booking_id);
+                if ctx.get_json::<Saga>(&key)?.is_some() {
+                    // The same booking id asked twice: the first request stands.
+                    return Ok(());
+                }
+                let (saga, commands) = Saga::start(request, now_millis());
+                save(ctx, &saga);
+                return send(ctx, commands).await;
+            }
+            Some(BookingTimedOut::TYPE) => {
+                let timed_out: BookingTimedOut = ctx.decode(record).await?;
+                let key = saga_key(&timed_out.booking_id);
+                let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {
+                    return Ok(());
+                };
+                return match saga.time_out(now_millis()) {
+                    Some(commands) => {
+                        save(ctx, &saga);
+                        send(ctx, commands).await
+                    }
+                    // Finished before the time-out came back: nothing to undo.
+                    None => Ok(()),
+                };
+            }
+            // The saga's own announcements, read back from `bookings`.
+            Some(BookingConfirmed::TYPE | BookingCancelled::TYPE) => return Ok(()),
+            Some(SeatsReserved::TYPE) => {
+                let e: SeatsReserved = ctx.decode(record).await?;
+                (e.booking_id, Reply::SeatsHeld(e.price))
+            }
+            Some(SeatsRefused::TYPE) => {
+                let e: SeatsRefused = ctx.decode(record).await?;
+                (e.booking_id, Reply::SeatsRefused(e.reason))
+            }
+            Some(SeatsReleased::TYPE) => {
+                let e: SeatsReleased = ctx.decode(record).await?;
+                (e.booking_id, Reply::SeatsReleased)
+            }
+            Some(RoomsReserved::TYPE) => {
+                let e: RoomsReserved = ctx.decode(record).await?;
+                (e.booking_id, Reply::RoomsHeld(e.price))
+            }
+            Some(RoomsRefused::TYPE) => {
+                let e: RoomsRefused = ctx.decode(record).await?;
+                (e.booking_id, Reply::RoomsRefused(e.reason))
+            }
+            Some(RoomsReleased::TYPE) => {
+                let e: RoomsReleased = ctx.decode(record).await?;
+                (e.booking_id, Reply::RoomsReleased)
+            }
+            Some(PaymentCharged::TYPE) => {
+                let e: PaymentCharged = ctx.decode(record).await?;
+                (e.booking_id, Reply::Charged(e.amount))
+            }
+            Some(PaymentDeclined::TYPE) => {
+                let e: PaymentDeclined = ctx.decode(record).await?;
+                (e.booking_id, Reply::Declined(e.reason))
+            }
+            Some(PaymentRefunded::TYPE) => {
+                let e: PaymentRefunded = ctx.decode(record).await?;
+                (e.booking_id, Reply::Refunded)
+            }
+            other => {
+                return Err(HandlerError::Invalid(format!(
+                    "the booking service does not handle event type {}",
+                    other.unwrap_or("(none)")
+                )));
+            }
+        };
+        let key = saga_key(&booking_id);
+        let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {
+            return Err(HandlerError::Invalid(format!(
+                "a reply for booking {booking_id}, which this service never started"
+            )));
+        };
+        match saga.reply(reply, now_millis()) {
+            Some(commands) => {
+                save(ctx, &saga);
+                send(ctx, commands).await
+            }
+            None => {
+                tracing::debug!(booking_id, "A late or duplicate reply changes nothing");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Stores a saga, and keeps the index of open sagas the time-out sweep reads.
+fn save(ctx: &mut Context<'_>, saga: &Saga) {
+    let booking_id = &saga.request.booking_id;
+    ctx.put_json(&saga_key(booking_id), saga);
+    let open = format!("{OPEN}{booking_id}");
+    if saga.finished() {
+        ctx.remove(open.into_bytes());
+    } else {
+        let entry: Open = (saga.request.user_id.clone(), saga.request.requested_at);
+        ctx.put_json(&open, &entry);
+    }
+}
+
+async fn send(ctx: &mut Context<'_>, commands: Vec<Command>) -> Result<(), HandlerError> {
+    for command in commands {
+        match command {
+            Command::ReserveSeats(c) => ctx.emit(topics::FLIGHT_COMMANDS, &c).await?,
+            Command::ReserveRooms(c) => ctx.emit(topics::HOTEL_COMMANDS, &c).await?,
+            Command::Charge(c) => ctx.emit(topics::PAYMENT_COMMANDS, &c).await?,
+            Command::ReleaseRooms(c) => ctx.emit(topics::HOTEL_COMMANDS, &c).await?,
+            Command::ReleaseSeats(c) => ctx.emit(topics::FLIGHT_COMMANDS, &c).await?,
+            Command::Refund(c) => ctx.emit(topics::PAYMENT_COMMANDS, &c).await?,
+            Command::Confirmed(e) => ctx.emit(topics::BOOKINGS, &e).await?,
+            Command::Cancelled(e) => ctx.emit(topics::BOOKINGS, &e).await?,
+        }
+    }
+    Ok(())
+}
