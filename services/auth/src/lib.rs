@@ -3,8 +3,6 @@
 //! publishes `UserRegistered` on `users` through the store's outbox, so the event is never lost
 //! and never sent for a user that was not stored.
 
-pub mod token;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

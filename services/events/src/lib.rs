@@ -26,28 +26,45 @@ macro_rules! event {
     };
 }
 
-/// Topic names, as in `topics/`.
+/// Topic names and specs, generated from `topics/*.toml` by the build script: one constant
+/// per topic (internal topics, whose names start with `_`, have none) and the text of every
+/// spec file, so a service knows its topics' specs without a `topics/` directory at hand.
 pub mod topics {
-    /// Booking lifecycle, keyed by booking id.
-    pub const BOOKINGS: &str = "bookings";
-    /// Seat commands, keyed by flight id.
-    pub const FLIGHT_COMMANDS: &str = "flight.commands";
-    /// Seat outcomes, keyed by booking id.
-    pub const FLIGHT_EVENTS: &str = "flight.events";
-    /// The flight catalog, keyed by flight id.
-    pub const FLIGHTS: &str = "flights";
-    /// Room commands, keyed by hotel id.
-    pub const HOTEL_COMMANDS: &str = "hotel.commands";
-    /// Room outcomes, keyed by booking id.
-    pub const HOTEL_EVENTS: &str = "hotel.events";
-    /// The hotel catalog, keyed by hotel id.
-    pub const HOTELS: &str = "hotels";
-    /// Payment commands, keyed by user id.
-    pub const PAYMENT_COMMANDS: &str = "payment.commands";
-    /// Payment outcomes, keyed by booking id.
-    pub const PAYMENT_EVENTS: &str = "payment.events";
-    /// Registered users, keyed by user id.
-    pub const USERS: &str = "users";
+    use std::sync::OnceLock;
+
+    use streams::kafka::topic::TopicSpec;
+
+    include!(concat!(env!("OUT_DIR"), "/topics.rs"));
+
+    /// One file of `topics/`, embedded when the crate is built.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SpecFile {
+        /// The file name, `<topic>.toml`.
+        pub file: &'static str,
+        /// The file's text.
+        pub text: &'static str,
+    }
+
+    /// Every spec of `topics/`, internal topics included, sorted by name (the declared specs;
+    /// each one's dead-letter topic is [`TopicSpec::dead_letter_spec`]).
+    pub fn specs() -> &'static [TopicSpec] {
+        static SPECS: OnceLock<Vec<TopicSpec>> = OnceLock::new();
+        SPECS.get_or_init(|| {
+            FILES
+                .iter()
+                .map(|file| {
+                    // The text is fixed when the crate is built, and the crate's tests check
+                    // that every file parses to the spec `TopicSet::load` validates.
+                    toml::from_str(file.text).expect("a spec of topics/ parses")
+                })
+                .collect()
+        })
+    }
+
+    /// The spec of a topic of `topics/`, if there is one.
+    pub fn spec(name: &str) -> Option<&'static TopicSpec> {
+        specs().iter().find(|spec| spec.name == name)
+    }
 }
 
 /// An amount of money in one currency (`tripstream.common.Money`).

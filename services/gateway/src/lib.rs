@@ -17,8 +17,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use auth::Signer;
-use auth::token::TokenError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
@@ -36,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::store::Store;
+use token::{Signer, TokenError};
 use view::BookingView;
 use web::{ApiError, Json, Query};
 
@@ -217,7 +216,7 @@ impl FromRequestParts<Arc<Gateway>> for User {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be Bearer <token>")
             })?;
-        match gateway.tokens.verify(token.trim(), auth::token::now()) {
+        match gateway.tokens.verify(token.trim(), token::now()) {
             Ok(user) => Ok(User(user)),
             Err(TokenError::Expired) => Err(ApiError::unauthorized(
                 "the token has expired; log in again",

@@ -1,7 +1,7 @@
 //! `tripstream-gateway`: the gateway as its own process (the same as `tripstream run gateway`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,20 +18,17 @@ struct Cli {
     /// The auth service.
     #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
     auth_url: String,
-    /// The token key, shared with auth (created with a random key when missing).
-    #[arg(
-        long,
-        env = "TRIPSTREAM_TOKEN_KEY_FILE",
-        default_value = ".tripstream/token.key"
-    )]
-    token_key_file: PathBuf,
+    #[command(flatten)]
+    token: token::TokenArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streams::service::main_with(&cli.service, "gateway", |service| async move {
-        let tokens = auth::Signer::from_file(&cli.token_key_file, auth::token::DEFAULT_TTL)
-            .map_err(|e| streams::Error::Usage(format!("token key: {e}")))?;
+        let tokens = cli
+            .token
+            .signer(Path::new("."))
+            .map_err(|e| streams::Error::Usage(e.to_string()))?;
         let settings = gateway::Settings {
             service,
             listen: cli.listen,

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use streams::avro::compat::Level;
-use streams::kafka::topic::{CleanupPolicy, TopicSpec};
+use streams::kafka::topic::TopicSpec;
 use tokio::sync::watch;
 
 /// The default name of the registry's topic, as in Confluent's registry.
@@ -91,23 +91,20 @@ impl Error {
     }
 }
 
-/// The spec of the registry's topic: one partition so that the log totally orders writes,
-/// kept forever (compacted on brokers that compact; keys are unique per write, so compaction
-/// never drops a command).
+/// The registry's topic as `topics/_schemas.toml` declares it, embedded so that a registry
+/// started anywhere provisions the same topic.
+const SCHEMAS_SPEC: &str = include_str!("../../../topics/_schemas.toml");
+
+/// The spec of the registry's topic, named `topic`: `topics/_schemas.toml` (one partition so
+/// that the log totally orders writes, kept forever, compacted on brokers that compact; keys
+/// are unique per write, so compaction never drops a command).
 pub fn topic_spec(topic: &str) -> TopicSpec {
-    TopicSpec {
-        name: topic.to_owned(),
-        description: "Schema registry commands, applied in order by every registry instance."
-            .into(),
-        partitions: 1,
-        replication_factor: 3,
-        retention: "forever".into(),
-        cleanup_policy: CleanupPolicy::Compact,
-        record_types: Vec::new(),
-        compatibility: Level::None,
-        dead_letter: None,
-        config: Default::default(),
-    }
+    // The text is fixed when the crate is built, and the test
+    // `the_registry_provisions_exactly_the_spec_in_topics` checks that it parses to the spec
+    // `TopicSet::load` validates.
+    let mut spec: TopicSpec = toml::from_str(SCHEMAS_SPEC).expect("topics/_schemas.toml parses");
+    topic.clone_into(&mut spec.name);
+    spec
 }
 
 /// Creates the registry's topic where it is missing, with [`topic_spec`].
@@ -244,4 +241,30 @@ pub async fn start(settings: Settings) -> Result<Running, Error> {
 /// As [`start`] and [`Running::run_until`].
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     start(settings).await?.run_until(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use streams::kafka::topic::{TopicSet, TopicSpec};
+
+    #[test]
+    fn the_registry_provisions_exactly_the_spec_in_topics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topics");
+        let set = TopicSet::load(&dir).expect("topics/ is valid");
+        let declared = set
+            .get(super::SCHEMAS_TOPIC)
+            .expect("topics/ declares _schemas");
+        assert_eq!(super::topic_spec(super::SCHEMAS_TOPIC), declared);
+        let renamed = super::topic_spec("other._schemas");
+        assert_eq!(renamed.name, "other._schemas");
+        assert_eq!(
+            TopicSpec {
+                name: declared.name.clone(),
+                ..renamed
+            },
+            declared
+        );
+    }
 }

@@ -38,7 +38,7 @@ impl Default for Options {
         Options {
             gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
             root: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
-            token_ttl: auth::token::DEFAULT_TTL,
+            token_ttl: token::DEFAULT_TTL,
         }
     }
 }
@@ -123,7 +123,7 @@ pub struct System {
     /// The codec on the system's registry.
     pub codec: Codec,
     /// The token key auth and the gateway share.
-    pub tokens: auth::Signer,
+    pub tokens: token::Signer,
     stop: watch::Sender<bool>,
     services: Vec<(&'static str, tokio::task::JoinHandle<streams::Result<()>>)>,
 }
@@ -206,7 +206,7 @@ impl System {
                 tokio::spawn(payment::run(settings(&stores.payment), until())),
             ),
         ];
-        let tokens = auth::Signer::random(options.token_ttl);
+        let tokens = token::Signer::random(options.token_ttl);
         let auth = auth::start(auth::Settings {
             service: settings(&stores.auth),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

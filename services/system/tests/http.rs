@@ -349,14 +349,14 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         .call(get.clone(), "/v1/bookings", Some("garbage"), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "malformed");
-    let forged = auth::Signer::random(Duration::from_secs(60))
-        .issue(&ana, auth::token::now())
+    let forged = token::Signer::random(Duration::from_secs(60))
+        .issue(&ana, token::now())
         .0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&forged), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "signature");
-    let expired = system.tokens.issue(&ana, auth::token::now() - 7_200).0;
+    let expired = system.tokens.issue(&ana, token::now() - 7_200).0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&expired), None)
         .await;

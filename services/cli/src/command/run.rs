@@ -2,7 +2,7 @@
 //! any Kafka cluster.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use streams::service::{Data, Settings};
@@ -53,14 +53,8 @@ pub struct Args {
     /// The auth service, for the gateway.
     #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
     auth_url: String,
-    /// The key auth signs tokens with and the gateway checks them with; created with a random
-    /// key when missing, so auth and gateway started in one directory share it.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_TOKEN_KEY_FILE",
-        default_value = ".tripstream/token.key"
-    )]
-    token_key_file: PathBuf,
+    #[command(flatten)]
+    token: token::TokenArgs,
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -79,11 +73,6 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut settings = Settings::new(brokers, args.flags.registry, Data::Dir(data));
     settings.consumer = args.flags.consumer;
     let shutdown = crate::interrupted();
-    let tokens = || -> anyhow::Result<auth::Signer> {
-        let path = root.join(&args.token_key_file);
-        auth::Signer::from_file(&path, auth::token::DEFAULT_TTL)
-            .map_err(|e| anyhow::anyhow!("token key {}: {e}", path.display()))
-    };
     match args.service {
         Service::Auth => {
             let listen = args
@@ -94,7 +83,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 auth::Settings {
                     service: settings,
                     listen,
-                    tokens: tokens()?,
+                    tokens: args.token.signer(root)?,
                 },
                 shutdown,
             )
@@ -113,7 +102,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     service: settings,
                     listen,
                     auth_url: args.auth_url.clone(),
-                    tokens: tokens()?,
+                    tokens: args.token.signer(root)?,
                 },
                 shutdown,
             )

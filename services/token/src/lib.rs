@@ -1,8 +1,11 @@
 //! Signed, expiring bearer tokens: `<payload>.<signature>`, both base64url, the payload
 //! `{"sub": user id, "exp": unix seconds}` and the signature its HMAC-SHA256 under a key the
 //! auth service and the gateway share. The gateway checks a token without calling anyone.
+//!
+//! A crate of its own so that the gateway checks tokens without linking auth's password
+//! hashing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,7 +168,52 @@ fn random_key() -> Vec<u8> {
 
 /// Unix seconds, now.
 pub fn now() -> i64 {
-    events::now_millis() / 1000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The token key flag of auth and the gateway (`tripstream run auth|gateway` and their own
+/// binaries).
+#[derive(Debug, Clone, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct TokenArgs {
+    /// The key auth signs tokens with and the gateway checks them with; created with a random
+    /// key when missing, so auth and gateway started in one directory share it.
+    #[arg(
+        long,
+        env = "TRIPSTREAM_TOKEN_KEY_FILE",
+        default_value = DEFAULT_KEY_FILE
+    )]
+    pub token_key_file: PathBuf,
+}
+
+/// Where the token key is kept unless told otherwise, relative to where the service starts.
+pub const DEFAULT_KEY_FILE: &str = ".tripstream/token.key";
+
+/// The token key file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("token key {}: {cause}", path.display())]
+pub struct KeyError {
+    /// The key file.
+    pub path: PathBuf,
+    /// Why it could not be read or created (in the message, not a `source`, so chains print
+    /// it once).
+    pub cause: std::io::Error,
+}
+
+impl TokenArgs {
+    /// A signer with the key file under `root` (see [`Signer::from_file`]), issuing tokens that
+    /// live [`DEFAULT_TTL`].
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`] when the file cannot be read or created, or holds too short a key.
+    pub fn signer(&self, root: &Path) -> Result<Signer, KeyError> {
+        let path = root.join(&self.token_key_file);
+        Signer::from_file(&path, DEFAULT_TTL).map_err(|cause| KeyError { path, cause })
+    }
 }
 
 #[cfg(test)]
