@@ -65,6 +65,22 @@ pub mod topics {
     pub fn spec(name: &str) -> Option<&'static TopicSpec> {
         specs().iter().find(|spec| spec.name == name)
     }
+
+    /// The specs of `names`, in order (what a processor reading them needs).
+    ///
+    /// # Errors
+    ///
+    /// [`streams::Error::Usage`] naming a topic `topics/` does not declare.
+    pub fn specs_of(names: &[&str]) -> streams::Result<Vec<&'static TopicSpec>> {
+        names
+            .iter()
+            .map(|name| {
+                spec(name).ok_or_else(|| {
+                    streams::Error::Usage(format!("topics/ declares no topic named {name}"))
+                })
+            })
+            .collect()
+    }
 }
 
 /// An amount of money in one currency (`tripstream.common.Money`).

@@ -282,10 +282,6 @@ fn json_reason(e: &serde_json::Error) -> String {
     }
 }
 
-const PRIMITIVES: [&str; 8] = [
-    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
-];
-
 #[derive(Default)]
 struct Parser {
     named: Vec<Named>,
