@@ -2,6 +2,9 @@
 //! resolution, and the schema-compiled readers and writers the codec runs on.
 
 pub mod compat;
+mod de;
+mod input;
 pub mod program;
 pub mod resolve;
 pub mod schema;
+mod ser;

@@ -9,8 +9,9 @@
 
 use serde_json::Value;
 
-use crate::avro::program::{DatumError, Input, MAX_DEPTH, fail, write_bytes, write_long};
+use crate::avro::input::{DatumError, Input, MAX_DEPTH, fail};
 use crate::avro::schema::{NamedKind, Schema, Type};
+use crate::avro::ser::{write_bytes, write_long};
 
 type Result<T> = std::result::Result<T, DatumError>;
 
