@@ -63,7 +63,14 @@ pub async fn run_with(
     let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(timeout::sweep(store, producer, timeout, stopped));
-    let served = streams::service::run(GROUP, &topics::specs_of(TOPICS)?, &settings, Sagas, shutdown).await;
+    let served = streams::service::run(
+        GROUP,
+        &topics::specs_of(TOPICS)?,
+        &settings,
+        Sagas,
+        shutdown,
+    )
+    .await;
     let _ = stop.send(true);
     let _ = sweeper.await;
     served

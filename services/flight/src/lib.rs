@@ -28,7 +28,14 @@ pub const TOPICS: &[&str] = &[topics::FLIGHTS, topics::FLIGHT_COMMANDS];
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(GROUP, &topics::specs_of(TOPICS)?, &settings, Flights, shutdown).await
+    streams::service::run(
+        GROUP,
+        &topics::specs_of(TOPICS)?,
+        &settings,
+        Flights,
+        shutdown,
+    )
+    .await
 }
 
 /// What the service holds for one booking.

@@ -122,9 +122,15 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let mut service = settings.service.clone();
     service.data = streams::service::Data::Store(store.clone());
     let views = tokio::spawn(async move {
-        streams::service::run(GROUP, &topics::specs_of(TOPICS)?, &service, view::Views, async move {
-            let _ = views_stopped.wait_for(|s| *s).await;
-        })
+        streams::service::run(
+            GROUP,
+            &topics::specs_of(TOPICS)?,
+            &service,
+            view::Views,
+            async move {
+                let _ = views_stopped.wait_for(|s| *s).await;
+            },
+        )
         .await
     });
     let gateway = Arc::new(Gateway {

@@ -31,7 +31,14 @@ pub const MAX_NIGHTS: i32 = 30;
 ///
 /// When the store cannot be opened or the broker cannot be reached at start.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    streams::service::run(GROUP, &topics::specs_of(TOPICS)?, &settings, Hotels, shutdown).await
+    streams::service::run(
+        GROUP,
+        &topics::specs_of(TOPICS)?,
+        &settings,
+        Hotels,
+        shutdown,
+    )
+    .await
 }
 
 /// What the service holds for one booking.
