@@ -12,8 +12,6 @@ use streams::registry::Client;
 use streams::store::OutboxEntry;
 use streams::topic::TopicSet;
 
-use crate::brokers;
-
 /// Arguments of `tripstream produce`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     key: Option<String>,
     #[command(flatten)]
-    connection: brokers::Connection,
+    connection: streams::service::Connection,
 }
 
 /// Reads JSON lines from stdin and produces one event per line. Lines that are not JSON or do
@@ -54,7 +52,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             first_field(&file.schema).context("the record has no fields to key by; pass --key")?
         }
     };
-    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let bootstrap = args.connection.brokers.resolve(root)?;
     let codec = Codec::new(Client::new(&args.connection.registry)?);
     let producer = Producer::new(&bootstrap, codec.clone(), &[])?;
     let (mut produced, mut rejected) = (0u64, 0u64);
