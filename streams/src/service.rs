@@ -38,6 +38,15 @@ impl Data {
     }
 }
 
+impl std::fmt::Display for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Data::Dir(dir) => write!(f, "{}", dir.display()),
+            Data::Store(_) => f.write_str("a store opened by the caller"),
+        }
+    }
+}
+
 /// Settings every event-driven service takes.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -100,23 +109,81 @@ pub async fn run<H: Handler>(
     .await
 }
 
+/// Which Kafka cluster a command talks to: `--brokers`, `TRIPSTREAM_BROKERS`, or the address
+/// a running `tripstream broker` wrote to [`BOOTSTRAP_FILE`].
+#[derive(Debug, Clone, Default, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct Brokers {
+    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote to
+    /// .tripstream/bootstrap].
+    #[arg(
+        long = "brokers",
+        id = "brokers",
+        value_name = "BROKERS",
+        env = "TRIPSTREAM_BROKERS"
+    )]
+    pub explicit: Option<String>,
+}
+
+impl Brokers {
+    /// The explicit brokers, else the address a running `tripstream broker` wrote to
+    /// [`BOOTSTRAP_FILE`] under `root`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Usage`] saying how to give a broker when there is none.
+    pub fn resolve(&self, root: &Path) -> Result<String> {
+        if let Some(brokers) = &self.explicit {
+            return Ok(brokers.clone());
+        }
+        let file = root.join(BOOTSTRAP_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+            Ok(_) => Err(crate::Error::Usage(format!(
+                "{} is empty; restart `tripstream broker` or pass --brokers",
+                file.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(crate::Error::Usage(format!(
+                    "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or start \
+                     `tripstream broker` (which writes {})",
+                    file.display()
+                )))
+            }
+            Err(e) => Err(crate::Error::Usage(format!(
+                "cannot read {}: {e}",
+                file.display()
+            ))),
+        }
+    }
+}
+
+/// The schema registry a command uses unless told otherwise.
+pub const DEFAULT_REGISTRY: &str = "http://127.0.0.1:8081";
+
+/// The broker and registry flags of every command that reads or writes events.
+#[derive(Debug, Clone, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct Connection {
+    /// Where the Kafka cluster is.
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// The schema registry.
+    #[arg(long, env = "TRIPSTREAM_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+}
+
 /// The command-line flags of every service process (`tripstream run <service>` and each
 /// service's own binary).
 #[derive(Debug, Clone, clap::Args)]
 // No argument group: commands that flatten these flags have their own `Args` group.
 #[group(skip)]
 pub struct Args {
-    /// Kafka bootstrap servers [default: the address `tripstream broker` wrote to
-    /// .tripstream/bootstrap].
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    pub brokers: Option<String>,
-    /// The schema registry.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry: String,
+    /// The broker and the registry.
+    #[command(flatten)]
+    pub connection: Connection,
     /// The service's store directory [default: .tripstream/data/<service>].
     #[arg(long, env = "TRIPSTREAM_DATA")]
     pub data: Option<PathBuf>,
@@ -136,49 +203,27 @@ fn key_value(text: &str) -> std::result::Result<(String, String), String> {
 /// Where `tripstream broker` writes its address, relative to the project root.
 pub const BOOTSTRAP_FILE: &str = ".tripstream/bootstrap";
 
-/// The explicit brokers (`--brokers` or TRIPSTREAM_BROKERS), else the address a running
-/// `tripstream broker` wrote to [`BOOTSTRAP_FILE`] under `root`.
-///
-/// # Errors
-///
-/// [`crate::Error::Usage`] saying how to give a broker when there is none.
-pub fn resolve_brokers(root: &Path, explicit: Option<&str>) -> Result<String> {
-    if let Some(brokers) = explicit {
-        return Ok(brokers.to_owned());
-    }
-    let file = root.join(BOOTSTRAP_FILE);
-    match std::fs::read_to_string(&file) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
-        Ok(_) => Err(crate::Error::Usage(format!(
-            "{} is empty; restart `tripstream broker` or pass --brokers",
-            file.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(crate::Error::Usage(format!(
-            "no broker given: pass --brokers HOST:PORT, set TRIPSTREAM_BROKERS, or start \
-             `tripstream broker` (which writes {})",
-            file.display()
-        ))),
-        Err(e) => Err(crate::Error::Usage(format!(
-            "cannot read {}: {e}",
-            file.display()
-        ))),
-    }
+/// Where `service` keeps its store under `root` unless told otherwise:
+/// `<root>/.tripstream/data/<service>`.
+pub fn default_data_dir(root: &Path, service: &str) -> PathBuf {
+    root.join(".tripstream/data").join(service)
 }
 
 impl Args {
-    /// The settings these flags give `service`.
+    /// The settings these flags give `service` started in `root`: the bootstrap file and the
+    /// default store directory are looked for there; an explicit `--data` is taken as it is.
     ///
     /// # Errors
     ///
     /// [`crate::Error::Usage`] when no broker is given and no `tripstream broker` wrote its
     /// address.
-    pub fn settings(&self, service: &str) -> Result<Settings> {
-        let brokers = resolve_brokers(Path::new("."), self.brokers.as_deref())?;
+    pub fn settings(&self, root: &Path, service: &str) -> Result<Settings> {
+        let brokers = self.connection.brokers.resolve(root)?;
         let data = self
             .data
             .clone()
-            .unwrap_or_else(|| PathBuf::from(".tripstream/data").join(service));
-        let mut settings = Settings::new(brokers, &self.registry, Data::Dir(data));
+            .unwrap_or_else(|| default_data_dir(root, service));
+        let mut settings = Settings::new(brokers, &self.connection.registry, Data::Dir(data));
         settings.consumer.clone_from(&self.consumer);
         Ok(settings)
     }
@@ -224,7 +269,7 @@ where
 {
     crate::telemetry::init("info,librdkafka=warn");
     let outcome = (|| {
-        let settings = args.settings(service)?;
+        let settings = args.settings(Path::new("."), service)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

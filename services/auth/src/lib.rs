@@ -4,7 +4,7 @@
 //! and never sent for a user that was not stored.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
@@ -21,6 +21,9 @@ use streams::store::{Effects, Store};
 use web::{ApiError, Json};
 
 pub use token::Signer;
+
+/// Where auth listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8082));
 
 /// Settings of the auth service.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ struct Cli {
     #[command(flatten)]
     service: streams::service::Args,
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:8082")]
+    #[arg(long, default_value_t = auth::DEFAULT_LISTEN)]
     listen: SocketAddr,
     #[command(flatten)]
     token: token::TokenArgs,

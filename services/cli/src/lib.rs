@@ -1,6 +1,5 @@
 //! The `tripstream` command line: argument definitions and dispatch to one module per command.
 
-mod brokers;
 mod command;
 mod git;
 
@@ -131,29 +130,6 @@ macro_rules! note {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
-}
-
-/// Resolves when the process receives Ctrl-C (or SIGTERM on Unix).
-pub(crate) async fn interrupted() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub use error::{Error, Result};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -49,6 +49,20 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Extras on sale, with their unit price in EUR.
 pub const EXTRAS: [(&str, i64); 3] = [("LUGGAGE", 3000), ("INSURANCE", 2500), ("BREAKFAST", 1500)];
+
+/// Where the gateway listens unless told otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+
+/// The auth service the gateway forwards sign-up and login to (`tripstream run gateway` and the
+/// gateway's own binary).
+#[derive(Debug, Clone, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct AuthUrl {
+    /// The auth service, for the gateway.
+    #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
+    pub auth_url: String,
+}
 
 /// Settings of the gateway.
 #[derive(Debug, Clone)]

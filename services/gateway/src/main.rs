@@ -13,11 +13,10 @@ struct Cli {
     #[command(flatten)]
     service: streams::service::Args,
     /// Where to listen.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value_t = gateway::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// The auth service.
-    #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
-    auth_url: String,
+    #[command(flatten)]
+    auth: gateway::AuthUrl,
     #[command(flatten)]
     token: token::TokenArgs,
 }
@@ -32,7 +31,7 @@ fn main() -> ExitCode {
         let settings = gateway::Settings {
             service,
             listen: cli.listen,
-            auth_url: cli.auth_url,
+            auth_url: cli.auth.auth_url,
             tokens,
         };
         gateway::run(settings, streams::service::interrupted()).await

@@ -1,12 +1,17 @@
 //! `tripstream-registry`: the schema registry as its own process (same as `tripstream registry`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use clap::Parser;
 
 /// A Confluent-compatible schema registry whose state lives in the `_schemas` topic.
 #[derive(Parser)]
 #[command(version)]
+// The broker flag every command takes, required here: this binary starts no broker of its own.
+#[command(mut_arg("brokers", |arg| arg
+    .required(true)
+    .help("Kafka bootstrap servers holding the `_schemas` topic")))]
 struct Args {
     /// Address to serve the REST API on.
     #[arg(
@@ -15,20 +20,18 @@ struct Args {
         default_value = "127.0.0.1:8081"
     )]
     listen: SocketAddr,
-    /// Kafka bootstrap servers holding the `_schemas` topic.
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    brokers: String,
+    #[command(flatten)]
+    brokers: streams::service::Brokers,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     streams::telemetry::init("info");
     let args = Args::parse();
-    let settings = registry::Settings::new(args.listen, args.brokers);
+    // Required above, so this is the flag's value; the bootstrap file is never read.
+    let brokers = args.brokers.resolve(Path::new("."))?;
+    let settings = registry::Settings::new(args.listen, brokers);
     registry::ensure_topic(&settings.bootstrap, &settings.topic).await?;
-    registry::run(settings, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    registry::run(settings, streams::service::interrupted()).await?;
     Ok(())
 }

@@ -7,8 +7,6 @@ use anyhow::Context;
 use streams::kafka::broker::EmbeddedBroker;
 use streams::kafka::topic::{self, Outcome, Target, TopicSet, TopicSpec};
 
-use crate::brokers;
-
 /// Arguments of `tripstream broker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -59,7 +57,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let broker = start_embedded(root, args.brokers).await?;
     let file = args
         .bootstrap_file
-        .unwrap_or_else(|| brokers::default_bootstrap_file(root));
+        .unwrap_or_else(|| root.join(streams::service::BOOTSTRAP_FILE));
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -77,7 +75,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         broker.bootstrap_servers(),
         file.display()
     );
-    crate::interrupted().await;
+    streams::service::interrupted().await;
     // Remove the file only if it still names this broker; another may have started since.
     if std::fs::read_to_string(&file).is_ok_and(|t| t.trim() == broker.bootstrap_servers()) {
         let _ = std::fs::remove_file(&file);

@@ -12,8 +12,6 @@ use serde_json::json;
 use streams::codec::Codec;
 use streams::registry::Client;
 
-use crate::brokers;
-
 /// Arguments of `tripstream consume`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,13 +29,13 @@ pub struct Args {
     #[arg(long)]
     max: Option<u64>,
     #[command(flatten)]
-    connection: brokers::Connection,
+    connection: streams::service::Connection,
 }
 
 /// Prints one JSON line per record until interrupted or `--max` is reached. A record that
 /// cannot be decoded prints its error in place of the value, and the command goes on.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let bootstrap = args.connection.brokers.resolve(root)?;
     let codec = Codec::new(Client::new(&args.connection.registry)?);
     let mut config = ClientConfig::new();
     config
@@ -90,7 +88,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         consumer.assign(&tpl)?;
     }
     let mut count = 0u64;
-    let interrupted = crate::interrupted();
+    let interrupted = streams::service::interrupted();
     tokio::pin!(interrupted);
     while args.max.is_none_or(|max| count < max) {
         let message = tokio::select! {

@@ -309,7 +309,7 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
         );
         crate::say!("  curl -s {base}/v1/bookings -H \"authorization: Bearer $TOKEN\"");
         crate::say!("  curl -s {base}/openapi.json");
-        crate::interrupted().await;
+        streams::service::interrupted().await;
     }
     system.stop().await?;
     Ok(if failed {

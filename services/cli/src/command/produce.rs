@@ -13,8 +13,6 @@ use streams::kafka::producer::Producer;
 use streams::kafka::topic::TopicSet;
 use streams::registry::Client;
 
-use crate::brokers;
-
 /// Arguments of `tripstream produce`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     key: Option<String>,
     #[command(flatten)]
-    connection: brokers::Connection,
+    connection: streams::service::Connection,
 }
 
 /// Reads JSON lines from stdin and produces one event per line. Lines that are not JSON or do
@@ -55,7 +53,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             first_field(&file.schema).context("the record has no fields to key by; pass --key")?
         }
     };
-    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let bootstrap = args.connection.brokers.resolve(root)?;
     let codec = Codec::new(Client::new(&args.connection.registry)?);
     let producer = Producer::new(&bootstrap, codec.clone(), &[])?;
     let (mut produced, mut rejected) = (0u64, 0u64);

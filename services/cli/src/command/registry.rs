@@ -10,6 +10,12 @@ use crate::command::broker::start_embedded;
 
 /// Arguments of `tripstream registry`.
 #[derive(Debug, clap::Args)]
+// The broker flag is the one every command takes, but without it this command starts a broker
+// of its own instead of reading the bootstrap file.
+#[command(mut_arg("brokers", |arg| arg.help(
+    "Kafka bootstrap servers holding `_schemas`; without it an embedded broker is started in \
+     this process and the registry's state lasts as long as the process"
+)))]
 pub struct Args {
     /// Address to serve the REST API on (port 0 picks a free one).
     #[arg(
@@ -18,10 +24,8 @@ pub struct Args {
         default_value = "127.0.0.1:8081"
     )]
     listen: SocketAddr,
-    /// Kafka bootstrap servers holding `_schemas`; without it an embedded broker is started in
-    /// this process and the registry's state lasts as long as the process.
-    #[arg(long, env = "TRIPSTREAM_BROKERS")]
-    brokers: Option<String>,
+    #[command(flatten)]
+    brokers: streams::service::Brokers,
     /// Do not register the project's schemas/ when starting on an embedded broker.
     #[arg(long)]
     no_schemas: bool,
@@ -29,7 +33,7 @@ pub struct Args {
 
 /// Runs the registry until interrupted.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let (embedded, bootstrap) = match args.brokers {
+    let (embedded, bootstrap) = match args.brokers.explicit {
         Some(brokers) => {
             registry::ensure_topic(&brokers, registry::SCHEMAS_TOPIC).await?;
             (None, brokers)
@@ -65,7 +69,7 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     crate::say!("Try: curl {url}/subjects    (Ctrl-C stops the registry)");
-    running.run_until(crate::interrupted()).await?;
+    running.run_until(streams::service::interrupted()).await?;
     drop(embedded);
     crate::note!("Schema registry stopped.");
     Ok(ExitCode::SUCCESS)

@@ -11,8 +11,6 @@ use streams::registry::Client;
 use streams::replay::{self, Start};
 use streams::store::Store;
 
-use crate::brokers;
-
 /// The handlers `replay` can rebuild a store with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HandlerName {
@@ -45,7 +43,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     handler: HandlerName,
     #[command(flatten)]
-    connection: brokers::Connection,
+    connection: streams::service::Connection,
 }
 
 fn parse_offset(text: &str) -> Result<(i32, i64), String> {
@@ -86,7 +84,7 @@ impl Handler for Count {
 
 /// Rebuilds the store and prints its digest.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let bootstrap = brokers::resolve(root, args.connection.brokers.as_deref())?;
+    let bootstrap = args.connection.brokers.resolve(root)?;
     let store = Store::open(&args.into)
         .with_context(|| format!("cannot open a store in {}", args.into.display()))?;
     if !store.digest()?.starts_with("0:") {

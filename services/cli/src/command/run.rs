@@ -5,10 +5,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use streams::service::{Data, Settings};
-
-use crate::brokers;
-
 /// The services `tripstream run` starts.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Service {
@@ -50,9 +46,8 @@ pub struct Args {
     /// the gateway].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The auth service, for the gateway.
-    #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
-    auth_url: String,
+    #[command(flatten)]
+    auth: gateway::AuthUrl,
     #[command(flatten)]
     token: token::TokenArgs,
 }
@@ -60,24 +55,17 @@ pub struct Args {
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let name = args.service.name();
-    let brokers = brokers::resolve(root, args.flags.brokers.as_deref())?;
-    let data = args
-        .flags
-        .data
-        .unwrap_or_else(|| root.join(".tripstream/data").join(name));
+    let settings = args.flags.settings(root, name)?;
     crate::note!(
-        "{name}: brokers {brokers}, registry {}, store {}",
-        args.flags.registry,
-        data.display()
+        "{name}: brokers {}, registry {}, store {}",
+        settings.brokers,
+        settings.registry,
+        settings.data
     );
-    let mut settings = Settings::new(brokers, args.flags.registry, Data::Dir(data));
-    settings.consumer = args.flags.consumer;
-    let shutdown = crate::interrupted();
+    let shutdown = streams::service::interrupted();
     match args.service {
         Service::Auth => {
-            let listen = args
-                .listen
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8082)));
+            let listen = args.listen.unwrap_or(auth::DEFAULT_LISTEN);
             crate::note!("auth: listening on http://{listen}");
             auth::run(
                 auth::Settings {
@@ -90,18 +78,16 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .await?;
         }
         Service::Gateway => {
-            let listen = args
-                .listen
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+            let listen = args.listen.unwrap_or(gateway::DEFAULT_LISTEN);
             crate::note!(
                 "gateway: listening on http://{listen}, auth at {}",
-                args.auth_url
+                args.auth.auth_url
             );
             gateway::run(
                 gateway::Settings {
                     service: settings,
                     listen,
-                    auth_url: args.auth_url.clone(),
+                    auth_url: args.auth.auth_url,
                     tokens: args.token.signer(root)?,
                 },
                 shutdown,

@@ -4,8 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use streams::kafka::topic::{self, Outcome, Target, TopicSet};
-
-use crate::brokers;
+use streams::service::Brokers;
 
 /// Subcommands of `tripstream topics`.
 #[derive(Debug, clap::Subcommand)]
@@ -14,15 +13,13 @@ pub enum Command {
     ///
     /// Existing topics are never changed. Exits 1 when a topic is missing and cannot be created.
     Apply {
-        /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
-        #[arg(long, env = "TRIPSTREAM_BROKERS")]
-        brokers: Option<String>,
+        #[command(flatten)]
+        brokers: Brokers,
     },
     /// List the topic specs, with the live partition count when a broker is reachable.
     List {
-        /// Kafka bootstrap servers [default: the address `tripstream broker` wrote].
-        #[arg(long, env = "TRIPSTREAM_BROKERS")]
-        brokers: Option<String>,
+        #[command(flatten)]
+        brokers: Brokers,
     },
 }
 
@@ -38,7 +35,7 @@ pub async fn run(root: &Path, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Apply { brokers } => {
             let set = load(root)?;
-            let bootstrap = brokers::resolve(root, brokers.as_deref())?;
+            let bootstrap = brokers.resolve(root)?;
             let mut specs = set.all();
             if !specs.iter().any(|s| s.name == registry::SCHEMAS_TOPIC) {
                 specs.push(registry::topic_spec(registry::SCHEMAS_TOPIC));
@@ -77,7 +74,7 @@ pub async fn run(root: &Path, command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::List { brokers } => {
             let set = load(root)?;
-            let live = match brokers::resolve(root, brokers.as_deref()) {
+            let live = match brokers.resolve(root) {
                 Ok(bootstrap) => match topic::list(&bootstrap) {
                     Ok(live) => Some(live),
                     Err(e) => {
