@@ -54,8 +54,9 @@ pub mod topics {
                 .iter()
                 .map(|file| {
                     // The text is fixed when the crate is built, and the crate's tests check
-                    // that every file parses to the spec `TopicSet::load` validates.
-                    toml::from_str(file.text).expect("a spec of topics/ parses")
+                    // that every file parses and validates.
+                    let path = std::path::Path::new("topics").join(file.file);
+                    TopicSpec::parse(&path, file.text).expect("a spec of topics/ is valid")
                 })
                 .collect()
         })
@@ -70,13 +71,15 @@ pub mod topics {
     ///
     /// # Errors
     ///
-    /// [`streams::Error::Usage`] naming a topic `topics/` does not declare.
+    /// [`streams::Error::TopicSpec`] naming a topic `topics/` does not declare.
     pub fn specs_of(names: &[&str]) -> streams::Result<Vec<&'static TopicSpec>> {
         names
             .iter()
             .map(|name| {
-                spec(name).ok_or_else(|| {
-                    streams::Error::Usage(format!("topics/ declares no topic named {name}"))
+                spec(name).ok_or_else(|| streams::Error::TopicSpec {
+                    file: std::path::Path::new("topics").join(format!("{name}.toml")),
+                    field: "-".into(),
+                    reason: "no such spec was built into this program".into(),
                 })
             })
             .collect()

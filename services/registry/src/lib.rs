@@ -100,9 +100,10 @@ const SCHEMAS_SPEC: &str = include_str!("../../../topics/_schemas.toml");
 /// are unique per write, so compaction never drops a command).
 pub fn topic_spec(topic: &str) -> TopicSpec {
     // The text is fixed when the crate is built, and the test
-    // `the_registry_provisions_exactly_the_spec_in_topics` checks that it parses to the spec
-    // `TopicSet::load` validates.
-    let mut spec: TopicSpec = toml::from_str(SCHEMAS_SPEC).expect("topics/_schemas.toml parses");
+    // `the_registry_provisions_exactly_the_spec_in_topics` checks that it is valid and equals
+    // what `TopicSet::load` reads.
+    let mut spec = TopicSpec::parse(std::path::Path::new("topics/_schemas.toml"), SCHEMAS_SPEC)
+        .expect("topics/_schemas.toml is valid");
     topic.clone_into(&mut spec.name);
     spec
 }

@@ -76,6 +76,28 @@ fn default_level() -> Level {
 }
 
 impl TopicSpec {
+    /// Parses and validates the text of a spec file (`file` names it in errors, and its stem
+    /// must be the topic's name).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TopicSpec`] naming the file, the field and the reason.
+    pub fn parse(file: &Path, text: &str) -> Result<TopicSpec> {
+        let spec: TopicSpec = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .and_then(|span| field_at(text, span.start))
+                .unwrap_or_else(|| "-".into());
+            Error::TopicSpec {
+                file: file.to_owned(),
+                field,
+                reason: e.message().to_owned(),
+            }
+        })?;
+        spec.validate(file)?;
+        Ok(spec)
+    }
+
     /// Retention in milliseconds, -1 for forever.
     ///
     /// # Errors
@@ -275,19 +297,7 @@ impl TopicSet {
     /// [`Error::TopicSpec`] with the field and reason, or [`Error::Io`].
     pub fn load_file(path: &Path) -> Result<TopicSpec> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let spec: TopicSpec = toml::from_str(&text).map_err(|e| {
-            let field = e
-                .span()
-                .and_then(|span| field_at(&text, span.start))
-                .unwrap_or_else(|| "-".into());
-            Error::TopicSpec {
-                file: path.to_owned(),
-                field,
-                reason: e.message().to_owned(),
-            }
-        })?;
-        spec.validate(path)?;
-        Ok(spec)
+        TopicSpec::parse(path, &text)
     }
 
     fn cross_check(&mut self, dir: &Path) -> Vec<Error> {

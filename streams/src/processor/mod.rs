@@ -94,24 +94,24 @@ impl Settings {
         }
     }
 
-    /// Refuses topics without a dead-letter topic: their poison records would have nowhere
+    /// Refuses a topic without a dead-letter topic: its poison records would have nowhere
     /// to go.
     fn check(&self) -> Result<()> {
-        let missing: Vec<&str> = self
+        match self
             .topics
             .iter()
-            .filter(|t| !self.dead_letters.contains_key(t.as_str()))
-            .map(String::as_str)
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Usage(format!(
-                "consumer group {}: no dead-letter topic for {}; declare `dead_letter` in the \
-                 topic spec",
-                self.group,
-                missing.join(", ")
-            )))
+            .find(|t| !self.dead_letters.contains_key(t.as_str()))
+        {
+            None => Ok(()),
+            Some(topic) => Err(Error::TopicSpec {
+                file: format!("topics/{topic}.toml").into(),
+                field: "dead_letter".into(),
+                reason: format!(
+                    "consumer group {} reads {topic}, which names no dead-letter topic for \
+                     the records it cannot process",
+                    self.group
+                ),
+            }),
         }
     }
 }
@@ -122,7 +122,7 @@ impl Settings {
 ///
 /// # Errors
 ///
-/// [`Error::Usage`] when a topic has no dead-letter topic, [`Error::Kafka`] when the consumer
+/// [`Error::TopicSpec`] when a topic has no dead-letter topic, [`Error::Kafka`] when the consumer
 /// cannot be created or subscribed.
 pub async fn run<H: Handler>(
     settings: Settings,
