@@ -236,7 +236,7 @@ pub type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// a clean stop, 2 when the service could not start or failed).
 ///
 /// `binary` names the program in `--help` (pass `env!("CARGO_BIN_NAME")`).
-pub fn main<F, Fut>(
+pub fn main<F, Fut, E>(
     service: &str,
     binary: &'static str,
     about: &'static str,
@@ -244,7 +244,8 @@ pub fn main<F, Fut>(
 ) -> std::process::ExitCode
 where
     F: FnOnce(Settings, Shutdown) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
 {
     use clap::{Args as _, FromArgMatches as _};
     // The flags' own doc would otherwise become the program's description.
@@ -261,27 +262,32 @@ where
 }
 
 /// As [`main`], for a service binary that parses more flags itself: logging, the runtime and
-/// the exit code, given the common flags.
-pub fn main_with<F, Fut>(args: &Args, service: &str, run: F) -> std::process::ExitCode
+/// the exit code, given the common flags. `run`'s error is the service's own.
+pub fn main_with<F, Fut, E>(args: &Args, service: &str, run: F) -> std::process::ExitCode
 where
     F: FnOnce(Settings) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
 {
     crate::telemetry::init("info,librdkafka=warn");
-    let outcome = (|| {
-        let settings = args.settings(Path::new("."), service)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| crate::Error::Usage(format!("cannot start the async runtime: {e}")))?;
-        runtime.block_on(run(settings))
-    })();
-    match outcome {
+    let failed = |error: &dyn std::fmt::Display| {
+        eprintln!("error: {service}: {error}");
+        std::process::ExitCode::from(2)
+    };
+    let settings = match args.settings(Path::new("."), service) {
+        Ok(settings) => settings,
+        Err(e) => return failed(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return failed(&format_args!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {service}: {e}");
-            std::process::ExitCode::from(2)
-        }
+        Err(e) => failed(&e),
     }
 }
 

@@ -22,6 +22,32 @@ use web::{ApiError, Json};
 
 pub use token::Signer;
 
+/// A `Result` whose error defaults to the auth service's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can stop the auth service from starting, or make it fail as it runs. A request's own
+/// errors are answered by its handler, in the one JSON error shape.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The runtime failed: the store, the producer or the codec.
+    #[error(transparent)]
+    Runtime(#[from] streams::Error),
+    /// The HTTP server could not start, or failed.
+    #[error(transparent)]
+    Http(#[from] web::ServeError),
+}
+
+impl Error {
+    /// Whether starting again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Runtime(e) => e.is_retriable(),
+            Error::Http(e) => e.is_retriable(),
+        }
+    }
+}
+
 /// Where auth listens unless told otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8082));
 
@@ -62,8 +88,8 @@ impl Running {
     ///
     /// # Errors
     ///
-    /// When the server had failed.
-    pub async fn stop(self) -> std::io::Result<()> {
+    /// [`Error::Http`] when the server had failed.
+    pub async fn stop(self) -> Result<()> {
         let served = self.server.stop().await;
         streams::outbox::stop_within(
             self.stop_relay,
@@ -71,7 +97,7 @@ impl Running {
             std::time::Duration::from_secs(5),
         )
         .await;
-        served
+        Ok(served?)
     }
 }
 
@@ -80,7 +106,7 @@ impl Running {
 /// # Errors
 ///
 /// When the store, the producer or the listener cannot be set up.
-pub async fn start(settings: Settings) -> streams::Result<Running> {
+pub async fn start(settings: Settings) -> Result<Running> {
     let store = settings.service.data.open()?;
     let codec = settings.service.codec()?;
     let producer = Producer::new(&settings.service.brokers, codec.clone(), &[])?;
@@ -103,11 +129,7 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
         .fallback(web::not_found)
         .layer(web::body_limit())
         .with_state(auth);
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| streams::Error::Usage(format!("cannot listen on {}: {e}", settings.listen)))?;
-    let server = web::Server::start(listener, router)
-        .map_err(|e| streams::Error::Usage(format!("cannot serve: {e}")))?;
+    let server = web::Server::bind(settings.listen, router).await?;
     tracing::info!(url = %server.url(), "Auth service listening");
     Ok(Running {
         server,
@@ -121,13 +143,10 @@ pub async fn start(settings: Settings) -> streams::Result<Running> {
 /// # Errors
 ///
 /// As [`start`].
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
     let running = start(settings).await?;
     shutdown.await;
-    running
-        .stop()
-        .await
-        .map_err(|e| streams::Error::Usage(format!("serving failed: {e}")))
+    running.stop().await
 }
 
 /// A sign-up.
@@ -320,8 +339,11 @@ async fn log_in(
         .store
         .get(&[b"user/".as_slice(), &user_id].concat())
         .map_err(ApiError::internal)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| ApiError::internal("a user's email has no user"))?;
+        .ok_or_else(|| ApiError::internal("a user's email has no user"))
+        .and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::internal(format!("a stored user is unreadable: {e}")))
+        })?;
     let hash = user.password_hash.clone();
     let password = request.password;
     let matches = tokio::task::spawn_blocking(move || {

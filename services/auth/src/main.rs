@@ -22,15 +22,13 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streams::service::main_with(&cli.service, "auth", |service| async move {
-        let tokens = cli
-            .token
-            .signer(Path::new("."))
-            .map_err(|e| streams::Error::Usage(e.to_string()))?;
+        let tokens = cli.token.signer(Path::new("."))?;
         let settings = auth::Settings {
             service,
             listen: cli.listen,
             tokens,
         };
-        auth::run(settings, streams::service::interrupted()).await
+        auth::run(settings, streams::service::interrupted()).await?;
+        anyhow::Ok(())
     })
 }

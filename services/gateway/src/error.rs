@@ -4,7 +4,6 @@
 //! [`web::ApiError`] in the one JSON error shape.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 /// A `Result` whose error defaults to the gateway's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -15,17 +14,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The runtime failed: the views' store, the producer, the codec or the views' processor.
     Runtime(streams::Error),
-    /// The listen address cannot be bound.
-    Listen {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
+    /// The HTTP server could not start, or failed.
+    Http(web::ServeError),
     /// The HTTP client that calls the auth service cannot be built.
     HttpClient(reqwest::Error),
-    /// The HTTP server failed.
-    Serve(std::io::Error),
     /// The task that keeps the views ended without returning (it panicked).
     Views(tokio::task::JoinError),
 }
@@ -36,8 +28,8 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Runtime(e) => e.is_retriable(),
-            Error::Listen { source, .. } => source.kind() == std::io::ErrorKind::AddrInUse,
-            Error::HttpClient(_) | Error::Serve(_) | Error::Views(_) => false,
+            Error::Http(e) => e.is_retriable(),
+            Error::HttpClient(_) | Error::Views(_) => false,
         }
     }
 }
@@ -46,9 +38,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Runtime(e) => e.fmt(f),
-            Error::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Http(e) => e.fmt(f),
             Error::HttpClient(e) => write!(f, "cannot build an HTTP client: {e}"),
-            Error::Serve(e) => write!(f, "serving failed: {e}"),
             Error::Views(e) => write!(f, "the views failed: {e}"),
         }
     }
@@ -61,5 +52,11 @@ impl std::error::Error for Error {}
 impl From<streams::Error> for Error {
     fn from(e: streams::Error) -> Self {
         Error::Runtime(e)
+    }
+}
+
+impl From<web::ServeError> for Error {
+    fn from(e: web::ServeError) -> Self {
+        Error::Http(e)
     }
 }

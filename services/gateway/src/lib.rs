@@ -106,13 +106,13 @@ impl Running {
     ///
     /// # Errors
     ///
-    /// [`Error::Serve`] or [`Error::Views`] when the server or the views' task had failed,
+    /// [`Error::Http`] or [`Error::Views`] when the server or the views' task had failed,
     /// [`Error::Runtime`] when the views' processor had.
     pub async fn stop(self) -> Result<()> {
         let served = self.server.stop().await;
         let _ = self.stop_views.send(true);
         let views = self.views.await;
-        served.map_err(Error::Serve)?;
+        served?;
         Ok(views.map_err(Error::Views)??)
     }
 }
@@ -121,9 +121,8 @@ impl Running {
 ///
 /// # Errors
 ///
-/// [`Error::Runtime`] when the store or the producer cannot be set up, [`Error::Listen`] when
-/// the address cannot be bound, [`Error::HttpClient`] or [`Error::Serve`] when the HTTP client
-/// or server cannot be.
+/// [`Error::Runtime`] when the store or the producer cannot be set up, [`Error::Http`] when
+/// the address cannot be bound, [`Error::HttpClient`] when the HTTP client cannot be built.
 pub async fn start(settings: Settings) -> Result<Running> {
     let store = settings.service.data.open()?;
     let codec = settings.service.codec()?;
@@ -177,13 +176,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
         })
         .layer(web::body_limit())
         .with_state(gateway);
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-    let server = web::Server::start(listener, router).map_err(Error::Serve)?;
+    let server = web::Server::bind(settings.listen, router).await?;
     tracing::info!(url = %server.url(), "Gateway listening");
     Ok(Running {
         server,
@@ -194,25 +187,13 @@ pub async fn start(settings: Settings) -> Result<Running> {
 
 /// Runs the gateway until `shutdown`.
 ///
-/// The error is the runtime's, as every service's `run` gives it to the process main
-/// (`streams::service::main_with`). `streams::Error` has no variant for a failed HTTP server,
-/// so the gateway's other errors reach it as their message, in [`streams::Error::Usage`];
-/// callers that need to tell them apart use [`start`] and [`Running::stop`].
-///
 /// # Errors
 ///
 /// As [`start`] and [`Running::stop`].
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
-    let running = start(settings).await.map_err(into_runtime)?;
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let running = start(settings).await?;
     shutdown.await;
-    running.stop().await.map_err(into_runtime)
-}
-
-fn into_runtime(error: Error) -> streams::Error {
-    match error {
-        Error::Runtime(e) => e,
-        other => streams::Error::Usage(other.to_string()),
-    }
+    running.stop().await
 }
 
 /// The user a request's bearer token names.
@@ -627,7 +608,7 @@ mod tests {
         };
         let error = start(settings).await.expect_err("the address is taken");
         assert!(
-            matches!(&error, Error::Listen { addr: a, .. } if *a == addr),
+            matches!(&error, Error::Http(web::ServeError::Listen { addr: a, .. }) if *a == addr),
             "{error}"
         );
         assert!(error.is_retriable(), "{error}");

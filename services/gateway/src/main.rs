@@ -24,16 +24,14 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streams::service::main_with(&cli.service, "gateway", |service| async move {
-        let tokens = cli
-            .token
-            .signer(Path::new("."))
-            .map_err(|e| streams::Error::Usage(e.to_string()))?;
+        let tokens = cli.token.signer(Path::new("."))?;
         let settings = gateway::Settings {
             service,
             listen: cli.listen,
             auth_url: cli.auth.auth_url,
             tokens,
         };
-        gateway::run(settings, streams::service::interrupted()).await
+        gateway::run(settings, streams::service::interrupted()).await?;
+        anyhow::Ok(())
     })
 }

@@ -164,6 +164,41 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such resource")
 }
 
+/// Why an HTTP server could not start, or failed as it ran.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listen address cannot be bound.
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    Serve(std::io::Error),
+}
+
+impl ServeError {
+    /// Whether starting again later may succeed: only when the address is taken for now.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ServeError::Listen { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServeError::Serve(e) => write!(f, "serving failed: {e}"),
+        }
+    }
+}
+
+// No `source`: the cause is part of the message, so that error chains (`{:#}`) do not print
+// it twice.
+impl std::error::Error for ServeError {}
+
 /// A running HTTP server.
 #[derive(Debug)]
 pub struct Server {
@@ -176,7 +211,26 @@ pub struct Server {
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Server {
+    /// Binds `addr` and serves `router` there until [`Server::stop`].
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Listen`] when the address cannot be bound.
+    pub async fn bind(
+        addr: std::net::SocketAddr,
+        router: axum::Router,
+    ) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        Server::start(listener, router).map_err(ServeError::Serve)
+    }
+
     /// Serves `router` on `listener` until [`Server::stop`].
+    ///
+    /// # Errors
+    ///
+    /// When the listener's address cannot be read.
     pub fn start(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -204,12 +258,12 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// When the server had failed.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    /// [`ServeError::Serve`] when the server had failed.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         match tokio::time::timeout(DRAIN, &mut self.task).await {
-            Ok(Ok(served)) => served,
-            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Ok(Ok(served)) => served.map_err(ServeError::Serve),
+            Ok(Err(e)) => Err(ServeError::Serve(std::io::Error::other(e))),
             Err(_) => {
                 self.task.abort();
                 Ok(())
