@@ -109,9 +109,12 @@ impl Handler for PerFlight {
     async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
         let booking: BookingRequested = ctx.decode(record).await?;
         let key = format!("flight/{}", booking.flight.flight_id);
-        let n = ctx
-            .get(key.as_bytes())?
-            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap_or_default()));
+        let n = match ctx.get(key.as_bytes())? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(v.try_into().map_err(|_| {
+                HandlerError::Store(streams::Error::Store(format!("{key} is not a count")))
+            })?),
+        };
         ctx.put(key, (n + 1).to_be_bytes().to_vec());
         Ok(())
     }

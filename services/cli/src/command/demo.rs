@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use events::{FlightScheduled, HotelListed, Money, topics};
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
@@ -434,17 +435,14 @@ async fn seed_users(
             status == 201,
             "logging in {email} answered {status}: {session}"
         );
-        let user_id = user["user_id"].as_str().unwrap_or_default().to_owned();
+        let user_id = field(&user, "user_id")?;
         let balance = if i % 10 == 9 {
             eur(15_000)
         } else {
             eur(5_000_000)
         };
         system.credit(&user_id, balance).await?;
-        users.push((
-            user_id,
-            session["token"].as_str().unwrap_or_default().to_owned(),
-        ));
+        users.push((user_id, field(&session, "token")?));
     }
     Ok(users)
 }
@@ -492,17 +490,14 @@ async fn place(demo: &Demo, token: &str, i: usize) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let (status, booking) = demo.post("/v1/bookings", Some(token), body).await?;
     anyhow::ensure!(status == 202, "booking {i} answered {status}: {booking}");
-    let id = booking["booking_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let id = field(&booking, "booking_id")?;
     let deadline = started + Duration::from_secs(120);
     loop {
         let (status, view) = demo.get(&format!("/v1/bookings/{id}"), token).await?;
         anyhow::ensure!(status == 200, "booking {id} answered {status}: {view}");
         if view["status"] != "PENDING" {
             return Ok(Outcome {
-                status: view["status"].as_str().unwrap_or_default().to_owned(),
+                status: field(&view, "status")?,
                 reason: view["reason"].as_str().map(str::to_owned),
                 latency: started.elapsed(),
             });
@@ -513,4 +508,12 @@ async fn place(demo: &Demo, token: &str, i: usize) -> anyhow::Result<Outcome> {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A text field of an answer of the gateway or auth; an answer without it is an error.
+fn field(answer: &serde_json::Value, name: &str) -> anyhow::Result<String> {
+    answer[name]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("the answer has no text field {name}: {answer}"))
 }

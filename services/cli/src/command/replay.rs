@@ -72,11 +72,8 @@ struct Count;
 impl Handler for Count {
     async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
         let key = format!("count/{}", record.event_type().unwrap_or("unknown"));
-        let n = ctx
-            .get(key.as_bytes())?
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        // The count is stored as its decimal text, which is also its JSON.
+        let n = ctx.get_json::<u64>(&key)?.unwrap_or(0);
         ctx.put(key.into_bytes(), (n + 1).to_string().into_bytes());
         Ok(())
     }
