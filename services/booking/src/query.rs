@@ -39,16 +39,12 @@ fn decode(booking_id: &str, value: &[u8]) -> streams::Result<Saga> {
 
 #[cfg(test)]
 mod tests {
-    use streams::store::Effects;
-
     use super::*;
 
     #[test]
     fn an_unreadable_saga_is_an_error_not_a_gap() {
-        let store = Store::temporary().expect("store");
-        let mut effects = Effects::default();
-        effects.put(saga_key("b-1"), b"{not json".to_vec());
-        store.commit_local(effects).expect("write");
+        let store =
+            Store::temporary_with([(saga_key("b-1"), b"{not json".to_vec())]).expect("store");
         let error = sagas(&store).expect_err("a saga that does not decode");
         assert!(error.to_string().contains("saga b-1"), "{error}");
         assert!(saga(&store, "b-1").is_err());

@@ -268,18 +268,10 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> streams::R
 
 #[cfg(test)]
 mod tests {
-    use streams::store::Effects;
-
     use super::*;
 
     fn store_with(entries: &[(&str, &[u8])]) -> Store {
-        let store = Store::temporary().expect("store");
-        let mut effects = Effects::default();
-        for (key, value) in entries {
-            effects.put(*key, value.to_vec());
-        }
-        store.commit_local(effects).expect("write");
-        store
+        Store::temporary_with(entries.iter().copied()).expect("store")
     }
 
     fn pending() -> BookingView {

@@ -282,20 +282,12 @@ pub fn inventory(store: &Store, hotel_id: &str, day: i32) -> streams::Result<Opt
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use events::Money;
     use rust_decimal::Decimal;
-    use streams::store::Effects;
-
-    use super::*;
 
     fn store_with(entries: &[(String, Vec<u8>)]) -> Store {
-        let store = Store::temporary().expect("store");
-        let mut effects = Effects::default();
-        for (key, value) in entries {
-            effects.put(key.as_str(), value.clone());
-        }
-        store.commit_local(effects).expect("write");
-        store
+        Store::temporary_with(entries.iter().cloned()).expect("store")
     }
 
     fn listed() -> Vec<u8> {

@@ -242,18 +242,10 @@ pub fn charges(store: &Store) -> streams::Result<Vec<(String, Charge)>> {
 
 #[cfg(test)]
 mod tests {
-    use streams::store::Effects;
-
     use super::*;
 
     fn store_with(entries: &[(String, Vec<u8>)]) -> Store {
-        let store = Store::temporary().expect("store");
-        let mut effects = Effects::default();
-        for (key, value) in entries {
-            effects.put(key.as_str(), value.clone());
-        }
-        store.commit_local(effects).expect("write");
-        store
+        Store::temporary_with(entries.iter().cloned()).expect("store")
     }
 
     #[test]

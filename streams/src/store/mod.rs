@@ -99,6 +99,26 @@ impl Store {
         Self::from_db(db)
     }
 
+    /// A temporary store whose business state holds `entries` (tests and tools that read a
+    /// store they did not build from the log).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when sled cannot create or write it.
+    pub fn temporary_with<K, V>(entries: impl IntoIterator<Item = (K, V)>) -> Result<Store>
+    where
+        K: Into<Vec<u8>>,
+        V: Into<Vec<u8>>,
+    {
+        let store = Store::temporary()?;
+        let mut effects = Effects::default();
+        for (key, value) in entries {
+            effects.put(key, value);
+        }
+        store.commit_local(effects)?;
+        Ok(store)
+    }
+
     fn from_db(db: sled::Db) -> Result<Store> {
         let tree = |name: &str| db.open_tree(name).map_err(store_error);
         let marks = tree("marks")?;
