@@ -8,7 +8,6 @@ use std::time::Duration;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::Settings;
-use crate::error::Result;
 use crate::kafka::{OutgoingRecord, Producer};
 use crate::store::{Batch, Effects, Store, Writers};
 
@@ -23,12 +22,18 @@ pub const PARTITION: &str = "dlq.original.partition";
 /// Its offset.
 pub const OFFSET: &str = "dlq.original.offset";
 
-/// Writes `message` to its topic's dead-letter topic with `kind` and `reason` (retrying until
-/// the broker takes it, or `shutdown`), then moves the partition's offset past it.
-///
-/// # Errors
-///
-/// [`crate::Error::Store`] when the offset cannot be committed.
+/// What became of a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Written to the dead-letter topic, and the partition's offset moved past the record.
+    Written,
+    /// `shutdown` came first: the offset did not move, so the next start reads the record
+    /// again (and dead-letters it again if it was written already).
+    Stopped,
+}
+
+/// Writes `message` to its topic's dead-letter topic with `kind` and `reason`, then moves the
+/// partition's offset past it; each step is retried until it succeeds or `shutdown` comes.
 pub(crate) async fn send(
     settings: &Settings,
     store: &Store,
@@ -37,7 +42,7 @@ pub(crate) async fn send(
     kind: &'static str,
     reason: &str,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<()> {
+) -> Sent {
     let topic = message.topic();
     // `run` refuses to start without a dead-letter topic for every topic it reads.
     let dlq = settings
@@ -72,17 +77,10 @@ pub(crate) async fn send(
     };
     // The dead letter must be stored before the offset moves past it: nothing is lost.
     let mut backoff = Duration::from_millis(100);
-    loop {
-        match producer.send_record(&entry).await {
-            Ok(_) => break,
-            Err(error) => {
-                tracing::warn!(%error, "Writing a dead letter failed; retrying");
-                tokio::select! {
-                    () = &mut *shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    while let Err(error) = producer.send_record(&entry).await {
+        tracing::warn!(%error, "Writing a dead letter failed; retrying");
+        if !super::pause(&mut backoff, shutdown).await {
+            return Sent::Stopped;
         }
     }
     let mut batch = Batch::default();
@@ -91,5 +89,12 @@ pub(crate) async fn send(
         None,
         Effects::default(),
     );
-    store.commit(&batch, Writers::Shared).map(drop)
+    let mut backoff = Duration::from_millis(100);
+    while let Err(error) = store.commit(&batch, Writers::Shared) {
+        tracing::warn!(%error, "Moving past a dead letter failed; retrying");
+        if !super::pause(&mut backoff, shutdown).await {
+            return Sent::Stopped;
+        }
+    }
+    Sent::Written
 }

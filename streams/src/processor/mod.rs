@@ -3,16 +3,18 @@
 //! Delivery guarantee: **effects effectively-once, outputs at-least-once with consumer-side
 //! dedupe.** The handler's changes to the service's sled state, the records' offsets, their
 //! event-id dedupe marks and the events they emit (the outbox) are written in one sled
-//! transaction; records already waiting are taken together, up to 64 a transaction. On assignment the processor starts each partition at the offset stored in
-//! sled, not at Kafka's committed offset, so a crash between the sled commit and the Kafka
-//! commit replays nothing. A relay publishes the outbox and clears each entry after the broker
-//! acked it; a crash between the two publishes the entry again with the same event id, which
-//! consumers skip. Kafka offsets are committed too (periodically, on revocation and on
-//! shutdown), but only for tools that show lag: correctness rests on sled.
+//! transaction; records already waiting are taken together, up to 64 a transaction. On
+//! assignment the processor starts each partition at the offset stored in sled, not at Kafka's
+//! committed offset, so a crash between the sled commit and the Kafka commit replays nothing.
+//! A relay publishes the outbox and clears each entry after the broker acked it; a crash
+//! between the two publishes the entry again with the same event id, which consumers skip.
+//! Kafka offsets are committed too (periodically, on revocation and on shutdown), but only for
+//! tools that show lag: correctness rests on sled.
 //!
 //! Workers of one group may share a store. The transaction then commits only if nobody applied
-//! the record yet and every state key the handler read is unchanged; otherwise the handler runs
-//! again on fresh state (see [`crate::store::Store::commit`]), so concurrent read-modify-writes lose nothing.
+//! the records yet and every state key the handlers read is unchanged; otherwise the handlers
+//! run again on fresh state, one record at a time (see [`crate::store::Store::commit`]), so
+//! concurrent read-modify-writes lose nothing.
 //!
 //! Poison records (undecodable, unknown schema id, rejected by the handler as invalid) go to
 //! the topic's dead-letter topic with the reason in headers, and processing goes on. Retriable
@@ -117,8 +119,9 @@ impl Settings {
 }
 
 /// Runs `handler` over `settings.topics` until `shutdown` completes, with the relay that
-/// publishes its outbox. On shutdown it finishes the current record, publishes what the outbox
-/// holds (for up to 5 s), commits offsets to Kafka synchronously and returns.
+/// publishes its outbox. On shutdown it finishes the records it took from the consumer (or
+/// stops waiting to retry one), publishes what the outbox holds (for up to 5 s), commits
+/// offsets to Kafka synchronously and returns.
 ///
 /// # Errors
 ///
@@ -200,7 +203,7 @@ pub async fn run<H: Handler>(
         };
         // Records already waiting are applied together, in one sled transaction (a
         // transaction costs ~40 µs here, most of a record's cost): under load the processor
-        // catches up in batches, while a lone record is committed at once as before.
+        // catches up in batches, while a lone record is committed at once.
         let revoked_before = revocations.load(Ordering::SeqCst);
         let mut ready = vec![message];
         while ready.len() < LIVE_BATCH {
@@ -296,18 +299,14 @@ pub async fn run<H: Handler>(
                         offset = message.offset(),
                         "Retrying a record"
                     );
-                    tokio::select! {
-                        () = &mut shutdown => {
-                            finish(&consumer, &store, &settings, stop_relay, relay).await;
-                            return Ok(());
-                        }
-                        () = tokio::time::sleep(backoff) => {}
+                    if !pause(&mut backoff, &mut shutdown).await {
+                        finish(&consumer, &store, &settings, stop_relay, relay).await;
+                        return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     one_by_one = true;
                 }
                 Failure::Poison(kind, reason) => {
-                    dead_letter::send(
+                    let sent = dead_letter::send(
                         &settings,
                         &store,
                         &producer,
@@ -316,7 +315,11 @@ pub async fn run<H: Handler>(
                         &reason,
                         &mut shutdown,
                     )
-                    .await?;
+                    .await;
+                    if sent == dead_letter::Sent::Stopped {
+                        finish(&consumer, &store, &settings, stop_relay, relay).await;
+                        return Ok(());
+                    }
                     record_position(&positions, &watermarks, message);
                     next += 1;
                     backoff = Duration::from_millis(100);
@@ -330,6 +333,16 @@ pub async fn run<H: Handler>(
     }
     finish(&consumer, &store, &settings, stop_relay, relay).await;
     Ok(())
+}
+
+/// Waits `backoff` (then doubles it, up to 5 s); false if `shutdown` came first.
+async fn pause(backoff: &mut Duration, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
+    tokio::select! {
+        () = &mut *shutdown => return false,
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
 }
 
 async fn finish(
