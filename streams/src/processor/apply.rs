@@ -33,8 +33,8 @@ pub(crate) struct Apply<'a, H> {
 
 impl<H: Handler> Apply<'_, H> {
     /// Adds `message` to `batch`: its handler's effects, its offset and its event id. A record
-    /// the store already applied (its partition restarted below the stored offset) adds
-    /// nothing; a duplicate event (its id applied before) adds only its offset.
+    /// below the offset the batch or the store is at adds nothing; a duplicate event (its id
+    /// applied before) adds only its offset.
     ///
     /// # Errors
     ///
@@ -46,15 +46,16 @@ impl<H: Handler> Apply<'_, H> {
     ) -> Result<(), Failure> {
         let at = position(self.group, message);
         let store_error = |e: crate::Error| Failure::Retry(e.to_string());
-        // Within a batch a partition's records follow each other, so only its first one can
-        // lie below the stored offset.
-        if !batch.holds_partition(&at)
-            && self
+        // A record the batch or the store already moved past: a partition taken back after a
+        // rebalance is read again from the committed offset, which may repeat records.
+        let next = match batch.next_offset(&at) {
+            Some(next) => Some(next),
+            None => self
                 .store
                 .next_offset(at.group, at.topic, at.partition)
-                .map_err(store_error)?
-                .is_some_and(|next| at.offset < next)
-        {
+                .map_err(store_error)?,
+        };
+        if next.is_some_and(|next| at.offset < next) {
             return Ok(());
         }
         let metadata = Metadata::from_headers(message.headers());
@@ -124,5 +125,104 @@ fn failure(error: HandlerError) -> Failure {
             };
             Failure::Poison(kind, e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+
+    use super::*;
+    use crate::kafka::headers::header;
+    use crate::registry::Client;
+
+    /// Counts the records it is run for in state key `n`.
+    struct Counter;
+
+    impl Handler for Counter {
+        async fn handle(
+            &self,
+            ctx: &mut Context<'_>,
+            _record: &Record<'_>,
+        ) -> Result<(), HandlerError> {
+            let n = ctx.get_json::<u64>("n")?.unwrap_or(0);
+            ctx.put_json("n", &(n + 1))?;
+            Ok(())
+        }
+    }
+
+    /// Partition 0 of `t` at `offset`, with `event_id` in its headers when given.
+    fn message(offset: i64, event_id: Option<&str>) -> OwnedMessage {
+        let headers = event_id.map(|id| {
+            OwnedHeaders::new().insert(Header {
+                key: header::EVENT_ID,
+                value: Some(id),
+            })
+        });
+        OwnedMessage::new(
+            Some(b"x".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            headers,
+        )
+    }
+
+    async fn apply_all(store: &Store, messages: &[OwnedMessage]) -> Batch {
+        // Nothing here decodes, so the registry is never called.
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let apply = Apply {
+            group: "g",
+            store,
+            codec: &codec,
+            handler: &Counter,
+            writers: Writers::Shared,
+        };
+        let mut batch = Batch::default();
+        for message in messages {
+            apply.record(&mut batch, message).await.expect("applied");
+        }
+        batch
+    }
+
+    fn count(store: &Store) -> Option<Vec<u8>> {
+        store.get(b"n").expect("get")
+    }
+
+    #[tokio::test]
+    async fn a_record_repeated_within_a_batch_is_applied_once_and_the_offset_never_goes_back() {
+        let store = Store::temporary().expect("store");
+        // A partition taken back in a rebalance is read again from its committed offset.
+        let batch = apply_all(
+            &store,
+            &[message(10, None), message(11, None), message(10, None)],
+        )
+        .await;
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        store.commit(&batch, Writers::Shared).expect("commit");
+        assert_eq!(store.next_offset("g", "t", 0).expect("offset"), Some(12));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_event_moves_only_the_offset_and_a_record_behind_the_store_adds_nothing() {
+        let store = Store::temporary().expect("store");
+        let batch = apply_all(&store, &[message(0, Some("e1")), message(1, Some("e1"))]).await;
+        assert_eq!(batch.len(), 2, "both offsets move");
+        assert_eq!(
+            batch.pending(b"n"),
+            Some(Some(&b"1"[..])),
+            "the handler ran once"
+        );
+        store.commit(&batch, Writers::Shared).expect("commit");
+        assert_eq!(count(&store), Some(b"1".to_vec()));
+
+        let behind = apply_all(&store, &[message(1, Some("e2"))]).await;
+        assert!(behind.is_empty(), "offset 1 is applied already");
+        let ahead = apply_all(&store, &[message(2, Some("e2"))]).await;
+        assert_eq!(ahead.len(), 1);
     }
 }

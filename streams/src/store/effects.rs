@@ -85,6 +85,12 @@ pub(crate) struct Span {
     pub(crate) next: i64,
 }
 
+impl Span {
+    fn holds(&self, at: &Position<'_>) -> bool {
+        self.partition == at.partition && self.topic == at.topic && self.group == at.group
+    }
+}
+
 /// Records' effects, offsets and dedupe marks, committed in one transaction by
 /// [`super::Store::commit`]: all of them or none.
 ///
@@ -110,7 +116,7 @@ impl Batch {
     pub fn add(&mut self, at: &Position<'_>, event_id: Option<&[u8]>, effects: Effects) {
         let next = at.offset + 1;
         match self.span_mut(at) {
-            Some(span) => span.next = next,
+            Some(span) => span.next = span.next.max(next),
             None => self.spans.push(Span {
                 group: at.group.to_owned(),
                 topic: at.topic.to_owned(),
@@ -143,11 +149,9 @@ impl Batch {
             .find(|s| s.partition == at.partition && s.topic == at.topic && s.group == at.group)
     }
 
-    /// Whether the batch holds a record of `at`'s partition.
-    pub fn holds_partition(&self, at: &Position<'_>) -> bool {
-        self.spans
-            .iter()
-            .any(|s| s.partition == at.partition && s.topic == at.topic && s.group == at.group)
+    /// The offset after the batch's last record of `at`'s partition, if it holds one.
+    pub fn next_offset(&self, at: &Position<'_>) -> Option<i64> {
+        self.spans.iter().find(|s| s.holds(at)).map(|s| s.next)
     }
 
     /// Whether an event id is among the batch's records (see also [`super::Store::seen`]).
