@@ -44,7 +44,7 @@ impl Handler for Sagas {
                     return Ok(());
                 }
                 let (saga, commands) = Saga::start(request, now_millis());
-                save(ctx, &saga);
+                save(ctx, &saga)?;
                 return send(ctx, commands).await;
             }
             Some(BookingTimedOut::TYPE) => {
@@ -55,7 +55,7 @@ impl Handler for Sagas {
                 };
                 return match saga.time_out(now_millis()) {
                     Some(commands) => {
-                        save(ctx, &saga);
+                        save(ctx, &saga)?;
                         send(ctx, commands).await
                     }
                     // Finished before the time-out came back: nothing to undo.
@@ -115,7 +115,7 @@ impl Handler for Sagas {
         };
         match saga.reply(reply, now_millis()) {
             Some(commands) => {
-                save(ctx, &saga);
+                save(ctx, &saga)?;
                 send(ctx, commands).await
             }
             None => {
@@ -127,16 +127,17 @@ impl Handler for Sagas {
 }
 
 /// Stores a saga, and keeps the index of open sagas the time-out sweep reads.
-fn save(ctx: &mut Context<'_>, saga: &Saga) {
+fn save(ctx: &mut Context<'_>, saga: &Saga) -> Result<(), HandlerError> {
     let booking_id = &saga.request.booking_id;
-    ctx.put_json(&saga_key(booking_id), saga);
+    ctx.put_json(&saga_key(booking_id), saga)?;
     let open = format!("{OPEN}{booking_id}");
     if saga.finished() {
         ctx.remove(open.into_bytes());
     } else {
         let entry: Open = (saga.request.user_id.clone(), saga.request.requested_at);
-        ctx.put_json(&open, &entry);
+        ctx.put_json(&open, &entry)?;
     }
+    Ok(())
 }
 
 async fn send(ctx: &mut Context<'_>, commands: Vec<Command>) -> Result<(), HandlerError> {

@@ -47,6 +47,11 @@ pub mod topics {
 
     /// Every spec of `topics/`, internal topics included, sorted by name (the declared specs;
     /// each one's dead-letter topic is [`TopicSpec::dead_letter_spec`]).
+    ///
+    /// # Panics
+    ///
+    /// Never: the specs are the files of `topics/` built into the program, and the crate's tests
+    /// check that each one is valid.
     pub fn specs() -> &'static [TopicSpec] {
         static SPECS: OnceLock<Vec<TopicSpec>> = OnceLock::new();
         SPECS.get_or_init(|| {

@@ -88,7 +88,7 @@ impl Handler for Flights {
                         flight.flight_id, flight.seats, flight.seat_price
                     )));
                 }
-                ctx.put_json(&flight_key(&flight.flight_id), &flight);
+                ctx.put_json(&flight_key(&flight.flight_id), &flight)?;
                 Ok(())
             }
             Some(ReserveSeats::TYPE) => reserve(ctx, ctx.decode(record).await?).await,
@@ -111,7 +111,7 @@ async fn reserve(ctx: &mut Context<'_>, command: ReserveSeats) -> Result<(), Han
             if let Hold::Held { seats, .. } = &hold {
                 add_held(ctx, &command.flight_id, i64::from(*seats))?;
             }
-            ctx.put_json(&key, &hold);
+            ctx.put_json(&key, &hold)?;
             hold
         }
     };
@@ -185,7 +185,7 @@ fn decide(ctx: &Context<'_>, command: &ReserveSeats) -> Result<Hold, HandlerErro
 fn add_held(ctx: &mut Context<'_>, flight_id: &str, seats: i64) -> Result<(), HandlerError> {
     let key = held_key(flight_id);
     let held = ctx.get_json::<i64>(&key)?.unwrap_or(0);
-    ctx.put_json(&key, &(held + seats));
+    ctx.put_json(&key, &(held + seats))?;
     Ok(())
 }
 
@@ -208,7 +208,7 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseSeats) -> Result<(), Han
             flight_id: command.flight_id.clone(),
             seats,
         },
-    );
+    )?;
     let released = SeatsReleased {
         booking_id: command.booking_id,
         flight_id: command.flight_id,

@@ -168,7 +168,7 @@ impl Handler for Views {
                 let request: BookingRequested = ctx.decode(record).await?;
                 let key = booking_key(&request.booking_id);
                 if ctx.get_json::<BookingView>(&key)?.is_none() {
-                    ctx.put_json(&key, &BookingView::pending(&request));
+                    ctx.put_json(&key, &BookingView::pending(&request))?;
                     ctx.put(
                         format!("{}{}", user_prefix(&request.user_id), request.booking_id),
                         Vec::new(),
@@ -197,12 +197,12 @@ impl Handler for Views {
             Some(BookingTimedOut::TYPE) => Ok(()),
             Some(FlightScheduled::TYPE) => {
                 let flight: FlightScheduled = ctx.decode(record).await?;
-                ctx.put_json(&flight_key(&flight.flight_id), &flight);
+                ctx.put_json(&flight_key(&flight.flight_id), &flight)?;
                 Ok(())
             }
             Some(HotelListed::TYPE) => {
                 let hotel: HotelListed = ctx.decode(record).await?;
-                ctx.put_json(&hotel_key(&hotel.hotel_id), &hotel);
+                ctx.put_json(&hotel_key(&hotel.hotel_id), &hotel)?;
                 Ok(())
             }
             other => Err(HandlerError::Invalid(format!(
@@ -226,7 +226,7 @@ fn finish(
         )));
     };
     change(&mut view);
-    ctx.put_json(&key, &view);
+    ctx.put_json(&key, &view)?;
     Ok(())
 }
 

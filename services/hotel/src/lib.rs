@@ -95,7 +95,7 @@ impl Handler for Hotels {
                         hotel.hotel_id, hotel.rooms, hotel.nightly_rate
                     )));
                 }
-                ctx.put_json(&hotel_key(&hotel.hotel_id), &hotel);
+                ctx.put_json(&hotel_key(&hotel.hotel_id), &hotel)?;
                 Ok(())
             }
             Some(ReserveRooms::TYPE) => reserve(ctx, ctx.decode(record).await?).await,
@@ -118,7 +118,7 @@ async fn reserve(ctx: &mut Context<'_>, command: ReserveRooms) -> Result<(), Han
             if let Hold::Held { rooms, .. } = &hold {
                 book_nights(ctx, &command, i64::from(*rooms))?;
             }
-            ctx.put_json(&key, &hold);
+            ctx.put_json(&key, &hold)?;
             hold
         }
     };
@@ -210,7 +210,7 @@ fn book_nights(ctx: &mut Context<'_>, stay: &ReserveRooms, rooms: i64) -> Result
     for day in stay.check_in..stay.check_out {
         let key = night_key(&stay.hotel_id, day);
         let booked = ctx.get_json::<i64>(&key)?.unwrap_or(0);
-        ctx.put_json(&key, &(booked + rooms));
+        ctx.put_json(&key, &(booked + rooms))?;
     }
     Ok(())
 }
@@ -245,7 +245,7 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseRooms) -> Result<(), Han
             hotel_id: command.hotel_id.clone(),
             rooms,
         },
-    );
+    )?;
     let released = RoomsReleased {
         booking_id: command.booking_id,
         hotel_id: command.hotel_id,

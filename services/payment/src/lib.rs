@@ -107,7 +107,7 @@ fn add(ctx: &mut Context<'_>, user_id: &str, amount: &Money) -> Result<(), Handl
             "the balance of {user_id} would overflow"
         )));
     };
-    ctx.put_json(&key, &sum);
+    ctx.put_json(&key, &sum)?;
     Ok(())
 }
 
@@ -141,7 +141,7 @@ async fn charge(ctx: &mut Context<'_>, command: ChargePayment) -> Result<(), Han
                     amount: command.amount.clone(),
                 }
             };
-            ctx.put_json(&key, &outcome);
+            ctx.put_json(&key, &outcome)?;
             outcome
         }
     };
@@ -193,7 +193,7 @@ async fn refund(ctx: &mut Context<'_>, command: RefundPayment) -> Result<(), Han
             user_id: command.user_id.clone(),
             amount: amount.clone(),
         },
-    );
+    )?;
     let refunded = PaymentRefunded {
         booking_id: command.booking_id,
         user_id: command.user_id,

@@ -98,6 +98,11 @@ const SCHEMAS_SPEC: &str = include_str!("../../../topics/_schemas.toml");
 /// The spec of the registry's topic, named `topic`: `topics/_schemas.toml` (one partition so
 /// that the log totally orders writes, kept forever, compacted on brokers that compact; keys
 /// are unique per write, so compaction never drops a command).
+///
+/// # Panics
+///
+/// Never: the spec is `topics/_schemas.toml` built into the program, and the test
+/// `the_registry_provisions_exactly_the_spec_in_topics` checks that it is valid.
 pub fn topic_spec(topic: &str) -> TopicSpec {
     // The text is fixed when the crate is built, and the test
     // `the_registry_provisions_exactly_the_spec_in_topics` checks that it is valid and equals

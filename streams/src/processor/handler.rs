@@ -173,10 +173,22 @@ impl<'a> Context<'a> {
 
     /// Sets a business-state key to `value` as JSON: readable with `tripstream` tools and
     /// stable across runs, so digests of replayed stores match.
-    pub fn put_json<T: serde::Serialize>(&mut self, key: &str, value: &T) {
-        // Serializing plain data types into a Vec cannot fail.
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::Invalid`] for a value JSON cannot hold (a map with keys that are not
+    /// strings): the record goes to the dead-letter topic with the reason, rather than
+    /// leaving state nobody can read.
+    pub fn put_json<T: serde::Serialize>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), HandlerError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| {
+            HandlerError::Invalid(format!("state {key} cannot be written as JSON: {e}"))
+        })?;
         self.effects.put(key.as_bytes().to_vec(), bytes);
+        Ok(())
     }
 
     /// The metadata of the record being processed.
