@@ -14,6 +14,7 @@ pub mod contract;
 pub mod error;
 pub mod kafka;
 pub mod outbox;
+mod parts;
 pub mod processor;
 pub mod registry;
 pub mod replay;

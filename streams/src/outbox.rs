@@ -15,6 +15,7 @@ use futures::FutureExt as _;
 
 use crate::error::{Error, Result};
 use crate::kafka::{Delivery, OutgoingRecord, Producer};
+use crate::parts::{put_part, take_part};
 
 /// The outbox tree of one store. Cloning shares it.
 #[derive(Clone, Debug)]
@@ -160,20 +161,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<OutgoingRecord> {
         payload,
         headers,
     })
-}
-
-/// Appends `part` with its length (the framing of every list the store keeps in one value).
-pub(crate) fn put_part(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-    out.extend_from_slice(part);
-}
-
-/// The part at `at`, moving `at` past it; `None` past the end or on a length that overruns.
-pub(crate) fn take_part<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let len = u32::from_be_bytes(bytes.get(*at..*at + 4)?.try_into().ok()?) as usize;
-    let part = bytes.get(*at + 4..(*at + 4).checked_add(len)?)?;
-    *at += 4 + len;
-    Some(part)
 }
 
 /// Entries a relay keeps in flight (sent, not yet acked) at most.

@@ -132,7 +132,8 @@ impl Brokers {
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Usage`] saying how to give a broker when there is none.
+    /// [`crate::Error::Usage`] saying how to give a broker when there is none,
+    /// [`crate::Error::Io`] when the file is there but cannot be read.
     pub fn resolve(&self, root: &Path) -> Result<String> {
         if let Some(brokers) = &self.explicit {
             return Ok(brokers.clone());
@@ -151,10 +152,7 @@ impl Brokers {
                     file.display()
                 )))
             }
-            Err(e) => Err(crate::Error::Usage(format!(
-                "cannot read {}: {e}",
-                file.display()
-            ))),
+            Err(e) => Err(crate::Error::io(file, e)),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::FastMap;
-use crate::outbox::{put_part, take_part};
+use crate::parts::{put_part, take_part};
 
 /// How many of the most recently applied event ids a store remembers to skip duplicates.
 ///
