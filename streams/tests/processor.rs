@@ -881,3 +881,67 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
         "nothing was cleared that was not sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_stopped_while_a_dead_letter_cannot_be_written_keeps_the_record_for_its_next_start()
+ {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let poison = streams::kafka::OutgoingRecord {
+        topic: "bookings".into(),
+        key: b"poison".to_vec(),
+        payload: Vec::new(),
+        headers: vec![],
+    };
+    let at = h.producer.send_record(&poison).await.expect("sent");
+    let store = Store::temporary().expect("store");
+    // The broker refuses the next writes: the dead letter cannot be written for a while.
+    let mock = h.broker.mock();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 8],
+    );
+    let running = h.start(
+        h.settings("counter", "bookings"),
+        &store,
+        RouteCounter { emit_to: None },
+    );
+    wait_for("the record to be assigned", Duration::from_secs(30), || {
+        running.positions.snapshot().len() == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    running.stop().await;
+    let next = store
+        .next_offset("counter", "bookings", at.partition)
+        .expect("offset");
+    assert!(
+        next.is_none_or(|next| next <= at.offset),
+        "the offset stayed at the record ({next:?}, record at {})",
+        at.offset
+    );
+
+    let again = h.start(
+        h.settings("counter", "bookings"),
+        &store,
+        RouteCounter { emit_to: None },
+    );
+    let dlq = h.reader("bookings.dlq", 1);
+    let mut dead = None;
+    // The broker refuses a few more writes before it takes the dead letter.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead.is_none() && Instant::now() < deadline {
+        if let Some(Ok(message)) = dlq.poll(Duration::from_millis(200)) {
+            dead = Some(message.key().map(<[u8]>::to_vec));
+        }
+    }
+    assert_eq!(
+        dead,
+        Some(Some(b"poison".to_vec())),
+        "dead-lettered on the next start"
+    );
+    drop(dlq);
+    again.stop().await;
+    drop(mock);
+    h.shutdown().await;
+}
