@@ -23,6 +23,18 @@ use tokio::sync::watch;
 /// The default name of the registry's topic, as in Confluent's registry.
 pub const SCHEMAS_TOPIC: &str = "_schemas";
 
+/// The registry's `--listen` flag, for `tripstream registry` and `tripstream-registry`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Listen {
+    /// Address to serve the REST API on (port 0 picks a free one).
+    #[arg(
+        long,
+        env = "TRIPSTREAM_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub listen: SocketAddr,
+}
+
 /// How long a stopping registry waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
 

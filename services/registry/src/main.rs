@@ -1,6 +1,5 @@
 //! `tripstream-registry`: the schema registry as its own process (same as `tripstream registry`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::Parser;
@@ -13,13 +12,8 @@ use clap::Parser;
     .required(true)
     .help("Kafka bootstrap servers holding the `_schemas` topic")))]
 struct Args {
-    /// Address to serve the REST API on.
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY_LISTEN",
-        default_value = "127.0.0.1:8081"
-    )]
-    listen: SocketAddr,
+    #[command(flatten)]
+    listen: registry::Listen,
     #[command(flatten)]
     brokers: streams::service::Brokers,
 }
@@ -30,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Required above, so this is the flag's value; the bootstrap file is never read.
     let brokers = args.brokers.resolve(Path::new("."))?;
-    let settings = registry::Settings::new(args.listen, brokers);
+    let settings = registry::Settings::new(args.listen.listen, brokers);
     registry::ensure_topic(&settings.bootstrap, &settings.topic).await?;
     registry::run(settings, streams::service::interrupted()).await?;
     Ok(())

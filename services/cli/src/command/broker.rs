@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use streams::kafka::broker::EmbeddedBroker;
-use streams::kafka::topic::{self, Outcome, Target, TopicSet, TopicSpec};
+use streams::kafka::topic::{self, Outcome, Target, TopicSpec};
 
 /// Arguments of `tripstream broker`.
 #[derive(Debug, clap::Args)]
@@ -23,12 +23,7 @@ pub struct Args {
 pub fn project_topics(root: &Path) -> anyhow::Result<Vec<TopicSpec>> {
     let dir = root.join("topics");
     let mut specs = if dir.is_dir() {
-        TopicSet::load(&dir)
-            .map_err(|errors| {
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!("invalid topic specs:\n  {}", lines.join("\n  "))
-            })?
-            .all()
+        crate::command::topics::load(root)?.all()
     } else {
         tracing::warn!(dir = %dir.display(), "No topics directory; creating only the registry's topic");
         Vec::new()

@@ -1,6 +1,5 @@
 //! `tripstream registry`: the schema registry, on an embedded broker unless --brokers is given.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -17,13 +16,8 @@ use crate::command::broker::start_embedded;
      this process and the registry's state lasts as long as the process"
 )))]
 pub struct Args {
-    /// Address to serve the REST API on (port 0 picks a free one).
-    #[arg(
-        long,
-        env = "TRIPSTREAM_REGISTRY_LISTEN",
-        default_value = "127.0.0.1:8081"
-    )]
-    listen: SocketAddr,
+    #[command(flatten)]
+    listen: registry::Listen,
     #[command(flatten)]
     brokers: streams::service::Brokers,
     /// Do not register the project's schemas/ when starting on an embedded broker.
@@ -44,7 +38,11 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             (Some(broker), bootstrap)
         }
     };
-    let running = registry::start(registry::Settings::new(args.listen, bootstrap.clone())).await?;
+    let running = registry::start(registry::Settings::new(
+        args.listen.listen,
+        bootstrap.clone(),
+    ))
+    .await?;
     let url = running.url();
     crate::say!(
         "Schema registry at {url} (log: {} on {bootstrap})",

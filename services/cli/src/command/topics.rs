@@ -23,7 +23,8 @@ pub enum Command {
     },
 }
 
-fn load(root: &Path) -> anyhow::Result<TopicSet> {
+/// The specs of `<root>/topics`, every invalid one named in the error.
+pub(crate) fn load(root: &Path) -> anyhow::Result<TopicSet> {
     TopicSet::load(&root.join("topics")).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid topic specs:\n  {}", lines.join("\n  "))
