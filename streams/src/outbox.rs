@@ -1,5 +1,4 @@
-//! The outbox: records a store committed for publication, and the one relay that publishes
-//! them.
+//! The outbox: records committed for publication, and the one relay that publishes them.
 //!
 //! Delivery guarantee: **at-least-once, in commit order per partition.** An entry is written in
 //! the same sled transaction as the state change that emitted it (see [`crate::store`]), sent

@@ -1,5 +1,6 @@
-//! Length-prefixed parts: how the store keeps a list of byte strings in one sled value (an
-//! outbox entry's fields, a chunk of event ids).
+//! Length-prefixed parts: a list of byte strings kept in one sled value.
+//!
+//! An outbox entry's fields and a chunk of event ids are stored this way.
 
 /// Appends `part` with its length.
 pub(crate) fn put_part(out: &mut Vec<u8>, part: &[u8]) {

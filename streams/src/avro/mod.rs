@@ -1,5 +1,8 @@
-//! Avro: schemas with located errors, the seven compatibility levels, writer-to-reader
-//! resolution, and the schema-compiled readers and writers the codec runs on.
+//! Avro: schemas, compatibility levels, resolution, and the compiled readers and writers.
+//!
+//! Schemas with located errors ([`schema`]), the seven compatibility levels ([`compat`]),
+//! writer-to-reader resolution of old versions ([`resolve`]), and the schema-compiled readers
+//! and writers the codec runs on ([`program`]).
 
 pub mod compat;
 mod de;

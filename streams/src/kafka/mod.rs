@@ -1,5 +1,7 @@
-//! Kafka through librdkafka: the embedded broker, topic specs and their provisioning, and the
-//! producer with the headers every record carries.
+//! Kafka through librdkafka: embedded broker, topic specs, producer and record headers.
+//!
+//! The embedded broker ([`broker`]), topic specs and their provisioning ([`topic`]), and the
+//! producer ([`producer`]) with the headers every record carries ([`headers`]).
 
 pub mod broker;
 pub mod headers;

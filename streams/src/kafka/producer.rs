@@ -1,5 +1,6 @@
-//! The typed producer: idempotent, keyed by aggregate id, with event metadata in headers
-//! (see [`crate::kafka::headers`]).
+//! The typed producer: idempotent, keyed by aggregate id, with event metadata in headers.
+//!
+//! The headers themselves are [`crate::kafka::headers`].
 
 use std::time::Duration;
 

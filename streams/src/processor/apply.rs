@@ -1,5 +1,6 @@
-//! The one path that applies a consumed record to a store, for the live processor and for
-//! replay alike: dedupe, the handler, and the record's effects added to a [`Batch`].
+//! The one path that applies a consumed record, for the live processor and replay alike.
+//!
+//! Dedupe, the handler, and the record's effects added to a [`Batch`].
 //!
 //! What differs between the two is a value, not a mode: [`Writers`] says whether other
 //! workers may write the store (then handlers' reads are recorded and the commit checks them),

@@ -1,6 +1,7 @@
-//! Dead letters: a record that can never be processed goes to its topic's dead-letter topic,
-//! with the reason and where it was read in the headers below (besides the record's own),
-//! before its offset moves past it.
+//! Dead letters: where a record that can never be processed goes, and with which headers.
+//!
+//! It goes to its topic's dead-letter topic with the reason and where it was read in the
+//! headers below (besides the record's own), before its offset moves past it.
 
 use std::future::Future;
 use std::time::Duration;

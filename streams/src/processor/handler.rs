@@ -1,5 +1,6 @@
-//! What a service writes: the [`Handler`] trait, the [`Record`] it is given and the
-//! [`Context`] it reads and writes state and emits events through.
+//! What a service writes: a [`Handler`], given a [`Record`] and a [`Context`].
+//!
+//! The context is what the handler reads and writes state and emits events through.
 
 use std::future::Future;
 use std::sync::Mutex;

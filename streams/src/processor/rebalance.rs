@@ -1,6 +1,7 @@
-//! What a processor holds and how it hands partitions over: positions and lag per partition,
-//! and the rebalance callbacks that start partitions at sled's offsets and commit them to
-//! Kafka before giving partitions up.
+//! What a processor holds and how it hands partitions over.
+//!
+//! Positions and lag per partition, and the rebalance callbacks that start partitions at
+//! sled's offsets and commit them to Kafka before giving partitions up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,4 @@
-//! What records do to a store: one record's [`Effects`], and the [`Batch`] of records that
-//! one transaction commits.
+//! What records do to a store: one record's [`Effects`], and the [`Batch`] one commit writes.
 
 use std::collections::HashSet;
 

@@ -1,5 +1,7 @@
-//! A service's local state in sled: the business state, the consumed offsets, the event-id
-//! dedupe marks and the outbox, changed together in one transaction per [`Batch`].
+//! A service's local state in sled, changed in one transaction per [`Batch`].
+//!
+//! The business state, the consumed offsets, the event-id dedupe marks and the outbox are
+//! written together: after a crash either all of a batch happened or none of it.
 //!
 //! The business state lives in one tree whose keys a service namespaces itself (for example
 //! `seats/<flight id>`). Its [`Store::digest`] is order-independent and stable across runs and
