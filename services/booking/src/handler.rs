@@ -100,12 +100,7 @@ impl Handler for Sagas {
                 let e: PaymentRefunded = ctx.decode(record).await?;
                 (e.booking_id, Reply::Refunded)
             }
-            other => {
-                return Err(HandlerError::Invalid(format!(
-                    "the booking service does not handle event type {}",
-                    other.unwrap_or("(none)")
-                )));
-            }
+            other => return Err(HandlerError::unhandled("booking", other)),
         };
         let key = saga_key(&booking_id);
         let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {

@@ -93,10 +93,7 @@ impl Handler for Flights {
             }
             Some(ReserveSeats::TYPE) => reserve(ctx, ctx.decode(record).await?).await,
             Some(ReleaseSeats::TYPE) => release(ctx, ctx.decode(record).await?).await,
-            other => Err(HandlerError::Invalid(format!(
-                "the flight service does not handle event type {}",
-                other.unwrap_or("(none)")
-            ))),
+            other => Err(HandlerError::unhandled("flight", other)),
         }
     }
 }

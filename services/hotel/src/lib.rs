@@ -100,10 +100,7 @@ impl Handler for Hotels {
             }
             Some(ReserveRooms::TYPE) => reserve(ctx, ctx.decode(record).await?).await,
             Some(ReleaseRooms::TYPE) => release(ctx, ctx.decode(record).await?).await,
-            other => Err(HandlerError::Invalid(format!(
-                "the hotel service does not handle event type {}",
-                other.unwrap_or("(none)")
-            ))),
+            other => Err(HandlerError::unhandled("hotel", other)),
         }
     }
 }

@@ -91,10 +91,7 @@ impl Handler for Payments {
             }
             Some(ChargePayment::TYPE) => charge(ctx, ctx.decode(record).await?).await,
             Some(RefundPayment::TYPE) => refund(ctx, ctx.decode(record).await?).await,
-            other => Err(HandlerError::Invalid(format!(
-                "the payment service does not handle event type {}",
-                other.unwrap_or("(none)")
-            ))),
+            other => Err(HandlerError::unhandled("payment", other)),
         }
     }
 }

@@ -30,6 +30,17 @@ pub enum HandlerError {
     Store(#[from] Error),
 }
 
+impl HandlerError {
+    /// A record of a type the `service` does not handle (`None`: a record without an
+    /// `event_type` header): it goes to the dead-letter topic.
+    pub fn unhandled(service: &str, event_type: Option<&str>) -> Self {
+        HandlerError::Invalid(format!(
+            "the {service} service does not handle event type {}",
+            event_type.unwrap_or("(none)")
+        ))
+    }
+}
+
 /// A consumed record, as a handler sees it.
 #[derive(Debug)]
 pub struct Record<'a> {
