@@ -50,6 +50,9 @@ pub struct Record<'a> {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// The record's timestamp (milliseconds since the epoch), as the log holds it: what a
+    /// handler that needs "now" uses, so that a replay decides as the live run did.
+    pub timestamp: Option<i64>,
     /// Key.
     pub key: Option<&'a [u8]>,
     /// Value (Confluent-framed Avro).
@@ -69,6 +72,7 @@ impl<'a> Record<'a> {
             topic: at.topic,
             partition: at.partition,
             offset: at.offset,
+            timestamp: message.timestamp().to_millis(),
             key: message.key(),
             payload,
             metadata,
