@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let rebuilt = Store::temporary()?;
     let summary = replay::replay(
         broker.bootstrap_servers(),
-        &["bookings"],
+        replay::Inputs::tasks(&["bookings"]),
         &Start::Beginning,
         &rebuilt,
         &codec,

@@ -6,8 +6,9 @@
 //! clear publishes the entry again with the same headers, so its event id lets consumers skip
 //! it.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -15,6 +16,8 @@ use futures::FutureExt as _;
 use crate::error::{Error, Result};
 use crate::kafka::{Delivery, OutgoingRecord, Producer};
 use crate::parts::{put_part, take_part};
+use crate::store::Store;
+use crate::store::changelog::MARKER;
 
 /// The outbox tree of one store. Cloning shares it.
 #[derive(Clone, Debug)]
@@ -124,18 +127,123 @@ impl Outbox {
     pub async fn changed(&self) {
         self.signal.notified().await;
     }
+
+    /// Queues records that no state change in a transaction goes with (a restore's repair).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure (then none is queued).
+    pub(crate) fn queue(&self, records: &[OutgoingRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, record) in self.ids(records.len())?.into_iter().zip(records) {
+            batch.insert(&id.to_be_bytes(), encode(record));
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| Error::Store(e.to_string()))?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Removes every entry for `topic`'s `partition` that is not sent yet; true if there was
+    /// one. Entries for a task another instance has written since are stale: the task is
+    /// restored from what that instance wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure or a corrupt entry.
+    pub(crate) fn purge(&self, topic: &str, partition: i32) -> Result<bool> {
+        let mut batch = sled::Batch::default();
+        let mut found = false;
+        for item in &self.tree {
+            let (key, value) = item.map_err(|e| Error::Store(e.to_string()))?;
+            let entry = decode(&value)
+                .ok_or_else(|| Error::Store("an outbox entry is corrupt".to_owned()))?;
+            if entry.topic == topic && entry.partition == Some(partition) {
+                batch.remove(key);
+                found = true;
+            }
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| Error::Store(e.to_string()))?;
+        Ok(found)
+    }
+}
+
+/// Which changelog partitions a [`relay`] may publish to: those of the tasks its processor
+/// owns. Entries for a task given up wait (it may come back before anyone else wrote) until the
+/// processor either gets the task back or purges them (see [`Outbox::purge`]). Cloning
+/// shares it.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// The changelog topic.
+    pub(crate) topic: String,
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    /// Bumped whenever `owned` changes, so a relay looks at entries it held back again.
+    generation: Arc<AtomicU64>,
+    /// Where a relay records how far the changelog holds what this store wrote.
+    store: Store,
+}
+
+impl Gate {
+    /// A gate for `topic` that owns nothing yet.
+    pub(crate) fn new(topic: &str, store: Store) -> Self {
+        Gate {
+            topic: topic.to_owned(),
+            owned: Arc::default(),
+            generation: Arc::default(),
+            store,
+        }
+    }
+
+    /// Lets entries of `task` through (after it was restored).
+    pub(crate) fn own(&self, task: i32) {
+        crate::sync::lock(&self.owned).insert(task);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Holds entries of `task` back (it was revoked).
+    pub(crate) fn release(&self, task: i32) {
+        crate::sync::lock(&self.owned).remove(&task);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether `entry` is for a changelog partition of a task not owned now.
+    fn holds_back(&self, entry: &OutgoingRecord) -> bool {
+        entry.topic == self.topic
+            && entry
+                .partition
+                .is_some_and(|task| !crate::sync::lock(&self.owned).contains(&task))
+    }
+
+    /// The task whose commit `entry` closes, if it is a changelog marker.
+    fn marker_of(&self, entry: &OutgoingRecord) -> Option<i32> {
+        (entry.topic == self.topic && entry.key == MARKER)
+            .then_some(entry.partition)
+            .flatten()
+    }
 }
 
 /// An entry's stored form: each part length-prefixed.
 pub(crate) fn encode(record: &OutgoingRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(record.payload.len() + record.key.len() + 64);
+    let mut out =
+        Vec::with_capacity(record.payload.as_ref().map_or(0, Vec::len) + record.key.len() + 64);
     put_part(&mut out, record.topic.as_bytes());
     put_part(&mut out, &record.key);
-    put_part(&mut out, &record.payload);
+    put_part(&mut out, record.payload.as_deref().unwrap_or_default());
     out.extend_from_slice(&(record.headers.len() as u32).to_be_bytes());
     for (name, value) in &record.headers {
         put_part(&mut out, name.as_bytes());
         put_part(&mut out, value);
+    }
+    // An optional trailer, so that entries written before it existed still read: flags (bit
+    // 0: a tombstone, bit 1: a partition follows), then the partition.
+    if record.payload.is_none() || record.partition.is_some() {
+        let flags =
+            u8::from(record.payload.is_none()) | (u8::from(record.partition.is_some()) << 1);
+        out.push(flags);
+        out.extend_from_slice(&record.partition.unwrap_or_default().to_be_bytes());
     }
     out
 }
@@ -154,8 +262,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<OutgoingRecord> {
         let value = take_part(bytes, &mut at)?.to_vec();
         headers.push((name, value));
     }
-    (at == bytes.len()).then_some(OutgoingRecord {
+    let (payload, partition) = match bytes.get(at..)? {
+        [] => (Some(payload), None),
+        [flags, p0, p1, p2, p3] if *flags <= 3 => {
+            let partition = (flags & 2 != 0).then(|| i32::from_be_bytes([*p0, *p1, *p2, *p3]));
+            ((flags & 1 == 0).then_some(payload), partition)
+        }
+        _ => return None,
+    };
+    Some(OutgoingRecord {
         topic,
+        partition,
         key,
         payload,
         headers,
@@ -175,14 +292,21 @@ const RELAY_WINDOW: usize = 512;
 /// back. A failed send clears nothing after it: the relay waits for what is in flight, backs
 /// off, and republishes from the oldest entry left, so nothing is skipped (a republished entry
 /// keeps its event id, and consumers skip it).
+///
+/// With a [`Gate`], changelog entries of tasks the processor does not own wait, and each acked
+/// marker moves the task's checkpoint (see [`Store::checkpoint`]).
 pub async fn relay(
     outbox: Outbox,
     producer: Producer,
+    gate: Option<Gate>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     use futures::StreamExt as _;
     let mut in_flight = futures::stream::FuturesOrdered::new();
+    // Entries sent and not acked yet, and entries held back by the gate: both skipped.
     let mut sent = HashSet::new();
+    let mut held = HashSet::new();
+    let mut generation = u64::MAX;
     // New entries are looked for after the newest one sent; from the start again whenever
     // nothing is in flight or the periodic tick fires, for an entry whose id was taken before
     // a concurrent writer's but committed after it (workers sharing a store).
@@ -190,6 +314,16 @@ pub async fn relay(
     let mut failed = false;
     let mut stopping = *stopped.borrow();
     loop {
+        if let Some(gate) = &gate {
+            let now = gate.generation.load(Ordering::SeqCst);
+            if now != generation {
+                // What the gate owns changed: entries held back are looked at again.
+                generation = now;
+                sent.retain(|id| !held.contains(id));
+                held.clear();
+                from = 0;
+            }
+        }
         if !failed && in_flight.len() < RELAY_WINDOW {
             if in_flight.is_empty() {
                 from = 0;
@@ -199,7 +333,12 @@ pub async fn relay(
                     for (id, entry) in entries {
                         sent.insert(id);
                         from = from.max(id + 1);
-                        in_flight.push_back(publish(producer.clone(), id, entry));
+                        if gate.as_ref().is_some_and(|g| g.holds_back(&entry)) {
+                            held.insert(id);
+                            continue;
+                        }
+                        let marker = gate.as_ref().and_then(|g| g.marker_of(&entry));
+                        in_flight.push_back(publish(producer.clone(), id, marker, entry));
                     }
                 }
                 Err(error) => {
@@ -219,7 +358,8 @@ pub async fn relay(
                 failed = false;
                 continue;
             }
-            if stopping && outbox.is_empty() {
+            // Entries held back for a task given up stay for whoever gets the task next.
+            if stopping && outbox.len() <= held.len() {
                 return;
             }
         }
@@ -228,9 +368,17 @@ pub async fn relay(
                 // The acks already in are cleared together: one sled batch, not one write each.
                 let mut acked = Vec::new();
                 let mut next = Some(first);
-                while let Some((id, result)) = next {
+                while let Some((id, marker, result)) = next {
                     match result {
-                        Ok(_) if !failed => acked.push(id),
+                        Ok(delivery) if !failed => {
+                            acked.push(id);
+                            if let (Some(gate), Some(task)) = (&gate, marker) {
+                                let at = Some(delivery.offset + 1);
+                                if let Err(error) = gate.store.set_checkpoint(&gate.topic, task, at) {
+                                    tracing::warn!(%error, task, "Recording a changelog checkpoint failed");
+                                }
+                            }
+                        }
                         Ok(_) => {}
                         Err(error) => {
                             tracing::warn!(%error, "Publishing the outbox failed; retrying");
@@ -257,6 +405,7 @@ pub async fn relay(
         if failed && in_flight.is_empty() {
             // Everything after the failure is sent again, from the oldest entry left.
             sent.clear();
+            held.clear();
         }
     }
 }
@@ -277,10 +426,15 @@ pub async fn stop_within(
     }
 }
 
-/// Sends one entry; the answer names the entry.
-async fn publish(producer: Producer, id: u64, entry: OutgoingRecord) -> (u64, Result<Delivery>) {
+/// Sends one entry; the answer names the entry, and the task if it is a changelog marker.
+async fn publish(
+    producer: Producer,
+    id: u64,
+    marker: Option<i32>,
+    entry: OutgoingRecord,
+) -> (u64, Option<i32>, Result<Delivery>) {
     let result = producer.send_record(&entry).await;
-    (id, result)
+    (id, marker, result)
 }
 
 #[cfg(test)]
@@ -291,14 +445,25 @@ mod tests {
     fn entries_survive_their_stored_form_and_garbage_is_refused() {
         let entry = OutgoingRecord {
             topic: "t".into(),
+            partition: None,
             key: b"k".to_vec(),
-            payload: vec![0, 0, 0, 0, 1, 42],
+            payload: Some(vec![0, 0, 0, 0, 1, 42]),
             headers: vec![("event_id".into(), b"e1".to_vec())],
         };
-        assert_eq!(decode(&encode(&entry)), Some(entry.clone()));
-        let bytes = encode(&entry);
-        for cut in 0..bytes.len() {
-            assert_eq!(decode(&bytes[..cut]), None);
+        let tombstone = OutgoingRecord {
+            partition: Some(3),
+            payload: None,
+            ..entry.clone()
+        };
+        for entry in [entry, tombstone] {
+            assert_eq!(decode(&encode(&entry)), Some(entry.clone()));
+            let bytes = encode(&entry);
+            // The trailer is optional, so a cut just before it still reads (as an entry
+            // written before the trailer existed); every other cut is refused.
+            let trailer = if entry.partition.is_some() { 5 } else { 0 };
+            for cut in (0..bytes.len()).filter(|cut| *cut != bytes.len() - trailer) {
+                assert_eq!(decode(&bytes[..cut]), None);
+            }
         }
     }
 }

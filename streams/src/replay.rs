@@ -60,14 +60,34 @@ const IDLE: Duration = Duration::from_millis(2);
 /// The offsets group name a replay stores under, so replayed stores can be replayed further.
 pub const GROUP: &str = "replay";
 
-/// Rebuilds `store` from `topics` with `handler`, calling `progress` now and then.
+/// The topics a replay reads, as the service it stands in for reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// Topics whose records belong to the task of their partition.
+    pub tasks: &'a [&'a str],
+    /// A service's global tables: read first and whole, as the live service reads them before
+    /// processing.
+    pub globals: &'a [&'a str],
+}
+
+impl<'a> Inputs<'a> {
+    /// Topics read as tasks, with no global table.
+    pub fn tasks(tasks: &'a [&'a str]) -> Self {
+        Inputs {
+            tasks,
+            globals: &[],
+        }
+    }
+}
+
+/// Rebuilds `store` from `inputs` with `handler`, calling `progress` now and then.
 ///
 /// # Errors
 ///
 /// [`Error::Kafka`] when the topics cannot be read, [`Error::Store`] when the store fails.
 pub async fn replay<H: Handler>(
     bootstrap: &str,
-    topics: &[&str],
+    inputs: Inputs<'_>,
     start: &Start,
     store: &Store,
     codec: &Codec,
@@ -75,6 +95,54 @@ pub async fn replay<H: Handler>(
     mut progress: impl FnMut(Progress),
 ) -> Result<Summary> {
     let began = Instant::now();
+    let scoped: Vec<String> = inputs.globals.iter().map(|g| (*g).to_owned()).collect();
+    let mut counts = (0, 0);
+    if !inputs.globals.is_empty() {
+        let (applied, skipped) = pass(
+            bootstrap,
+            inputs.globals,
+            &Start::Beginning,
+            &scoped,
+            store,
+            codec,
+            handler,
+            &mut progress,
+        )
+        .await?;
+        counts = (applied, skipped);
+    }
+    let (applied, skipped) = pass(
+        bootstrap,
+        inputs.tasks,
+        start,
+        &scoped,
+        store,
+        codec,
+        handler,
+        &mut progress,
+    )
+    .await?;
+    store.flush()?;
+    Ok(Summary {
+        applied: counts.0 + applied,
+        skipped: counts.1 + skipped,
+        digest: store.digest()?,
+        elapsed: began.elapsed(),
+    })
+}
+
+/// Applies `topics` from `start` to their current end: (applied, skipped).
+#[allow(clippy::too_many_arguments)]
+async fn pass<H: Handler>(
+    bootstrap: &str,
+    topics: &[&str],
+    start: &Start,
+    globals: &[String],
+    store: &Store,
+    codec: &Codec,
+    handler: &H,
+    progress: &mut impl FnMut(Progress),
+) -> Result<(u64, u64)> {
     // Polled without waiting and put to sleep only when it has nothing: a replay almost always
     // has records ready, and an async receive per record costs a timer and a wake-up each.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -145,6 +213,7 @@ pub async fn replay<H: Handler>(
     // so a replay stopped midway resumes consistently, and sled's per-transaction cost is paid
     // once per batch instead of once per record.
     let mut run = Run {
+        globals,
         batch: Batch::default(),
         applied: 0,
         skipped: 0,
@@ -161,8 +230,7 @@ pub async fn replay<H: Handler>(
             };
             let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
             if let Some((_, true)) = ends.take(&message) {
-                run.apply(store, codec, handler, &message, &mut progress)
-                    .await?;
+                run.apply(store, codec, handler, &message, progress).await?;
             }
         }
     } else {
@@ -192,8 +260,7 @@ pub async fn replay<H: Handler>(
                     break;
                 };
                 if let Some(message) = waiting[t][p].pop_front() {
-                    run.apply(store, codec, handler, &message, &mut progress)
-                        .await?;
+                    run.apply(store, codec, handler, &message, progress).await?;
                 }
                 continue;
             }
@@ -215,13 +282,7 @@ pub async fn replay<H: Handler>(
         records: run.applied + run.skipped,
         total,
     });
-    store.flush()?;
-    Ok(Summary {
-        applied: run.applied,
-        skipped: run.skipped,
-        digest: store.digest()?,
-        elapsed: began.elapsed(),
-    })
+    Ok((run.applied, run.skipped))
 }
 
 /// The partitions a replay reads, by topic index and partition number, and where each ends.
@@ -289,7 +350,9 @@ impl<'a> Ends<'a> {
 }
 
 /// A replay's running counts and open batch.
-struct Run {
+struct Run<'g> {
+    /// The topics read as global tables.
+    globals: &'g [String],
     batch: Batch,
     applied: u64,
     skipped: u64,
@@ -297,7 +360,7 @@ struct Run {
     last_report: Instant,
 }
 
-impl Run {
+impl Run<'_> {
     async fn apply<H: Handler, M: Message + Sync>(
         &mut self,
         store: &Store,
@@ -314,6 +377,7 @@ impl Run {
             codec,
             handler,
             writers: Writers::Sole,
+            globals: self.globals,
         };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -337,7 +401,8 @@ impl Run {
                         partition,
                         offset,
                     };
-                    self.batch.add(&at, None, Effects::default());
+                    self.batch
+                        .add(&at, apply.scope(topic, partition), None, Effects::default());
                     self.skipped += 1;
                     break;
                 }

@@ -81,29 +81,51 @@ impl Settings {
     }
 }
 
+/// What a service reads and where it logs its state.
+#[derive(Debug, Clone, Default)]
+pub struct Topics<'a> {
+    /// The topics whose partitions make up its tasks (co-partitioned: as many partitions each).
+    pub tasks: Vec<&'a TopicSpec>,
+    /// The topics every instance reads whole, as global tables.
+    pub globals: Vec<&'a TopicSpec>,
+    /// The compacted topic its tasks' state is logged to.
+    pub changelog: Option<&'a TopicSpec>,
+}
+
 /// Runs `handler` as consumer group `group` over `topics` until `shutdown`, on the store of
-/// `settings`.
+/// `settings`; `positions` shows the partitions it holds and how far it is.
 ///
 /// # Errors
 ///
 /// As [`processor::run`], and when the store cannot be opened.
 pub async fn run<H: Handler>(
     group: &str,
-    topics: &[&TopicSpec],
+    topics: &Topics<'_>,
     settings: &Settings,
     handler: H,
+    positions: Positions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let store = settings.data.open()?;
-    let mut processor = processor::Settings::new(&settings.brokers, group, topics);
+    let mut processor = processor::Settings::new(&settings.brokers, group, &topics.tasks)
+        .with_globals(&topics.globals);
+    if let Some(changelog) = topics.changelog {
+        processor = processor.with_changelog(changelog);
+    }
     processor.consumer.clone_from(&settings.consumer);
-    tracing::info!(group, topics = ?processor.topics, "Service starting");
+    tracing::info!(
+        group,
+        tasks = ?processor.topics,
+        globals = ?processor.globals,
+        changelog = ?processor.changelog,
+        "Service starting"
+    );
     processor::run(
         processor,
         store,
         settings.codec()?,
         handler,
-        Positions::default(),
+        positions,
         shutdown,
     )
     .await

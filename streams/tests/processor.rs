@@ -18,7 +18,7 @@ use streams::outbox;
 use streams::processor::{self, Context, Handler, HandlerError, Positions, Record, Settings};
 use streams::registry::Client;
 use streams::replay::{self, Start};
-use streams::store::{Batch, Effects, Position, Store, Writers};
+use streams::store::{Batch, Effects, Position, Scope, Store, Writers};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +115,7 @@ async fn harness() -> Harness {
     for (topic, partitions) in [
         ("bookings", 4),
         ("bookings.dlq", 1),
+        ("counter.changelog", 4),
         ("counted", 2),
         ("counted.dlq", 1),
     ] {
@@ -291,8 +292,23 @@ fn commit_as_service(store: &Store, topic: &str, offset: i64, effects: &Effects)
         offset,
     };
     let mut batch = Batch::default();
-    batch.add(&at, None, effects.clone());
+    batch.add(&at, Scope::Task(0), None, effects.clone());
     store.commit(&batch, Writers::Shared).expect("commit");
+}
+
+/// The route counts of the tasks `running` holds now, from `store`.
+fn owned_total(store: &Store, running: &Running) -> u64 {
+    let tasks: std::collections::BTreeSet<i32> = running
+        .positions
+        .snapshot()
+        .keys()
+        .map(|(_, p)| *p)
+        .collect();
+    tasks
+        .into_iter()
+        .flat_map(|task| store.scan_in(Scope::Task(task), b"route/").expect("scan"))
+        .filter_map(|(_, v)| String::from_utf8_lossy(&v).parse::<u64>().ok())
+        .sum()
 }
 
 fn total(store: &Store, prefix: &str) -> u64 {
@@ -354,7 +370,7 @@ async fn a_processor_that_stops_mid_stream_is_taken_over_and_every_record_applie
     let rebuilt = Store::temporary().expect("store");
     let summary = replay::replay(
         h.broker.bootstrap_servers(),
-        &["bookings"],
+        replay::Inputs::tasks(&["bookings"]),
         &Start::Beginning,
         &rebuilt,
         &h.codec,
@@ -442,7 +458,7 @@ async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid
     let rebuilt = Store::temporary().expect("store");
     let summary = replay::replay(
         h.broker.bootstrap_servers(),
-        &["bookings"],
+        replay::Inputs::tasks(&["bookings"]),
         &Start::Beginning,
         &rebuilt,
         &h.codec,
@@ -453,6 +469,91 @@ async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid
     .expect("replay");
     assert_eq!(summary.applied, 300);
     assert_eq!(summary.digest, store.digest().expect("digest"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let logged = |h: &Harness| {
+        h.settings("counter", "bookings")
+            .with_changelog(&support::spec("counter.changelog"))
+    };
+    let counter = || RouteCounter { emit_to: None };
+    let (a, b) = (
+        Store::temporary().expect("store"),
+        Store::temporary().expect("store"),
+    );
+    let first = h.start(logged(&h), &a, counter());
+    h.book(0, 100).await;
+    wait_for("the first 100 bookings", Duration::from_secs(30), || {
+        total(&a, "route/") == 100
+    })
+    .await;
+
+    // A second instance with an empty store joins: the tasks it gets come from the changelog.
+    let second = h.start(logged(&h), &b, counter());
+    wait_for("the tasks to be split", Duration::from_secs(30), || {
+        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
+    })
+    .await;
+    assert!(
+        owned_total(&b, &second) > 0,
+        "the joining instance restored its tasks' counts"
+    );
+    assert_eq!(owned_total(&a, &first) + owned_total(&b, &second), 100);
+    h.book(100, 100).await;
+    wait_for("200 bookings over both", Duration::from_secs(30), || {
+        owned_total(&a, &first) + owned_total(&b, &second) == 200
+    })
+    .await;
+
+    // The first dies where it stands; the second restores the first's tasks and goes on.
+    first.kill().await;
+    h.book(200, 100).await;
+    wait_for(
+        "the survivor to hold every task",
+        Duration::from_secs(30),
+        || second.positions.snapshot().len() == 4,
+    )
+    .await;
+    wait_for(
+        "all 300 bookings on the survivor",
+        Duration::from_secs(30),
+        || owned_total(&b, &second) >= 300,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        total(&b, "route/"),
+        300,
+        "every booking applied exactly once"
+    );
+    second.stop().await;
+
+    // A store is disposable: a third instance with an empty store gets the same state back.
+    let c = Store::temporary().expect("store");
+    let third = h.start(logged(&h), &c, counter());
+    wait_for("the restored store", Duration::from_secs(30), || {
+        third.positions.snapshot().len() == 4 && total(&c, "route/") == 300
+    })
+    .await;
+    third.stop().await;
+    assert_eq!(c.digest().expect("digest"), b.digest().expect("digest"));
+    let rebuilt = Store::temporary().expect("store");
+    let summary = replay::replay(
+        h.broker.bootstrap_servers(),
+        replay::Inputs::tasks(&["bookings"]),
+        &Start::Beginning,
+        &rebuilt,
+        &h.codec,
+        &counter(),
+        |_| {},
+    )
+    .await
+    .expect("replay");
+    assert_eq!(summary.digest, c.digest().expect("digest"));
     h.shutdown().await;
 }
 
@@ -516,7 +617,7 @@ async fn a_relay_that_crashes_after_publishing_makes_a_duplicate_that_consumers_
     let (_stop, stopped) = tokio::sync::watch::channel(true);
     tokio::time::timeout(
         Duration::from_secs(30),
-        outbox::relay(service.outbox().clone(), h.producer.clone(), stopped),
+        outbox::relay(service.outbox().clone(), h.producer.clone(), None, stopped),
     )
     .await
     .expect("the relay publishes the entry and stops");
@@ -552,6 +653,7 @@ async fn the_relay_publishes_every_entry_once_in_commit_order_and_drains_before_
     let relay = tokio::spawn(outbox::relay(
         service.outbox().clone(),
         h.producer.clone(),
+        None,
         stopped,
     ));
     // 2,000 events of one booking (one partition), committed while the relay runs, in
@@ -644,7 +746,7 @@ async fn records_processed_again_after_their_transactions_were_lost_emit_the_sam
             offset: -1,
         };
         let mut batch = Batch::default();
-        batch.add(&before_the_first, None, Effects::default());
+        batch.add(&before_the_first, Scope::Task(0), None, Effects::default());
         rebuilt.commit(&batch, Writers::Shared).expect("commit");
     }
     let second = h.start(settings, &rebuilt, emitting());
@@ -684,9 +786,10 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
         .await
         .expect("encodes");
     let raw = |payload: Vec<u8>| streams::kafka::OutgoingRecord {
+        partition: None,
         topic: "bookings".into(),
         key: b"poison".to_vec(),
-        payload,
+        payload: Some(payload),
         headers: vec![],
     };
     h.producer
@@ -853,9 +956,10 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
     let mut effects = Effects::default();
     for n in 0..2u8 {
         effects.emit(streams::kafka::OutgoingRecord {
+            partition: None,
             topic: "bookings".into(),
             key: vec![n],
-            payload: vec![0, 0, 0, 0, 1, n],
+            payload: Some(vec![0, 0, 0, 0, 1, n]),
             headers: vec![],
         });
     }
@@ -869,7 +973,12 @@ async fn a_relay_told_to_stop_while_the_broker_is_away_keeps_its_outbox_and_retu
     )
     .expect("producer");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(outbox::relay(service.outbox().clone(), producer, stopped));
+    let relay = tokio::spawn(outbox::relay(
+        service.outbox().clone(),
+        producer,
+        None,
+        stopped,
+    ));
     stop.send(true).expect("relay listening");
     tokio::time::timeout(Duration::from_secs(20), relay)
         .await
@@ -888,9 +997,10 @@ async fn a_processor_stopped_while_a_dead_letter_cannot_be_written_keeps_the_rec
     let _serial = SERIAL.lock().await;
     let h = harness().await;
     let poison = streams::kafka::OutgoingRecord {
+        partition: None,
         topic: "bookings".into(),
         key: b"poison".to_vec(),
-        payload: Vec::new(),
+        payload: Some(Vec::new()),
         headers: vec![],
     };
     let at = h.producer.send_record(&poison).await.expect("sent");

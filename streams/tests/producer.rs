@@ -66,7 +66,8 @@ async fn sends_beyond_a_full_queue_all_land_with_their_headers() {
         .map(|n| OutgoingRecord {
             topic: "pings".into(),
             key: vec![n],
-            payload: vec![0, 0, 0, 0, 1, n],
+            partition: None,
+            payload: Some(vec![0, 0, 0, 0, 1, n]),
             headers: vec![("origin".into(), b"outbox".to_vec())],
         })
         .collect();

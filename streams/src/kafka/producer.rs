@@ -19,10 +19,13 @@ use crate::kafka::headers::Metadata;
 pub struct OutgoingRecord {
     /// Destination topic.
     pub topic: String,
+    /// The partition, when the writer chooses it (a changelog record goes to its task's
+    /// partition); `None`: the key's partition.
+    pub partition: Option<i32>,
     /// Record key (none when empty).
     pub key: Vec<u8>,
-    /// Record value.
-    pub payload: Vec<u8>,
+    /// Record value; `None` is a tombstone (a compacted topic forgets the key).
+    pub payload: Option<Vec<u8>>,
     /// Record headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -42,8 +45,9 @@ pub async fn record<E: Event>(
     let event_type = codec.record_name::<E>()?;
     Ok(OutgoingRecord {
         topic: topic.to_owned(),
+        partition: None,
         key: event.key().into_bytes(),
-        payload,
+        payload: Some(payload),
         headers: metadata.pairs(Some(&event_type)),
     })
 }
@@ -82,6 +86,19 @@ fn future_record<'a, 'h>(
     } else {
         record.key(key)
     }
+}
+
+/// librdkafka's record of an [`OutgoingRecord`]: its partition when it names one, no value
+/// for a tombstone.
+fn outgoing_record(entry: &OutgoingRecord) -> FutureRecord<'_, [u8], [u8]> {
+    let headers = entry
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()));
+    let mut record = future_record(&entry.topic, &entry.key, &[], headers);
+    record.payload = entry.payload.as_deref();
+    record.partition = entry.partition;
+    record
 }
 
 /// The broker's answer as the producer's result.
@@ -189,7 +206,12 @@ impl Producer {
                 let payload = payload.map_err(codec_error)?;
                 let event_type = self.codec.record_name::<E>().map_err(codec_error)?;
                 let headers = metadata.header_bytes(&event_type);
-                self.queue(topic, event.key().as_bytes(), &payload, headers)
+                self.queue(future_record(
+                    topic,
+                    event.key().as_bytes(),
+                    &payload,
+                    headers,
+                ))
             }
             None => Queued::NotYet,
         };
@@ -229,35 +251,19 @@ impl Producer {
     ///
     /// [`Error::Kafka`] when the broker did not take it within the message timeout.
     pub async fn send_record(&self, entry: &OutgoingRecord) -> Result<Delivery> {
-        let headers = || {
-            entry
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_slice()))
-        };
-        match self.queue(&entry.topic, &entry.key, &entry.payload, headers()) {
+        match self.queue(outgoing_record(entry)) {
             Queued::Sent(delivery) => delivered(&entry.topic, acked(delivery).await),
             Queued::Failed(e) => Err(Error::kafka(format!("sending to {}", entry.topic), e)),
             Queued::NotYet => {
-                let record = future_record(&entry.topic, &entry.key, &entry.payload, headers());
-                let sent = Box::pin(self.inner.send(record, QUEUE_TIMEOUT)).await;
+                let sent = Box::pin(self.inner.send(outgoing_record(entry), QUEUE_TIMEOUT)).await;
                 delivered(&entry.topic, sent.map_err(|(e, _)| e))
             }
         }
     }
 
     /// Hands a record to librdkafka without waiting for room in its queue.
-    fn queue<'h>(
-        &self,
-        topic: &str,
-        key: &[u8],
-        payload: &[u8],
-        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
-    ) -> Queued {
-        match self
-            .inner
-            .send_result(future_record(topic, key, payload, headers))
-        {
+    fn queue(&self, record: FutureRecord<'_, [u8], [u8]>) -> Queued {
+        match self.inner.send_result(record) {
             Ok(delivery) => Queued::Sent(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Queued::NotYet,
             Err((e, _)) => Queued::Failed(e),

@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use super::handler::{Context, Handler, HandlerError, Record};
 use crate::codec::{Codec, CodecError};
 use crate::kafka::Metadata;
-use crate::store::{Batch, Effects, Position, Store, Writers};
+use crate::store::{Batch, Effects, Position, Scope, Store, Writers};
 
 /// Why one attempt at a record failed.
 #[derive(Debug)]
@@ -30,6 +30,9 @@ pub(crate) struct Apply<'a, H> {
     pub(crate) codec: &'a Codec,
     pub(crate) handler: &'a H,
     pub(crate) writers: Writers,
+    /// Topics read whole as global tables; a record of any other topic belongs to the task of
+    /// its partition number.
+    pub(crate) globals: &'a [String],
 }
 
 impl<H: Handler> Apply<'_, H> {
@@ -46,6 +49,7 @@ impl<H: Handler> Apply<'_, H> {
         message: &M,
     ) -> Result<(), Failure> {
         let at = position(self.group, message);
+        let scope = self.scope(at.topic, at.partition);
         let store_error = |e: crate::Error| Failure::Retry(e.to_string());
         // A record the batch or the store already moved past: a partition taken back after a
         // rebalance is read again from the committed offset, which may repeat records.
@@ -65,7 +69,7 @@ impl<H: Handler> Apply<'_, H> {
             && (batch.seen(id) || self.store.seen(id))
         {
             tracing::debug!(event_id = %String::from_utf8_lossy(id), "Skipping a duplicate event");
-            batch.add(&at, None, Effects::default());
+            batch.add(&at, scope, None, Effects::default());
             return Ok(());
         }
         let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
@@ -89,6 +93,7 @@ impl<H: Handler> Apply<'_, H> {
         let mut ctx = Context::new(
             self.group,
             self.store,
+            scope,
             batch,
             self.codec,
             cause,
@@ -97,8 +102,17 @@ impl<H: Handler> Apply<'_, H> {
         let outcome = self.handler.handle(&mut ctx, &record).await;
         let effects = ctx.finish();
         outcome.map_err(failure)?;
-        batch.add(&at, id, effects);
+        batch.add(&at, scope, id, effects);
         Ok(())
+    }
+
+    /// The state a record of `topic`'s `partition` belongs to.
+    pub(crate) fn scope(&self, topic: &str, partition: i32) -> Scope {
+        if self.globals.iter().any(|g| g == topic) {
+            Scope::Global
+        } else {
+            Scope::Task(partition)
+        }
     }
 }
 
@@ -181,6 +195,7 @@ mod tests {
             codec: &codec,
             handler: &Counter,
             writers: Writers::Shared,
+            globals: &[],
         };
         let mut batch = Batch::default();
         for message in messages {
@@ -203,7 +218,7 @@ mod tests {
         )
         .await;
         assert_eq!(batch.len(), 2);
-        assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        assert_eq!(batch.pending(Scope::Task(0), b"n"), Some(Some(&b"2"[..])));
         store.commit(&batch, Writers::Shared).expect("commit");
         assert_eq!(store.next_offset("g", "t", 0).expect("offset"), Some(12));
     }
@@ -214,7 +229,7 @@ mod tests {
         let batch = apply_all(&store, &[message(0, Some("e1")), message(1, Some("e1"))]).await;
         assert_eq!(batch.len(), 2, "both offsets move");
         assert_eq!(
-            batch.pending(b"n"),
+            batch.pending(Scope::Task(0), b"n"),
             Some(Some(&b"1"[..])),
             "the handler ran once"
         );

@@ -72,8 +72,9 @@ pub(crate) async fn send(
     ]);
     let entry = OutgoingRecord {
         topic: dlq,
+        partition: None,
         key: message.key().unwrap_or_default().to_vec(),
-        payload: message.payload().unwrap_or_default().to_vec(),
+        payload: message.payload().map(<[u8]>::to_vec),
         headers,
     };
     // The dead letter must be stored before the offset moves past it: nothing is lost.
@@ -84,9 +85,12 @@ pub(crate) async fn send(
             return Sent::Stopped;
         }
     }
-    let mut batch = Batch::default();
+    // Through the changelog like any record of the task, so that the task's next owner moves
+    // past the dead letter too.
+    let mut batch = Batch::logged(settings.logged());
     batch.add(
         &super::apply::position(&settings.group, message),
+        settings.scope(message.topic(), message.partition()),
         None,
         Effects::default(),
     );

@@ -11,7 +11,7 @@ use crate::codec::{Codec, CodecError, Event};
 use crate::error::Error;
 use crate::kafka::Metadata;
 use crate::kafka::producer;
-use crate::store::{Batch, Effects, Position, Reads, Store, Writers};
+use crate::store::{Batch, Effects, Position, Reads, Scope, Store, Writers};
 
 /// What a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -90,13 +90,15 @@ pub struct Context<'a> {
     /// The consumer group processing the record: part of the ids of the events it emits.
     group: &'a str,
     store: &'a Store,
+    /// The state the record belongs to: its task's, or a global table's.
+    scope: Scope,
     /// Earlier records of the same batch, not yet committed: the handler sees their writes.
     overlay: &'a Batch,
     codec: &'a Codec,
     cause: &'a Metadata,
     effects: Effects,
-    /// What the handler read from the store, checked again at commit when other workers may
-    /// write the store ([`Writers::Shared`]). A lock, not a `RefCell`, so handlers may hold
+    /// What the handler read from the store (sled keys, scope included), checked again at
+    /// commit when other workers may write the store ([`Writers::Shared`]). A lock, not a `RefCell`, so handlers may hold
     /// `&Context` across an await on a multi-threaded runtime.
     reads: Mutex<Reads>,
     writers: Writers,
@@ -106,6 +108,7 @@ impl<'a> Context<'a> {
     pub(crate) fn new(
         group: &'a str,
         store: &'a Store,
+        scope: Scope,
         overlay: &'a Batch,
         codec: &'a Codec,
         cause: &'a Metadata,
@@ -114,6 +117,7 @@ impl<'a> Context<'a> {
         Context {
             group,
             store,
+            scope,
             overlay,
             codec,
             cause,
@@ -130,9 +134,7 @@ impl<'a> Context<'a> {
             .reads
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (key, value) in reads {
-            effects.expect(key, value);
-        }
+        effects.scoped_reads = reads;
         effects
     }
 
@@ -147,26 +149,44 @@ impl<'a> Context<'a> {
         Ok(self.codec.decode(record.payload).await?)
     }
 
-    /// Reads a business-state key, seeing this record's own writes.
+    /// Reads a business-state key of the record's own task (or, for a record of a global
+    /// table, of that table), seeing this record's own writes.
     ///
     /// # Errors
     ///
     /// [`HandlerError::Store`] on an I/O failure.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
-        let pending = self
-            .effects
-            .pending(key)
-            .or_else(|| self.overlay.pending(key));
-        match pending {
-            Some(value) => Ok(value.map(<[u8]>::to_vec)),
-            None => {
-                let value = self.store.get(key)?;
-                if self.writers == Writers::Shared {
-                    crate::sync::lock(&self.reads).push((key.to_vec(), value.clone()));
-                }
-                Ok(value)
-            }
+        if let Some(value) = self.effects.pending(key) {
+            return Ok(value.map(<[u8]>::to_vec));
         }
+        self.read(self.scope, key)
+    }
+
+    /// Reads a key of the global tables (a catalog every instance holds whole), whatever task
+    /// the record belongs to.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::Store`] on an I/O failure.
+    pub fn get_global(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
+        if self.scope == Scope::Global
+            && let Some(value) = self.effects.pending(key)
+        {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        self.read(Scope::Global, key)
+    }
+
+    /// A key of `scope` as earlier records of the batch left it, else as the store holds it.
+    fn read(&self, scope: Scope, key: &[u8]) -> Result<Option<Vec<u8>>, HandlerError> {
+        if let Some(value) = self.overlay.pending(scope, key) {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        let value = self.store.get_in(scope, key)?;
+        if self.writers == Writers::Shared {
+            crate::sync::lock(&self.reads).push((scope.key(key), value.clone()));
+        }
+        Ok(value)
     }
 
     /// Reads a business-state key holding JSON (see [`Context::put_json`]).
@@ -178,13 +198,19 @@ impl<'a> Context<'a> {
         &self,
         key: &str,
     ) -> Result<Option<T>, HandlerError> {
-        self.get(key.as_bytes())?
-            .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    HandlerError::Store(Error::Store(format!("state {key} is unreadable: {e}")))
-                })
-            })
-            .transpose()
+        json(key, self.get(key.as_bytes())?)
+    }
+
+    /// Reads a key of the global tables holding JSON (see [`Context::get_global`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::get_json`].
+    pub fn global_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, HandlerError> {
+        json(key, self.get_global(key.as_bytes())?)
     }
 
     /// Sets a business-state key to `value` as JSON: readable with `tripstream` tools and
@@ -233,6 +259,20 @@ impl<'a> Context<'a> {
         self.effects.emit(record);
         Ok(())
     }
+}
+
+/// A stored JSON value as a `T`.
+fn json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<T>, HandlerError> {
+    bytes
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                HandlerError::Store(Error::Store(format!("state {key} is unreadable: {e}")))
+            })
+        })
+        .transpose()
 }
 
 /// A service's logic: what one record does.

@@ -22,8 +22,10 @@
 
 mod apply;
 pub mod dead_letter;
+mod global;
 mod handler;
 mod rebalance;
+mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,8 +47,8 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::kafka::Producer;
 use crate::kafka::topic::TopicSpec;
-use crate::outbox;
-use crate::store::{Batch, Committed, Store, Writers};
+use crate::outbox::{self, Gate};
+use crate::store::{Batch, Changelog, Committed, MAX_TASK, Scope, Store, Writers};
 
 /// How long one receive waits before it is asked again (see the run loop).
 const RECV_RETRY: Duration = Duration::from_millis(20);
@@ -63,10 +65,17 @@ const LIVE_BATCH: usize = 64;
 pub struct Settings {
     /// `bootstrap.servers`.
     pub bootstrap: String,
-    /// Consumer group: processors with the same group share the partitions.
+    /// Consumer group: processors with the same group share the tasks.
     pub group: String,
-    /// Topics to consume.
+    /// Topics whose partitions make up the tasks: partition `n` of each is task `n`, so they
+    /// must have as many partitions each.
     pub topics: Vec<String>,
+    /// Topics every processor of the group reads whole, as global tables (catalogs), without
+    /// the group: read to their end before any task is processed, then kept up with.
+    pub globals: Vec<String>,
+    /// The compacted topic the tasks' state is logged to, a partition per task; `None`: the
+    /// state is not logged (a task's state then stays with the instance that built it).
+    pub changelog: Option<String>,
     /// Dead-letter topic of each consumed topic (from the topic specs).
     pub dead_letters: HashMap<String, String>,
     /// Raw librdkafka consumer settings, applied last.
@@ -75,9 +84,18 @@ pub struct Settings {
     pub commit_interval: Duration,
 }
 
+/// The consumer settings every processor starts from, before [`Settings::consumer`]: how long a
+/// silent member keeps its tasks, and how often members say they are alive. A killed instance's
+/// tasks move after at most the session timeout (librdkafka's default is 45 s, longer than a
+/// saga may take), and a member that joins gets its share at the next heartbeat.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "1000"),
+];
+
 impl Settings {
-    /// Settings reading the topics of `specs`, whose dead-letter topics the specs name;
-    /// offsets committed to Kafka every second.
+    /// Settings reading the topics of `specs` as tasks, whose dead-letter topics the specs
+    /// name; no global tables, no changelog; offsets committed to Kafka every second.
     pub fn new(
         bootstrap: impl Into<String>,
         group: impl Into<String>,
@@ -87,12 +105,55 @@ impl Settings {
             bootstrap: bootstrap.into(),
             group: group.into(),
             topics: specs.iter().map(|s| s.name.clone()).collect(),
-            dead_letters: specs
-                .iter()
-                .filter_map(|s| Some((s.name.clone(), s.dead_letter.clone()?)))
-                .collect(),
+            globals: Vec::new(),
+            changelog: None,
+            dead_letters: HashMap::new(),
             consumer: Vec::new(),
             commit_interval: Duration::from_secs(1),
+        }
+        .dead_letters_of(specs)
+    }
+
+    /// These settings, also reading the topics of `specs` as global tables.
+    #[must_use]
+    pub fn with_globals(mut self, specs: &[&TopicSpec]) -> Self {
+        self.globals.extend(specs.iter().map(|s| s.name.clone()));
+        self.dead_letters_of(specs)
+    }
+
+    /// These settings, logging the tasks' state to the topic of `spec`.
+    #[must_use]
+    pub fn with_changelog(mut self, spec: &TopicSpec) -> Self {
+        self.changelog = Some(spec.name.clone());
+        self
+    }
+
+    fn dead_letters_of(mut self, specs: &[&TopicSpec]) -> Self {
+        self.dead_letters.extend(
+            specs
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.dead_letter.clone()?))),
+        );
+        self
+    }
+
+    /// The changelog as commits write it.
+    pub(crate) fn logged(&self) -> Option<Arc<Changelog>> {
+        self.changelog.as_ref().map(|topic| {
+            Arc::new(Changelog {
+                topic: topic.clone(),
+                group: self.group.clone(),
+                inputs: self.topics.clone(),
+            })
+        })
+    }
+
+    /// The state a record of `topic`'s `partition` belongs to.
+    pub(crate) fn scope(&self, topic: &str, partition: i32) -> Scope {
+        if self.globals.iter().any(|g| g == topic) {
+            Scope::Global
+        } else {
+            Scope::Task(partition)
         }
     }
 
@@ -102,6 +163,7 @@ impl Settings {
         match self
             .topics
             .iter()
+            .chain(&self.globals)
             .find(|t| !self.dead_letters.contains_key(t.as_str()))
         {
             None => Ok(()),
@@ -136,6 +198,64 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     settings.check()?;
+    let producer = Producer::new(&settings.bootstrap, codec.clone(), &[])?;
+    let gate = settings
+        .changelog
+        .as_ref()
+        .map(|topic| Gate::new(topic, store.clone()));
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(outbox::relay(
+        store.outbox().clone(),
+        producer.clone(),
+        gate.clone(),
+        relay_stopped,
+    ));
+    // A processor dropped where it stands (its task aborted) takes its relay with it, as a
+    // killed process would: a relay left running could publish changelog entries of tasks
+    // another instance has taken over.
+    let _relay_guard = AbortOnDrop(relay.abort_handle());
+    let apply = Apply {
+        group: &settings.group,
+        store: &store,
+        codec: &codec,
+        handler: &handler,
+        writers: Writers::Shared,
+        globals: &settings.globals,
+    };
+    tokio::pin!(shutdown);
+    // The global tables first: any task's records may read them.
+    let mut globals = None;
+    if !settings.globals.is_empty() {
+        let mut reader = global::Globals::start(&settings, &store)?;
+        if !reader
+            .catch_up(&apply, &settings, &producer, &mut shutdown)
+            .await
+        {
+            outbox::stop_within(stop_relay, relay, Duration::from_secs(5)).await;
+            return Ok(());
+        }
+        globals = Some(reader);
+    }
+    if settings.topics.is_empty() {
+        // Only global tables: keep up with them until shutdown.
+        if let Some(reader) = &mut globals {
+            while let Some(taken) = reader
+                .step(&apply, &settings, &producer, &mut shutdown)
+                .await
+            {
+                if taken == 0 {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(RECV_RETRY) => {}
+                    }
+                }
+            }
+        }
+        outbox::stop_within(stop_relay, relay, Duration::from_secs(5)).await;
+        let _ = store.flush();
+        return Ok(());
+    }
+    let logged = settings.logged();
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap)
@@ -144,13 +264,25 @@ pub async fn run<H: Handler>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Members joining or leaving move only the partitions that change owner; the others
-        // keep flowing through a rebalance.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Co-partitioned tasks: partition n of every input topic goes to one member, which
+        // `range` gives for topics with as many partitions each (checked below);
+        // `cooperative-sticky` balances each topic on its own.
+        .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    for (key, value) in CONSUMER_DEFAULTS {
+        config.set(*key, *value);
+    }
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }
+    let restorer = match (&logged, &gate) {
+        (Some(log), Some(gate)) => Some(restore::Restorer::new(
+            &settings.bootstrap,
+            log.clone(),
+            gate.clone(),
+        )?),
+        _ => None,
+    };
     let watermarks = Arc::new(Mutex::new(HashMap::new()));
     let revocations = Arc::new(AtomicU64::new(0));
     let consumer: StreamConsumer<ProcessorContext> = config
@@ -160,31 +292,25 @@ pub async fn run<H: Handler>(
             positions: positions.clone(),
             watermarks: watermarks.clone(),
             revocations: revocations.clone(),
+            restorer,
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
+    check_tasks(&consumer, &settings)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))?;
-    let producer = Producer::new(&settings.bootstrap, codec.clone(), &[])?;
 
-    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(outbox::relay(
-        store.outbox().clone(),
-        producer.clone(),
-        relay_stopped,
-    ));
-    let apply = Apply {
-        group: &settings.group,
-        store: &store,
-        codec: &codec,
-        handler: &handler,
-        writers: Writers::Shared,
-    };
-
-    tokio::pin!(shutdown);
     let mut last_commit = Instant::now();
     loop {
+        if let Some(reader) = &mut globals
+            && reader
+                .step(&apply, &settings, &producer, &mut shutdown)
+                .await
+                .is_none()
+        {
+            break;
+        }
         let message = tokio::select! {
             () = &mut shutdown => break,
             // Bounded, then asked again: a wake-up from librdkafka that the async consumer misses
@@ -229,7 +355,7 @@ pub async fn run<H: Handler>(
         let mut backoff = Duration::from_millis(100);
         while next < ready.len() {
             let take = if one_by_one { 1 } else { ready.len() - next };
-            let mut batch = Batch::default();
+            let mut batch = Batch::logged(logged.clone());
             let mut applied = 0;
             let mut failure = None;
             for message in &ready[next..next + take] {
@@ -332,6 +458,57 @@ pub async fn run<H: Handler>(
         }
     }
     finish(&consumer, &store, &settings, stop_relay, relay).await;
+    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Refuses task topics with different partition counts (a task is one partition number of
+/// each), or more partitions than the changelog or the store's keys can hold.
+fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) -> Result<()> {
+    let timeout = Duration::from_secs(30);
+    let mut counts = Vec::new();
+    for topic in settings.topics.iter().chain(&settings.changelog) {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| Error::kafka(format!("reading the metadata of {topic}"), e))?;
+        let count = metadata
+            .topics()
+            .iter()
+            .map(|t| t.partitions().len())
+            .sum::<usize>();
+        counts.push((topic.as_str(), count));
+    }
+    let inputs = &counts[..settings.topics.len()];
+    let tasks = inputs.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let listed = || {
+        counts
+            .iter()
+            .map(|(topic, n)| format!("{topic} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let uneven = inputs.iter().any(|(_, n)| *n != tasks);
+    let short_log = counts[settings.topics.len()..]
+        .iter()
+        .any(|(_, n)| *n < tasks);
+    if uneven || short_log || tasks > MAX_TASK as usize {
+        return Err(Error::Usage(format!(
+            "consumer group {} cannot split its inputs into tasks: a task is one partition \
+             number of every input topic, so each needs as many partitions (at most {}), and \
+             its changelog at least as many; partitions: {}",
+            settings.group,
+            MAX_TASK + 1,
+            listed()
+        )));
+    }
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! What a processor holds and how it hands partitions over.
 //!
-//! Positions and lag per partition, and the rebalance callbacks that start partitions at
-//! sled's offsets and commit them to Kafka before giving partitions up.
+//! Positions and lag per partition, and the rebalance callbacks: a task assigned is restored
+//! from its changelog when the store is behind it (see [`super::restore`]), then its partitions
+//! start at sled's offsets; sled's offsets are committed to Kafka before partitions are given
+//! up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::restore::{Restored, Restorer};
 use crate::store::Store;
 
 /// Where a partition stands.
@@ -61,6 +64,31 @@ pub(crate) struct ProcessorContext {
     /// Partitions revoked so far: the poll loop checks it to drop records it holds for
     /// partitions it no longer owns.
     pub(crate) revocations: Arc<AtomicU64>,
+    /// Restores tasks from the changelog, when the state is logged.
+    pub(crate) restorer: Option<Restorer>,
+}
+
+impl ProcessorContext {
+    /// Restores `task` before its partitions are assigned, retrying until it can: processing
+    /// a task on state that is not its latest would decide wrongly.
+    fn restore(&self, restorer: &Restorer, task: i32) {
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            match restorer.restore(&self.store, task) {
+                Ok(Restored::Current) => {
+                    tracing::debug!(group = %self.group, task, "The store holds the task's latest state");
+                    break;
+                }
+                Ok(Restored::Read(_)) => break,
+                Err(error) => {
+                    tracing::warn!(%error, group = %self.group, task, "Restoring a task failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+        restorer.gate.own(task);
+    }
 }
 
 impl ClientContext for ProcessorContext {
@@ -111,6 +139,13 @@ impl ConsumerContext for ProcessorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                if let Some(restorer) = &self.restorer {
+                    let tasks: std::collections::BTreeSet<i32> =
+                        partitions.iter().map(|(_, p)| *p).collect();
+                    for task in tasks {
+                        self.restore(restorer, task);
+                    }
+                }
                 for (topic, partition) in partitions {
                     match self.store.next_offset(&self.group, &topic, partition) {
                         Ok(stored) => {
@@ -158,6 +193,10 @@ impl ConsumerContext for ProcessorContext {
                 );
                 for element in tpl.elements() {
                     self.positions.remove(element.topic(), element.partition());
+                    if let Some(restorer) = &self.restorer {
+                        // Its changelog entries not sent yet wait: the task may come back.
+                        restorer.gate.release(element.partition());
+                    }
                 }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
                 let unassigned = if cooperative {

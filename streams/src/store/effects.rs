@@ -1,8 +1,9 @@
 //! What records do to a store: one record's [`Effects`], and the [`Batch`] one commit writes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use super::{FastHash, FastMap};
+use super::{Changelog, FastHash, FastMap, Scope};
 use crate::kafka::OutgoingRecord;
 
 /// State keys a handler read, with the values it saw (`None`: absent).
@@ -13,8 +14,10 @@ pub(crate) type Reads = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 pub struct Effects {
     pub(crate) puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub(crate) emits: Vec<OutgoingRecord>,
-    /// Keys read and the values seen, checked again at commit.
+    /// Keys read and the values seen, checked again at commit: keys of the effects' own scope.
     pub(crate) reads: Reads,
+    /// As `reads`, for sled keys (scope included): what a handler read from any scope.
+    pub(crate) scoped_reads: Reads,
 }
 
 impl Effects {
@@ -28,7 +31,8 @@ impl Effects {
         }
     }
 
-    /// Sets a business-state key.
+    /// Sets a business-state key. Keys starting with NUL are the runtime's own (the
+    /// changelog's markers): services name theirs with text, such as `seats/<flight id>`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.puts.push((key.into(), Some(value.into())));
     }
@@ -74,6 +78,8 @@ pub struct Position<'a> {
 /// One partition's records in a batch.
 #[derive(Debug)]
 pub(crate) struct Span {
+    /// The state the partition's records write: their task's, or a global table.
+    pub(crate) scope: Scope,
     pub(crate) group: String,
     pub(crate) topic: String,
     pub(crate) partition: i32,
@@ -106,17 +112,35 @@ pub struct Batch {
     /// Keys the batch's handlers read from the store (not from the batch), with the values
     /// seen: a checked commit is refused as stale if any changed.
     pub(crate) reads: Reads,
+    /// Where the commit logs its tasks' changes, if anywhere.
+    pub(crate) changelog: Option<Arc<Changelog>>,
     records: usize,
 }
 
 impl Batch {
-    /// Adds one record's effects, offset and dedupe mark (`event_id`: `None` for a record
-    /// that only moves the offset, such as a duplicate or a dead letter).
-    pub fn add(&mut self, at: &Position<'_>, event_id: Option<&[u8]>, effects: Effects) {
+    /// A batch whose commit logs the changes of its tasks to `changelog`.
+    pub fn logged(changelog: Option<Arc<Changelog>>) -> Self {
+        Batch {
+            changelog,
+            ..Batch::default()
+        }
+    }
+
+    /// Adds one record's effects on the state of `scope`, its offset and its dedupe mark
+    /// (`event_id`: `None` for a record that only moves the offset, such as a duplicate or a
+    /// dead letter).
+    pub fn add(
+        &mut self,
+        at: &Position<'_>,
+        scope: Scope,
+        event_id: Option<&[u8]>,
+        effects: Effects,
+    ) {
         let next = at.offset + 1;
         match self.span_mut(at) {
             Some(span) => span.next = span.next.max(next),
             None => self.spans.push(Span {
+                scope,
                 group: at.group.to_owned(),
                 topic: at.topic.to_owned(),
                 partition: at.partition,
@@ -127,18 +151,25 @@ impl Batch {
         if let Some(id) = event_id {
             self.ids.insert(id.to_vec());
         }
-        self.add_effects(effects);
+        self.add_effects(scope, effects);
         self.records += 1;
     }
 
-    /// Adds effects that no consumed record caused (an HTTP request, say).
-    pub(crate) fn add_effects(&mut self, effects: Effects) {
-        for (key, value) in effects.reads {
+    /// Adds effects on the state of `scope` that no consumed record caused (an HTTP request,
+    /// say).
+    pub(crate) fn add_effects(&mut self, scope: Scope, effects: Effects) {
+        let own = effects.reads.into_iter().map(|(k, v)| (scope.key(&k), v));
+        for (key, value) in own.chain(effects.scoped_reads) {
             if !self.reads.iter().any(|(k, _)| *k == key) {
                 self.reads.push((key, value));
             }
         }
-        self.state.extend(effects.puts);
+        self.state.extend(
+            effects
+                .puts
+                .into_iter()
+                .map(|(key, value)| (scope.key(&key), value)),
+        );
         self.emits.extend(effects.emits);
     }
 
@@ -168,9 +199,12 @@ impl Batch {
         self.records = 0;
     }
 
-    /// The value a key will have once the batch commits, if the batch touches it.
-    pub fn pending(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.state.get(key).map(Option::as_deref)
+    /// The value a key of `scope` will have once the batch commits, if the batch touches it.
+    pub fn pending(&self, scope: Scope, key: &[u8]) -> Option<Option<&[u8]>> {
+        if self.state.is_empty() {
+            return None;
+        }
+        self.state.get(&scope.key(key)).map(Option::as_deref)
     }
 
     /// How many records the batch holds.

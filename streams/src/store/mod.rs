@@ -4,25 +4,33 @@
 //! written together: after a crash either all of a batch happened or none of it.
 //!
 //! The business state lives in one tree whose keys a service namespaces itself (for example
-//! `seats/<flight id>`). Its [`Store::digest`] is order-independent and stable across runs and
-//! machines, so a store rebuilt by replaying topics can be compared with the live one.
+//! `seats/<flight id>`), each under the [`Scope`] it belongs to: a task (one input partition
+//! number) or a global table. Its [`Store::digest`] is order-independent and stable across
+//! runs and machines, so a store rebuilt by replaying topics can be compared with the live one.
+//! A commit of a processor with a changelog also queues its tasks' changes for the changelog
+//! (see [`changelog`]), in the same transaction.
 
+pub mod changelog;
 mod dedupe;
 mod effects;
+mod scope;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use changelog::Changelog;
 pub use dedupe::DEDUPE_WINDOW;
 use dedupe::{Seen, decode_ids, encode_ids};
 pub(crate) use effects::Reads;
 pub use effects::{Batch, Effects, Position};
+pub use scope::{MAX_TASK, Scope};
 
 use crate::error::{Error, Result};
+use crate::kafka::OutgoingRecord;
 use crate::outbox::{self, Outbox};
 
 /// What [`Store::commit`] did with a batch.
@@ -59,7 +67,12 @@ pub struct Store {
     marks: sled::Tree,
     outbox: Outbox,
     seen: Arc<Mutex<Seen>>,
+    /// The scopes that hold state, so that a read by key alone looks in each.
+    scopes: Arc<Mutex<BTreeSet<[u8; 2]>>>,
 }
+
+/// The offsets group under which changelog checkpoints are kept: NUL cannot start a group.
+const CHECKPOINTS: &str = "\u{0}changelog";
 
 /// The hasher of the maps a record touches: several lookups per record on keys that are event
 /// ids and state keys. foldhash is several times faster than std's SipHash on such short keys
@@ -134,14 +147,41 @@ impl Store {
         for chunk in seen.forget_oldest() {
             marks.remove(chunk.to_be_bytes()).map_err(store_error)?;
         }
+        let state = tree("state")?;
+        // Each scope's first key, skipping the rest of the scope: one seek per scope.
+        let mut scopes = BTreeSet::new();
+        let mut from = [0u8; 2];
+        while let Some((key, _)) = state
+            .range(from..)
+            .next()
+            .transpose()
+            .map_err(store_error)?
+        {
+            let Some(prefix) = key.first_chunk::<2>() else {
+                break;
+            };
+            scopes.insert(*prefix);
+            match u16::from_be_bytes(*prefix).checked_add(1) {
+                Some(next) => from = next.to_be_bytes(),
+                None => break,
+            }
+        }
         Ok(Store {
-            state: tree("state")?,
+            state,
             offsets: tree("offsets")?,
             marks,
             outbox: Outbox::new(db.clone(), tree("outbox")?),
             db,
             seen: Arc::new(Mutex::new(seen)),
+            scopes: Arc::new(Mutex::new(scopes)),
         })
+    }
+
+    fn scopes(&self) -> Vec<Scope> {
+        crate::sync::lock(&self.scopes)
+            .iter()
+            .map(|prefix| Scope::of_prefix(*prefix))
+            .collect()
     }
 
     /// The store's outbox, for its relay.
@@ -149,45 +189,157 @@ impl Store {
         &self.outbox
     }
 
-    /// Reads a business-state key.
+    /// Reads a business-state key, in whichever scope holds it (a key lives in one).
     ///
     /// # Errors
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.state
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| Error::Store(e.to_string()))
+        for scope in self.scopes() {
+            if let Some(value) = self.get_in(scope, key)? {
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
     }
 
-    /// Every business-state entry under a key prefix, in key order.
+    /// Reads a business-state key of one scope.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn get_in(&self, scope: Scope, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state
+            .get(scope.key(key))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(store_error)
+    }
+
+    /// Every business-state entry under a key prefix, over every scope, in key order.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut found = Vec::new();
+        for scope in self.scopes() {
+            found.extend(self.scan_in(scope, prefix)?);
+        }
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
+    /// Every business-state entry of one scope under a key prefix, in key order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn scan_in(&self, scope: Scope, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.state
-            .scan_prefix(prefix)
+            .scan_prefix(scope.key(prefix))
             .map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(|e| Error::Store(e.to_string()))
+                r.map(|(k, v)| (k[2..].to_vec(), v.to_vec()))
+                    .map_err(store_error)
             })
             .collect()
     }
 
-    /// How many business-state entries are under a key prefix (nothing is copied out).
+    /// How many business-state entries are under a key prefix, over every scope (nothing is
+    /// copied out).
     ///
     /// # Errors
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn count(&self, prefix: &[u8]) -> Result<usize> {
         let mut count = 0;
-        for entry in self.state.scan_prefix(prefix).keys() {
-            entry.map_err(|e| Error::Store(e.to_string()))?;
-            count += 1;
+        for scope in self.scopes() {
+            for entry in self.state.scan_prefix(scope.key(prefix)).keys() {
+                entry.map_err(store_error)?;
+                count += 1;
+            }
         }
         Ok(count)
+    }
+
+    /// Removes every business-state key of `scope` (a task about to be restored).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn clear(&self, scope: Scope) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.state.scan_prefix(scope.prefix()).keys() {
+            batch.remove(key.map_err(store_error)?);
+        }
+        self.state.apply_batch(batch).map_err(store_error)
+    }
+
+    /// Writes restored state of `scope` (`None`: remove the key), without a transaction: the
+    /// caller restores a task nobody processes yet, and writes its offsets last.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub(crate) fn restore(
+        &self,
+        scope: Scope,
+        entries: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in entries {
+            match value {
+                Some(value) => batch.insert(scope.key(&key), value),
+                None => batch.remove(scope.key(&key)),
+            }
+        }
+        crate::sync::lock(&self.scopes).insert(scope.prefix());
+        self.state.apply_batch(batch).map_err(store_error)
+    }
+
+    /// Sets the next offsets of `group`'s partitions, as (topic, partition, next); `None`
+    /// forgets one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub(crate) fn set_offsets<'t>(
+        &self,
+        group: &str,
+        offsets: impl IntoIterator<Item = (&'t str, i32, Option<i64>)>,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (topic, partition, next) in offsets {
+            let key = offset_key(group, topic, partition);
+            match next {
+                Some(next) => batch.insert(key.as_bytes(), &next.to_be_bytes()),
+                None => batch.remove(key.as_bytes()),
+            }
+        }
+        self.offsets.apply_batch(batch).map_err(store_error)
+    }
+
+    /// The changelog offset up to which this store's state of a task is known to equal the
+    /// changelog (a marker this store wrote was acked there, or a restore read that far).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub fn checkpoint(&self, changelog: &str, task: i32) -> Result<Option<i64>> {
+        self.next_offset(CHECKPOINTS, changelog, task)
+    }
+
+    /// Records (or with `None` forgets) a task's [`Store::checkpoint`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] on an I/O failure.
+    pub(crate) fn set_checkpoint(
+        &self,
+        changelog: &str,
+        task: i32,
+        offset: Option<i64>,
+    ) -> Result<()> {
+        self.set_offsets(CHECKPOINTS, [(changelog, task, offset)])
     }
 
     /// The next offset to consume for a partition, as last committed with a record.
@@ -246,7 +398,8 @@ impl Store {
     /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit(&self, batch: &Batch, writers: Writers) -> Result<Committed> {
         let checked = writers == Writers::Shared;
-        let outbox_ids = self.outbox.ids(batch.emits.len())?;
+        let logged = self.changelog_records(batch)?;
+        let outbox_ids = self.outbox.ids(batch.emits.len() + logged.len())?;
         // Held through the transaction: two workers cannot both pass the duplicate check with
         // one event id, and chunks are numbered in commit order.
         let mut seen = crate::sync::lock(&self.seen);
@@ -293,7 +446,7 @@ impl Store {
                     if let Some(ids) = &marks {
                         marks_tree.insert(&chunk.to_be_bytes(), ids.as_slice())?;
                     }
-                    for (id, entry) in outbox_ids.iter().zip(&batch.emits) {
+                    for (id, entry) in outbox_ids.iter().zip(batch.emits.iter().chain(&logged)) {
                         outbox_tree.insert(&id.to_be_bytes(), outbox::encode(entry))?;
                     }
                     Ok(())
@@ -313,10 +466,62 @@ impl Store {
             }
         }
         drop(seen);
-        if !batch.emits.is_empty() {
+        if !batch.state.is_empty() {
+            let mut scopes = crate::sync::lock(&self.scopes);
+            for key in batch.state.keys() {
+                if let Some(prefix) = key.first_chunk::<2>() {
+                    scopes.insert(*prefix);
+                }
+            }
+        }
+        if !outbox_ids.is_empty() {
             self.outbox.notify();
         }
         Ok(Committed::Applied)
+    }
+
+    /// The changelog records of a batch: per task it touched, its changed keys and a marker
+    /// with the task's input offsets after the batch.
+    fn changelog_records(&self, batch: &Batch) -> Result<Vec<OutgoingRecord>> {
+        let Some(log) = &batch.changelog else {
+            return Ok(Vec::new());
+        };
+        let mut tasks: std::collections::BTreeMap<i32, Vec<OutgoingRecord>> = Default::default();
+        for (raw, value) in &batch.state {
+            if let Some((Scope::Task(task), key)) = Scope::split(raw) {
+                tasks
+                    .entry(task)
+                    .or_default()
+                    .push(log.change(task, key, value.as_deref()));
+            }
+        }
+        for span in &batch.spans {
+            if let Scope::Task(task) = span.scope {
+                tasks.entry(task).or_default();
+            }
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only this processor moves its tasks' offsets, so reading them outside the
+        // transaction sees what the transaction starts from.
+        let stored = self.offsets(&log.group)?;
+        let mut records = Vec::new();
+        for (task, changes) in tasks {
+            let mut reached: changelog::Marker = stored
+                .iter()
+                .filter(|(topic, partition, _)| *partition == task && log.inputs.contains(topic))
+                .map(|(topic, _, next)| (topic.clone(), *next))
+                .collect();
+            for span in &batch.spans {
+                if span.scope == Scope::Task(task) && span.group == log.group {
+                    reached.insert(span.topic.clone(), span.next);
+                }
+            }
+            records.extend(changes);
+            records.push(log.marker(task, &reached));
+        }
+        Ok(records)
     }
 
     /// Applies effects that no consumed record caused (an HTTP request, say): state changes and
@@ -328,7 +533,7 @@ impl Store {
     /// [`Error::Store`] when the transaction cannot be written.
     pub fn commit_local(&self, effects: Effects) -> Result<Committed> {
         let mut batch = Batch::default();
-        batch.add_effects(effects);
+        batch.add_effects(Scope::Global, effects);
         self.commit(&batch, Writers::Shared)
     }
 
@@ -378,7 +583,6 @@ fn fnv1a(key: &[u8], value: &[u8]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::OutgoingRecord;
 
     /// Commits one record as a live processor does.
     fn commit_one(
@@ -388,7 +592,7 @@ mod tests {
         effects: &Effects,
     ) -> Result<Committed> {
         let mut batch = Batch::default();
-        batch.add(at, event_id, effects.clone());
+        batch.add(at, Scope::Task(at.partition), event_id, effects.clone());
         store.commit(&batch, Writers::Shared)
     }
 
@@ -396,8 +600,9 @@ mod tests {
     fn bare_entry(topic: &str) -> OutgoingRecord {
         OutgoingRecord {
             topic: topic.into(),
+            partition: None,
             key: vec![],
-            payload: vec![],
+            payload: Some(vec![]),
             headers: vec![],
         }
     }
@@ -550,9 +755,14 @@ mod tests {
         for (offset, value) in [(0, b"1"), (1, b"2")] {
             let mut effects = Effects::default();
             effects.put(b"n".to_vec(), value.to_vec());
-            batch.add(&at(offset), Some(format!("e{offset}").as_bytes()), effects);
+            batch.add(
+                &at(offset),
+                Scope::Task(0),
+                Some(format!("e{offset}").as_bytes()),
+                effects,
+            );
         }
-        assert_eq!(batch.pending(b"n"), Some(Some(&b"2"[..])));
+        assert_eq!(batch.pending(Scope::Task(0), b"n"), Some(Some(&b"2"[..])));
         assert!(batch.seen(b"e1") && !store.seen(b"e1"));
         store.commit(&batch, Writers::Sole).expect("commit");
         batch.clear();
@@ -589,6 +799,7 @@ mod tests {
                 };
                 batch.add(
                     &at,
+                    Scope::Task(0),
                     Some(format!("e{}", b * chunk + i).as_bytes()),
                     Effects::default(),
                 );

@@ -1,0 +1,182 @@
+//! Global tables: topics every instance of a service reads whole, outside its consumer group.
+//!
+//! A catalog (flights, hotels) is needed by every task, whatever partition its records come
+//! from, so each instance keeps all of it in the global scope of its store. It is read to the
+//! end it had at start before any task is processed, then kept up with between the tasks'
+//! records. It needs no changelog: the topic is compacted, so it is its own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::apply::{Apply, Failure};
+use super::{Handler, Settings, dead_letter, pause};
+use crate::error::{Error, Result};
+use crate::kafka::Producer;
+use crate::store::{Batch, Store, Writers};
+
+/// Records applied in one transaction at most.
+const BATCH: usize = 512;
+
+/// The reader of a processor's global tables.
+pub(crate) struct Globals {
+    consumer: BaseConsumer,
+    /// Per (topic, partition): the end to reach before tasks are processed.
+    ends: HashMap<(String, i32), i64>,
+}
+
+impl Globals {
+    /// Assigns every partition of the global topics from the offsets in `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when a topic cannot be read.
+    pub(crate) fn start(settings: &Settings, store: &Store) -> Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.bootstrap)
+            // assign() needs a group handle; this group is never joined and never committed to.
+            .set(
+                "group.id",
+                format!("tripstream-global-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| Error::kafka("creating the global tables' consumer", e))?;
+        let timeout = Duration::from_secs(30);
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in &settings.globals {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| Error::kafka(format!("reading the metadata of {topic}"), e))?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<_>>();
+            if partitions.is_empty() {
+                return Err(Error::kafka(
+                    format!("reading global table {topic}"),
+                    rdkafka::error::KafkaError::MetadataFetch(
+                        rdkafka::types::RDKafkaErrorCode::UnknownTopic,
+                    ),
+                ));
+            }
+            for partition in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .map_err(|e| Error::kafka(format!("reading the end of {topic}"), e))?;
+                let next = store
+                    .next_offset(&settings.group, topic, partition)?
+                    .unwrap_or(low)
+                    .max(low);
+                if next < high {
+                    ends.insert((topic.clone(), partition), high);
+                }
+                tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+                    .map_err(|e| Error::kafka("assigning the global tables", e))?;
+            }
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assigning the global tables", e))?;
+        Ok(Globals { consumer, ends })
+    }
+
+    /// Reads every global table to the end it had at start; false if `shutdown` came first.
+    pub(crate) async fn catch_up<H: Handler>(
+        &mut self,
+        apply: &Apply<'_, H>,
+        settings: &Settings,
+        producer: &Producer,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> bool {
+        if !self.ends.is_empty() {
+            tracing::info!(group = %settings.group, "Reading the global tables");
+        }
+        while !self.ends.is_empty() {
+            match self.step(apply, settings, producer, shutdown).await {
+                None => return false,
+                Some(0) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Applies the records ready now, up to [`BATCH`]: how many (`None`: `shutdown` came).
+    pub(crate) async fn step<H: Handler>(
+        &mut self,
+        apply: &Apply<'_, H>,
+        settings: &Settings,
+        producer: &Producer,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Option<usize> {
+        let mut taken = 0;
+        let mut backoff = Duration::from_millis(100);
+        while taken < BATCH {
+            let Some(message) = self.consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "Reading a global table failed; librdkafka retries");
+                    break;
+                }
+            };
+            loop {
+                let mut batch = Batch::default();
+                let outcome = match apply.record(&mut batch, &message).await {
+                    Ok(()) => apply
+                        .store
+                        .commit(&batch, Writers::Shared)
+                        .map(drop)
+                        .map_err(|e| Failure::Retry(e.to_string())),
+                    Err(failure) => Err(failure),
+                };
+                match outcome {
+                    Ok(()) => break,
+                    Err(Failure::Retry(reason)) => {
+                        tracing::warn!(reason, topic = message.topic(), "Retrying a record");
+                        if !pause(&mut backoff, shutdown).await {
+                            return None;
+                        }
+                    }
+                    Err(Failure::Poison(kind, reason)) => {
+                        let sent = dead_letter::send(
+                            settings,
+                            apply.store,
+                            producer,
+                            &message,
+                            kind,
+                            &reason,
+                            shutdown,
+                        )
+                        .await;
+                        if sent == dead_letter::Sent::Stopped {
+                            return None;
+                        }
+                        break;
+                    }
+                }
+            }
+            let key = (message.topic().to_owned(), message.partition());
+            if self
+                .ends
+                .get(&key)
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                self.ends.remove(&key);
+            }
+            taken += 1;
+        }
+        Some(taken)
+    }
+}
