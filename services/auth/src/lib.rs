@@ -114,6 +114,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let relay = tokio::spawn(streams::outbox::relay(
         store.outbox().clone(),
         producer,
+        None,
         relay_stopped,
     ));
     let auth = Arc::new(Auth {

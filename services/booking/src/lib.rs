@@ -65,9 +65,10 @@ pub async fn run_with(
     let sweeper = tokio::spawn(timeout::sweep(store, producer, timeout, stopped));
     let served = streams::service::run(
         GROUP,
-        &topics::specs_of(TOPICS)?,
+        &topics::service_topics(TOPICS, &[], topics::BOOKING_CHANGELOG)?,
         &settings,
         Sagas,
+        streams::processor::Positions::default(),
         shutdown,
     )
     .await;

@@ -89,6 +89,24 @@ pub mod topics {
             })
             .collect()
     }
+
+    /// What a service reads, from topic names: the specs of its task topics, of its global
+    /// tables and of its changelog.
+    ///
+    /// # Errors
+    ///
+    /// As [`specs_of`].
+    pub fn service_topics(
+        tasks: &[&str],
+        globals: &[&str],
+        changelog: &str,
+    ) -> streams::Result<streams::service::Topics<'static>> {
+        Ok(streams::service::Topics {
+            tasks: specs_of(tasks)?,
+            globals: specs_of(globals)?,
+            changelog: Some(specs_of(&[changelog])?[0]),
+        })
+    }
 }
 
 /// An amount of money in one currency (`tripstream.common.Money`).

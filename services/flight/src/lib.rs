@@ -19,8 +19,11 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "flight";
 
-/// The topics flight reads: the schedule and its commands.
-pub const TOPICS: &[&str] = &[topics::FLIGHTS, topics::FLIGHT_COMMANDS];
+/// The topics whose partitions make up flight's tasks: its commands, keyed by flight id.
+pub const TOPICS: &[&str] = &[topics::FLIGHT_COMMANDS];
+
+/// The catalog every instance reads whole (a global table).
+pub const GLOBALS: &[&str] = &[topics::FLIGHTS];
 
 /// Runs the flight service until `shutdown`.
 ///
@@ -30,9 +33,10 @@ pub const TOPICS: &[&str] = &[topics::FLIGHTS, topics::FLIGHT_COMMANDS];
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
     streams::service::run(
         GROUP,
-        &topics::specs_of(TOPICS)?,
+        &topics::service_topics(TOPICS, GLOBALS, topics::FLIGHT_CHANGELOG)?,
         &settings,
         Flights,
+        streams::processor::Positions::default(),
         shutdown,
     )
     .await
@@ -147,7 +151,7 @@ async fn reserve(ctx: &mut Context<'_>, command: ReserveSeats) -> Result<(), Han
 
 /// Whether the seats can be held, and at what price.
 fn decide(ctx: &Context<'_>, command: &ReserveSeats) -> Result<Hold, HandlerError> {
-    let Some(flight) = ctx.get_json::<FlightScheduled>(&flight_key(&command.flight_id))? else {
+    let Some(flight) = ctx.global_json::<FlightScheduled>(&flight_key(&command.flight_id))? else {
         return Ok(Hold::Refused(format!(
             "flight {} is not for sale",
             command.flight_id

@@ -38,11 +38,14 @@ use token::{Signer, TokenError};
 use view::BookingView;
 use web::{ApiError, Json, Query};
 
-/// The consumer group of the gateway's views.
+/// The name the gateway's views keep their offsets under (they join no consumer group).
 pub const GROUP: &str = "gateway";
 
-/// The topics the views are built from.
-pub const TOPICS: &[&str] = &[topics::BOOKINGS, topics::FLIGHTS, topics::HOTELS];
+/// The gateway reads no topic as tasks: every instance answers for every booking.
+pub const TOPICS: &[&str] = &[];
+
+/// The topics the views are built from, each read whole by every gateway instance.
+pub const GLOBALS: &[&str] = &[topics::BOOKINGS, topics::FLIGHTS, topics::HOTELS];
 
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -135,11 +138,16 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let mut service = settings.service.clone();
     service.data = streams::service::Data::Store(store.clone());
     let views = tokio::spawn(async move {
+        let topics = streams::service::Topics {
+            globals: topics::specs_of(GLOBALS)?,
+            ..streams::service::Topics::default()
+        };
         streams::service::run(
             GROUP,
-            &topics::specs_of(TOPICS)?,
+            &topics,
             &service,
             view::Views,
+            streams::processor::Positions::default(),
             async move {
                 let _ = views_stopped.wait_for(|s| *s).await;
             },

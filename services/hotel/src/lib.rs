@@ -19,8 +19,11 @@ use streams::store::Store;
 /// The service's consumer group.
 pub const GROUP: &str = "hotel";
 
-/// The topics hotel reads: the listings and its commands.
-pub const TOPICS: &[&str] = &[topics::HOTELS, topics::HOTEL_COMMANDS];
+/// The topics whose partitions make up hotel's tasks: its commands, keyed by hotel id.
+pub const TOPICS: &[&str] = &[topics::HOTEL_COMMANDS];
+
+/// The catalog every instance reads whole (a global table).
+pub const GLOBALS: &[&str] = &[topics::HOTELS];
 
 /// The longest stay one booking can hold, in nights.
 pub const MAX_NIGHTS: i32 = 30;
@@ -33,9 +36,10 @@ pub const MAX_NIGHTS: i32 = 30;
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
     streams::service::run(
         GROUP,
-        &topics::specs_of(TOPICS)?,
+        &topics::service_topics(TOPICS, GLOBALS, topics::HOTEL_CHANGELOG)?,
         &settings,
         Hotels,
+        streams::processor::Positions::default(),
         shutdown,
     )
     .await
@@ -158,7 +162,7 @@ async fn reserve(ctx: &mut Context<'_>, command: ReserveRooms) -> Result<(), Han
 
 /// Whether every night has the rooms, and at what price.
 fn decide(ctx: &Context<'_>, command: &ReserveRooms) -> Result<Hold, HandlerError> {
-    let Some(hotel) = ctx.get_json::<HotelListed>(&hotel_key(&command.hotel_id))? else {
+    let Some(hotel) = ctx.global_json::<HotelListed>(&hotel_key(&command.hotel_id))? else {
         return Ok(Hold::Refused(format!(
             "hotel {} is not for sale",
             command.hotel_id

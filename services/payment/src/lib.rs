@@ -22,6 +22,9 @@ pub const GROUP: &str = "payment";
 /// The topics payment reads: its commands.
 pub const TOPICS: &[&str] = &[topics::PAYMENT_COMMANDS];
 
+/// Payment reads no global table.
+pub const GLOBALS: &[&str] = &[];
+
 /// Runs the payment service until `shutdown`.
 ///
 /// # Errors
@@ -30,9 +33,10 @@ pub const TOPICS: &[&str] = &[topics::PAYMENT_COMMANDS];
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> streams::Result<()> {
     streams::service::run(
         GROUP,
-        &topics::specs_of(TOPICS)?,
+        &topics::service_topics(TOPICS, GLOBALS, topics::PAYMENT_CHANGELOG)?,
         &settings,
         Payments,
+        streams::processor::Positions::default(),
         shutdown,
     )
     .await

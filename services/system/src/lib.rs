@@ -50,12 +50,15 @@ impl Default for Options {
 fn behind(stores: &Stores, producer: &Producer) -> anyhow::Result<(i64, Vec<i64>)> {
     let client = producer.inner().client();
     let timeout = Duration::from_secs(10);
-    let readers: [(&Store, &str, &[&str]); 5] = [
+    let readers: [(&Store, &str, &[&str]); 8] = [
         (&stores.booking, booking::GROUP, booking::TOPICS),
         (&stores.flight, flight::GROUP, flight::TOPICS),
+        (&stores.flight, flight::GROUP, flight::GLOBALS),
         (&stores.hotel, hotel::GROUP, hotel::TOPICS),
+        (&stores.hotel, hotel::GROUP, hotel::GLOBALS),
         (&stores.payment, payment::GROUP, payment::TOPICS),
         (&stores.gateway, gateway::GROUP, gateway::TOPICS),
+        (&stores.gateway, gateway::GROUP, gateway::GLOBALS),
     ];
     let mut behind = 0;
     let mut watermarks = Vec::new();

@@ -527,8 +527,9 @@ async fn bad_input_gets_one_error_shape_and_garbage_on_command_topics_is_dead_le
         ] {
             let entry = OutgoingRecord {
                 topic: topic.into(),
+                partition: None,
                 key: b"garbage".to_vec(),
-                payload,
+                payload: Some(payload),
                 headers: vec![],
             };
             system.producer.send_record(&entry).await.expect("sent");

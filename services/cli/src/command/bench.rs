@@ -203,7 +203,7 @@ async fn produce_raw(raw: &FutureProducer, payloads: &[OutgoingRecord]) -> anyho
                 raw.send_result(
                     FutureRecord::to("bench.raw")
                         .key(key)
-                        .payload(payload)
+                        .payload(payload.as_deref().unwrap_or_default())
                         .headers(owned),
                 )
                 .map_err(|(e, _)| e)
@@ -250,9 +250,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let mut metadata = Metadata::new(event.booking_id.clone());
                     metadata.event_type = Some("tripstream.booking.BookingRequested".into());
                     Ok(OutgoingRecord {
+                        partition: None,
                         topic: "bench.raw".into(),
                         key: event.booking_id.into_bytes(),
-                        payload,
+                        payload: Some(payload),
                         headers: metadata.to_pairs(),
                     })
                 })
@@ -309,7 +310,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = Store::temporary()?;
             let summary = replay::replay(
                 bench.broker.bootstrap_servers(),
-                &["bench.typed"],
+                replay::Inputs::tasks(&["bench.typed"]),
                 &Start::Beginning,
                 &store,
                 &bench.codec,

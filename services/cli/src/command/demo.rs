@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use events::{FlightScheduled, HotelListed, Money, topics};
+use events::{FlightScheduled, HotelListed, Money};
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -242,41 +242,32 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
         ),
     );
     let stores = &system.stores;
-    let replays: [(&str, &[&str], &Store); 5] = [
+    // Each service's own lists of what it reads: a replay reads what the service reads.
+    let replays: [(&str, &[&str], &[&str], &Store); 5] = [
+        ("booking", booking::TOPICS, &[], &stores.booking),
+        ("flight", flight::TOPICS, flight::GLOBALS, &stores.flight),
+        ("hotel", hotel::TOPICS, hotel::GLOBALS, &stores.hotel),
         (
-            "booking",
-            &[
-                topics::BOOKINGS,
-                topics::FLIGHT_EVENTS,
-                topics::HOTEL_EVENTS,
-                topics::PAYMENT_EVENTS,
-            ],
-            &stores.booking,
+            "payment",
+            payment::TOPICS,
+            payment::GLOBALS,
+            &stores.payment,
         ),
-        (
-            "flight",
-            &[topics::FLIGHTS, topics::FLIGHT_COMMANDS],
-            &stores.flight,
-        ),
-        (
-            "hotel",
-            &[topics::HOTELS, topics::HOTEL_COMMANDS],
-            &stores.hotel,
-        ),
-        ("payment", &[topics::PAYMENT_COMMANDS], &stores.payment),
         (
             "gateway",
-            &[topics::BOOKINGS, topics::FLIGHTS, topics::HOTELS],
+            gateway::TOPICS,
+            gateway::GLOBALS,
             &stores.gateway,
         ),
     ];
-    for (name, topics, live) in replays {
+    for (name, topics, globals, live) in replays {
+        let inputs = (topics, globals);
         let (same, replayed, live_digest) = match name {
-            "booking" => replay_matches(&system, topics, live, &booking::Sagas).await?,
-            "flight" => replay_matches(&system, topics, live, &flight::Flights).await?,
-            "hotel" => replay_matches(&system, topics, live, &hotel::Hotels).await?,
-            "payment" => replay_matches(&system, topics, live, &payment::Payments).await?,
-            _ => replay_matches(&system, topics, live, &gateway::view::Views).await?,
+            "booking" => replay_matches(&system, inputs, live, &booking::Sagas).await?,
+            "flight" => replay_matches(&system, inputs, live, &flight::Flights).await?,
+            "hotel" => replay_matches(&system, inputs, live, &hotel::Hotels).await?,
+            "payment" => replay_matches(&system, inputs, live, &payment::Payments).await?,
+            _ => replay_matches(&system, inputs, live, &gateway::view::Views).await?,
         };
         check(
             same,
@@ -332,7 +323,7 @@ fn detail<T: std::fmt::Debug>(items: &[T]) -> String {
 /// live service may still be applying its last records, so the comparison is retried briefly.
 async fn replay_matches<H: Handler>(
     system: &System,
-    topics: &[&str],
+    (topics, globals): (&[&str], &[&str]),
     live: &Store,
     handler: &H,
 ) -> anyhow::Result<(bool, String, String)> {
@@ -341,7 +332,10 @@ async fn replay_matches<H: Handler>(
         let rebuilt = Store::temporary()?;
         let summary = replay::replay(
             system.broker.bootstrap_servers(),
-            topics,
+            replay::Inputs {
+                tasks: topics,
+                globals,
+            },
             &Start::Beginning,
             &rebuilt,
             &system.codec,

@@ -76,8 +76,9 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             producer
                 .send_record(&OutgoingRecord {
                     topic: args.topic.clone(),
+                    partition: None,
                     key: key.into_bytes(),
-                    payload,
+                    payload: Some(payload),
                     headers: metadata.to_pairs(),
                 })
                 .await?;

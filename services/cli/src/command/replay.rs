@@ -112,13 +112,25 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let summary = match args.handler {
         HandlerName::Latest => {
             replay::replay(
-                &bootstrap, &topics, &start, &store, &codec, &Latest, progress,
+                &bootstrap,
+                replay::Inputs::tasks(&topics),
+                &start,
+                &store,
+                &codec,
+                &Latest,
+                progress,
             )
             .await?
         }
         HandlerName::Count => {
             replay::replay(
-                &bootstrap, &topics, &start, &store, &codec, &Count, progress,
+                &bootstrap,
+                replay::Inputs::tasks(&topics),
+                &start,
+                &store,
+                &codec,
+                &Count,
+                progress,
             )
             .await?
         }
