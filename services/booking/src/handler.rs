@@ -4,11 +4,15 @@
 //! index, the record's offset and the commands (in the outbox) are written in one transaction;
 //! commands at-least-once, each with the event id its consumer dedupes by. This module also
 //! owns the store's layout, which the time-out sweep and the queries read.
+//!
+//! No clock is read here: an outcome is stamped with the log timestamp of the record that
+//! decides it (or, for a record without one, a time the record or its saga carries), so a
+//! replay stamps and decides exactly as the live run did.
 
 use events::{
     BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, PaymentCharged,
     PaymentDeclined, PaymentRefunded, RoomsRefused, RoomsReleased, RoomsReserved, SeatsRefused,
-    SeatsReleased, SeatsReserved, now_millis, topics,
+    SeatsReleased, SeatsReserved, topics,
 };
 use streams::processor::{Context, Handler, HandlerError, Record};
 
@@ -43,7 +47,8 @@ impl Handler for Sagas {
                     // The same booking id asked twice: the first request stands.
                     return Ok(());
                 }
-                let (saga, commands) = Saga::start(request, now_millis());
+                let now = record.timestamp.unwrap_or(request.requested_at);
+                let (saga, commands) = Saga::start(request, now);
                 save(ctx, &saga)?;
                 return send(ctx, commands).await;
             }
@@ -53,7 +58,8 @@ impl Handler for Sagas {
                 let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {
                     return Ok(());
                 };
-                return match saga.time_out(now_millis()) {
+                let now = record.timestamp.unwrap_or(timed_out.deadline);
+                return match saga.time_out(now) {
                     Some(commands) => {
                         save(ctx, &saga)?;
                         send(ctx, commands).await
@@ -108,7 +114,8 @@ impl Handler for Sagas {
                 "a reply for booking {booking_id}, which this service never started"
             )));
         };
-        match saga.reply(reply, now_millis()) {
+        let now = record.timestamp.unwrap_or(saga.request.requested_at);
+        match saga.reply(reply, now) {
             Some(commands) => {
                 save(ctx, &saga)?;
                 send(ctx, commands).await

@@ -5,10 +5,13 @@
 //! The saga is a state machine ([`saga`]) over the service's sled state, advanced by one event
 //! at a time ([`handler`]): its commands are emitted through the outbox in the same transaction
 //! as the state change, so after a crash of any service every saga still reaches confirmed or
-//! cancelled. Late and duplicate replies are recognised by the step they answer and change
-//! nothing. A saga still waiting [`TIMEOUT`] after its request is timed out ([`timeout`]): what
-//! is held is released, what is still unanswered is undone behind it, and it ends `TIMED_OUT`.
-//! The read side is in [`query`].
+//! cancelled. It stores what each service answered, not the order the answers came in, so the
+//! saga a replay rebuilds equals the live one however the replies of different topics
+//! interleave; duplicates change nothing, and a late reply is recorded like any other. A saga
+//! still waiting for seats or rooms [`TIMEOUT`] after its request is timed out ([`timeout`]):
+//! what is held is released, what is still unanswered is undone behind it, and it ends
+//! `TIMED_OUT`; once the charge is asked, the payment's answer decides. The read side is in
+//! [`query`].
 
 pub mod handler;
 pub mod query;
@@ -24,7 +27,7 @@ use streams::service::{Data, Settings};
 
 pub use handler::Sagas;
 pub use query::{saga, sagas};
-pub use saga::{Command, Payment, Reply, Saga, Status, Step, invalid};
+pub use saga::{Charge, Command, Hold, Payment, Reply, Saga, Status, Step, Undo, invalid};
 pub use timeout::TIMEOUT;
 
 /// The service's consumer group.

@@ -1,9 +1,28 @@
 //! The saga's state machine: a saga and one input give its next state and what to send.
 //!
-//! The inputs are a request, a reply and the deadline passing, each with the time an outcome it
-//! leads to is stamped with. Pure: no store, no broker, no clock. The handler reads the saga,
-//! feeds it one input, stores what comes back and emits the commands in one transaction, so
-//! every decision of the saga is made here and can be tested without a broker.
+//! The inputs are a request, a reply and the time-out, each with the time an outcome it leads
+//! to is stamped with. Pure: no store, no broker, no clock. The handler reads the saga, feeds it
+//! one input, stores what comes back and emits the commands in one transaction, so every
+//! decision of the saga is made here and can be tested without a broker.
+//!
+//! Replies come on three topics and the time-out on a fourth, so live they reach the saga in
+//! whatever order the consumer polls them, and a replay merges them by timestamp. The saga
+//! therefore stores facts (what each service answered, what was asked to be given back, whether
+//! the time-out came) and derives everything else from them in [`Saga::settle`]: the status,
+//! the reason (a fixed priority over every failure known, never the first one seen) and what
+//! to send next. Inputs of different topics then commute: the saga stored after a run's
+//! inputs is the same in every order of them (the tests in `saga/interleavings.rs` check each
+//! order). The rules:
+//!
+//! - Seats and rooms are asked at once; the charge once both are held and no failure is known.
+//! - A failure is a refusal, a decline, an invalid request (or prices that do not add up), or
+//!   the time-out while the charge is not asked yet. Once the charge is asked, its answer
+//!   decides: a time-out racing it cannot turn a booking charged into one cancelled.
+//! - On a failure, whatever is held is given back, once; on the time-out, a step still
+//!   unanswered is released too, queued behind its reservation. A reply after that still
+//!   records what it says.
+//! - Finished: confirmed once charged; cancelled once every step is answered and everything
+//!   held is given back.
 
 use events::{
     BookingCancelled, BookingConfirmed, BookingRequested, CancellationReason, ChargePayment, Money,
@@ -11,54 +30,106 @@ use events::{
 };
 use serde::{Deserialize, Serialize};
 
-/// A reservation step (seats or rooms).
+/// What a reservation's service answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Step {
+pub enum Hold {
+    /// Not asked: the request was invalid.
+    NotAsked,
     /// Asked, no answer yet.
     Pending,
     /// Held at this price.
     Held(Money),
     /// Refused, with the reason.
     Refused(String),
-    /// Release asked, no answer yet.
-    Releasing,
-    /// Given back.
-    Released,
+}
+
+/// Giving a step back: a release or a refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Undo {
+    /// Not asked.
+    NotAsked,
+    /// Asked, no answer yet.
+    Asked,
+    /// The service answered that it gave back what it held (possibly nothing).
+    Done,
+}
+
+/// A reservation step (seats or rooms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// The answer to the reservation.
+    pub hold: Hold,
+    /// The release.
+    pub release: Undo,
 }
 
 impl Step {
+    fn asked() -> Step {
+        Step {
+            hold: Hold::Pending,
+            release: Undo::NotAsked,
+        }
+    }
+
     fn settled(&self) -> bool {
-        matches!(self, Step::Refused(_) | Step::Released)
+        match self.hold {
+            Hold::NotAsked | Hold::Refused(_) => true,
+            Hold::Held(_) => self.release == Undo::Done,
+            Hold::Pending => false,
+        }
+    }
+
+    /// Whether a release is to be asked now. A release asked of a step that turned out refused
+    /// is dropped: it gives back nothing, it is not waited for, and whether it was asked at all
+    /// depends on whether the time-out came before the refusal.
+    fn needs_release(&mut self, time_out: bool) -> bool {
+        match self.hold {
+            Hold::NotAsked | Hold::Refused(_) => {
+                if self.release == Undo::Asked {
+                    self.release = Undo::NotAsked;
+                }
+                false
+            }
+            Hold::Held(_) => self.release == Undo::NotAsked,
+            // Queued behind the reservation, so that a hold answered after all is given back.
+            Hold::Pending => time_out && self.release == Undo::NotAsked,
+        }
     }
 }
 
-/// The payment step.
+/// What the payment service answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Payment {
+pub enum Charge {
     /// Not asked (yet).
     NotAsked,
-    /// Charge asked, no answer yet.
+    /// Asked, no answer yet.
     Pending,
     /// Charged.
     Charged(Money),
     /// Declined, with the reason.
     Declined(String),
-    /// Refund asked, no answer yet.
-    Refunding,
-    /// Given back.
-    Refunded,
+}
+
+/// The payment step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The answer to the charge.
+    pub charge: Charge,
+    /// The refund.
+    pub refund: Undo,
 }
 
 impl Payment {
     fn settled(&self) -> bool {
-        matches!(
-            self,
-            Payment::NotAsked | Payment::Declined(_) | Payment::Refunded
-        )
+        match self.charge {
+            Charge::NotAsked | Charge::Declined(_) => true,
+            Charge::Charged(_) => self.refund == Undo::Done,
+            Charge::Pending => false,
+        }
     }
 }
 
-/// Where a saga stands.
+/// Where a saga stands, derived from its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     /// Waiting for seats and rooms.
@@ -84,6 +155,9 @@ pub struct Saga {
     pub rooms: Step,
     /// The charge.
     pub payment: Payment,
+    /// Whether the time-out came, whenever it came (it applies only while the charge is not
+    /// asked).
+    pub timed_out: bool,
     /// Where it stands.
     pub status: Status,
 }
@@ -107,6 +181,29 @@ pub enum Command {
     Confirmed(BookingConfirmed),
     /// On `bookings`.
     Cancelled(BookingCancelled),
+}
+
+/// A reply from another service, reduced to what the saga needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Seats held.
+    SeatsHeld(Money),
+    /// Seats refused.
+    SeatsRefused(String),
+    /// Seats given back.
+    SeatsReleased,
+    /// Rooms held.
+    RoomsHeld(Money),
+    /// Rooms refused.
+    RoomsRefused(String),
+    /// Rooms given back.
+    RoomsReleased,
+    /// Charged.
+    Charged(Money),
+    /// Declined.
+    Declined(String),
+    /// Refunded.
+    Refunded,
 }
 
 /// What a booking request is wrong with, if anything.
@@ -139,39 +236,52 @@ pub fn invalid(request: &BookingRequested) -> Option<String> {
     None
 }
 
+/// The detail of a cancellation by the time-out.
+const TIMED_OUT: &str = "no answer before the deadline";
+
 impl Saga {
     /// Starts a saga: reserve seats and rooms at once, or cancel an invalid request. `now`
     /// (milliseconds since the epoch) stamps an announcement made at once.
     pub fn start(request: BookingRequested, now: i64) -> (Saga, Vec<Command>) {
+        let valid = invalid(&request).is_none();
+        let step = || {
+            if valid {
+                Step::asked()
+            } else {
+                Step {
+                    hold: Hold::NotAsked,
+                    release: Undo::NotAsked,
+                }
+            }
+        };
         let mut saga = Saga {
+            seats: step(),
+            rooms: step(),
             request,
-            seats: Step::Pending,
-            rooms: Step::Pending,
-            payment: Payment::NotAsked,
+            payment: Payment {
+                charge: Charge::NotAsked,
+                refund: Undo::NotAsked,
+            },
+            timed_out: false,
             status: Status::Reserving,
         };
-        if let Some(reason) = invalid(&saga.request) {
-            saga.seats = Step::Refused(reason.clone());
-            saga.rooms = Step::Refused(reason.clone());
-            saga.status = Status::Compensating(CancellationReason::InvalidRequest, reason);
-            let commands = saga.advance(now);
-            return (saga, commands);
-        }
-        let r = &saga.request;
-        let commands = vec![
-            Command::ReserveSeats(ReserveSeats {
+        let mut commands = Vec::new();
+        if valid {
+            let r = &saga.request;
+            commands.push(Command::ReserveSeats(ReserveSeats {
                 booking_id: r.booking_id.clone(),
                 flight_id: r.flight.flight_id.clone(),
                 seats: r.flight.seats,
-            }),
-            Command::ReserveRooms(ReserveRooms {
+            }));
+            commands.push(Command::ReserveRooms(ReserveRooms {
                 booking_id: r.booking_id.clone(),
                 hotel_id: r.hotel.hotel_id.clone(),
                 check_in: r.hotel.check_in,
                 check_out: r.hotel.check_out,
                 rooms: r.hotel.rooms,
-            }),
-        ];
+            }));
+        }
+        commands.extend(saga.settle(now));
         (saga, commands)
     }
 
@@ -180,40 +290,151 @@ impl Saga {
         matches!(self.status, Status::Confirmed(_) | Status::Cancelled(..))
     }
 
-    /// Moves the saga on after a step changed; returns what to send.
-    fn advance(&mut self, now: i64) -> Vec<Command> {
+    /// Whether the time-out would still change anything: the saga waits for seats or rooms
+    /// with no failure known. Once the charge is asked or the saga cancels, the deadline no
+    /// longer matters, and the sweep need not announce it.
+    pub fn awaits_deadline(&self) -> bool {
+        self.status == Status::Reserving
+    }
+
+    /// Records a reply and returns what to send, or `None` for a reply that tells nothing new
+    /// (a duplicate, or an answer to a question never asked) and changes nothing. A late reply
+    /// (after the saga cancelled) is recorded all the same. `now` stamps the confirmation or
+    /// cancellation the reply may finish the saga with.
+    pub fn reply(&mut self, reply: Reply, now: i64) -> Option<Vec<Command>> {
+        let new = match reply {
+            Reply::SeatsHeld(price) => answer(&mut self.seats.hold, Hold::Held(price)),
+            Reply::SeatsRefused(why) => answer(&mut self.seats.hold, Hold::Refused(why)),
+            Reply::SeatsReleased => given_back(&mut self.seats.release),
+            Reply::RoomsHeld(price) => answer(&mut self.rooms.hold, Hold::Held(price)),
+            Reply::RoomsRefused(why) => answer(&mut self.rooms.hold, Hold::Refused(why)),
+            Reply::RoomsReleased => given_back(&mut self.rooms.release),
+            // Recorded even when this saga has not asked (a replay that met the time-out
+            // before the holds the live run met first): the answer says the charge was asked.
+            Reply::Charged(amount) => charged(&mut self.payment.charge, Charge::Charged(amount)),
+            Reply::Declined(why) => charged(&mut self.payment.charge, Charge::Declined(why)),
+            Reply::Refunded => given_back(&mut self.payment.refund),
+        };
+        new.then(|| self.settle(now))
+    }
+
+    /// Records that the deadline passed; returns what to send, or `None` when it was known
+    /// already. The time-out is a fact like any reply: see [`Saga::settle`] for what it does.
+    /// `now` stamps the cancellation, should nothing be left to wait for.
+    pub fn time_out(&mut self, now: i64) -> Option<Vec<Command>> {
+        if self.timed_out {
+            return None;
+        }
+        self.timed_out = true;
+        Some(self.settle(now))
+    }
+
+    /// The failure a cancellation is for, by a fixed priority over every failure known: an
+    /// invalid request (it could never succeed), then seats, rooms and payment, in the order
+    /// they are asked, then the time-out last. Last, because it is the one failure that can
+    /// still come after the saga finished (the sweep races the last reply), and the reason
+    /// must not change once announced; every other is an answer the saga waits for first.
+    fn failure(&self) -> Option<(CancellationReason, String)> {
+        if let Some(why) = invalid(&self.request) {
+            return Some((CancellationReason::InvalidRequest, why));
+        }
+        if let (Hold::Held(seats), Hold::Held(rooms)) = (&self.seats.hold, &self.rooms.hold)
+            && self.total(seats, rooms).is_none()
+        {
+            return Some((
+                CancellationReason::InvalidRequest,
+                "the prices are in different currencies or overflow".into(),
+            ));
+        }
+        if let Hold::Refused(why) = &self.seats.hold {
+            return Some((CancellationReason::SeatsUnavailable, why.clone()));
+        }
+        if let Hold::Refused(why) = &self.rooms.hold {
+            return Some((CancellationReason::RoomsUnavailable, why.clone()));
+        }
+        if let Charge::Declined(why) = &self.payment.charge {
+            return Some((CancellationReason::PaymentDeclined, why.clone()));
+        }
+        if self.time_out_applies() {
+            return Some((CancellationReason::TimedOut, TIMED_OUT.into()));
+        }
+        None
+    }
+
+    /// The time-out counts only while the charge is not asked: after that, the payment's answer
+    /// decides, whichever of the two the consumer happens to read first.
+    fn time_out_applies(&self) -> bool {
+        self.timed_out && self.payment.charge == Charge::NotAsked
+    }
+
+    /// Derives the status from the facts and returns what they call for that was not asked yet.
+    /// Idempotent: settling again sends nothing.
+    fn settle(&mut self, now: i64) -> Vec<Command> {
+        let given_back =
+            [self.seats.release, self.rooms.release, self.payment.refund].contains(&Undo::Done);
+        // Live, nothing is given back while the charge is pending: the charge is asked only
+        // when no failure is known, and after that only the payment's answer can be one. So a
+        // step given back means the run this log comes from never asked the charge; a replay
+        // that believed otherwise (it met the holds before the time-out) forgets it.
+        if given_back && self.payment.charge == Charge::Pending {
+            self.payment.charge = Charge::NotAsked;
+        }
         let mut commands = Vec::new();
-        if self.status == Status::Reserving {
-            if let Step::Refused(detail) = &self.seats {
-                self.status =
-                    Status::Compensating(CancellationReason::SeatsUnavailable, detail.clone());
-            } else if let Step::Refused(detail) = &self.rooms {
-                self.status =
-                    Status::Compensating(CancellationReason::RoomsUnavailable, detail.clone());
-            } else if let (Step::Held(seats), Step::Held(rooms)) = (&self.seats, &self.rooms) {
-                match self.total(seats, rooms) {
-                    Some(total) => {
-                        self.payment = Payment::Pending;
-                        self.status = Status::Charging;
-                        commands.push(Command::Charge(ChargePayment {
-                            booking_id: self.request.booking_id.clone(),
-                            user_id: self.request.user_id.clone(),
-                            amount: total,
-                        }));
-                    }
-                    None => {
-                        self.status = Status::Compensating(
-                            CancellationReason::InvalidRequest,
-                            "the prices are in different currencies or overflow".into(),
-                        );
-                    }
-                }
+        match self.failure() {
+            None if !given_back => self.proceed(now, &mut commands),
+            failure => {
+                let (reason, detail) = failure.unwrap_or_else(|| {
+                    // Only in a replay that reads a release before the failure it answers.
+                    (
+                        CancellationReason::Unknown,
+                        "a step was given back before the reason was read".into(),
+                    )
+                });
+                self.compensate(reason, detail, now, &mut commands);
             }
         }
-        if self.status == Status::Charging {
-            match &self.payment {
-                Payment::Charged(total) => {
-                    self.status = Status::Confirmed(total.clone());
+        commands
+    }
+
+    /// No failure known: charge once both are held, confirm once charged.
+    fn proceed(&mut self, now: i64, commands: &mut Vec<Command>) {
+        // An undo asked while a failure seemed known that the facts no longer show: a replay
+        // that met the time-out before the holds, where the payment's answer says the live run
+        // had asked the charge (so the time-out did not apply). Live, nothing sent is taken
+        // back: no failure known is ever forgotten.
+        for undo in [
+            &mut self.seats.release,
+            &mut self.rooms.release,
+            &mut self.payment.refund,
+        ] {
+            if *undo == Undo::Asked {
+                *undo = Undo::NotAsked;
+            }
+        }
+        let (Hold::Held(seats), Hold::Held(rooms)) = (&self.seats.hold, &self.rooms.hold) else {
+            self.status = match self.payment.charge {
+                // Only in a replay that reads the payment's answer before a hold.
+                Charge::Pending | Charge::Charged(_) => Status::Charging,
+                _ => Status::Reserving,
+            };
+            return;
+        };
+        match &self.payment.charge {
+            Charge::NotAsked => {
+                // Always computes here: a total that does not is a failure (see `failure`).
+                if let Some(total) = self.total(seats, rooms) {
+                    self.payment.charge = Charge::Pending;
+                    commands.push(Command::Charge(ChargePayment {
+                        booking_id: self.request.booking_id.clone(),
+                        user_id: self.request.user_id.clone(),
+                        amount: total,
+                    }));
+                }
+                self.status = Status::Charging;
+            }
+            Charge::Charged(total) => {
+                let total = total.clone();
+                if !matches!(self.status, Status::Confirmed(_)) {
                     commands.push(Command::Confirmed(BookingConfirmed {
                         booking_id: self.request.booking_id.clone(),
                         user_id: self.request.user_id.clone(),
@@ -221,59 +442,67 @@ impl Saga {
                         confirmed_at: now,
                     }));
                 }
-                Payment::Declined(detail) => {
-                    self.status =
-                        Status::Compensating(CancellationReason::PaymentDeclined, detail.clone());
-                }
-                _ => {}
+                self.status = Status::Confirmed(total);
             }
+            Charge::Pending | Charge::Declined(_) => self.status = Status::Charging,
         }
-        if let Status::Compensating(reason, detail) = self.status.clone() {
-            commands.extend(self.compensate(&detail));
-            if self.seats.settled() && self.rooms.settled() && self.payment.settled() {
-                self.status = Status::Cancelled(reason, detail.clone());
-                commands.push(Command::Cancelled(BookingCancelled {
-                    booking_id: self.request.booking_id.clone(),
-                    user_id: self.request.user_id.clone(),
-                    reason,
-                    detail,
-                    cancelled_at: now,
-                }));
-            }
-        }
-        commands
     }
 
-    /// Undoes what is held, in reverse: room, seat, then the charge. A step still pending is
-    /// waited for, since its answer may be a hold that must be released too.
-    fn compensate(&mut self, why: &str) -> Vec<Command> {
-        let mut commands = Vec::new();
+    /// A failure known: give back what is held, in reverse (room, seat, then the charge), and
+    /// cancel once every step is answered and given back. A step still unanswered is waited
+    /// for, since its answer may be a hold that must be given back too; on the time-out its
+    /// release is asked at once, queued behind the reservation.
+    fn compensate(
+        &mut self,
+        reason: CancellationReason,
+        detail: String,
+        now: i64,
+        commands: &mut Vec<Command>,
+    ) {
+        let time_out = self.time_out_applies();
         let booking_id = &self.request.booking_id;
-        if matches!(self.rooms, Step::Held(_)) {
-            self.rooms = Step::Releasing;
+        if self.rooms.needs_release(time_out) {
+            self.rooms.release = Undo::Asked;
             commands.push(Command::ReleaseRooms(ReleaseRooms {
                 booking_id: booking_id.clone(),
                 hotel_id: self.request.hotel.hotel_id.clone(),
-                reason: why.to_owned(),
+                reason: detail.clone(),
             }));
         }
-        if matches!(self.seats, Step::Held(_)) {
-            self.seats = Step::Releasing;
+        if self.seats.needs_release(time_out) {
+            self.seats.release = Undo::Asked;
             commands.push(Command::ReleaseSeats(ReleaseSeats {
                 booking_id: booking_id.clone(),
                 flight_id: self.request.flight.flight_id.clone(),
-                reason: why.to_owned(),
+                reason: detail.clone(),
             }));
         }
-        if matches!(self.payment, Payment::Charged(_)) {
-            self.payment = Payment::Refunding;
+        // Never live (a charge is asked only with no failure known, and its answer is then
+        // the only failure that can come), kept so that nothing charged is ever left so.
+        if matches!(self.payment.charge, Charge::Charged(_))
+            && self.payment.refund == Undo::NotAsked
+        {
+            self.payment.refund = Undo::Asked;
             commands.push(Command::Refund(RefundPayment {
                 booking_id: booking_id.clone(),
                 user_id: self.request.user_id.clone(),
-                reason: why.to_owned(),
+                reason: detail.clone(),
             }));
         }
-        commands
+        if self.seats.settled() && self.rooms.settled() && self.payment.settled() {
+            if !matches!(self.status, Status::Cancelled(..)) {
+                commands.push(Command::Cancelled(BookingCancelled {
+                    booking_id: booking_id.clone(),
+                    user_id: self.request.user_id.clone(),
+                    reason,
+                    detail: detail.clone(),
+                    cancelled_at: now,
+                }));
+            }
+            self.status = Status::Cancelled(reason, detail);
+        } else {
+            self.status = Status::Compensating(reason, detail);
+        }
     }
 
     /// Seats + rooms + extras, in one currency.
@@ -286,103 +515,34 @@ impl Saga {
     }
 }
 
-/// A reply from another service, reduced to what the saga needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// Seats held.
-    SeatsHeld(Money),
-    /// Seats refused.
-    SeatsRefused(String),
-    /// Seats given back.
-    SeatsReleased,
-    /// Rooms held.
-    RoomsHeld(Money),
-    /// Rooms refused.
-    RoomsRefused(String),
-    /// Rooms given back.
-    RoomsReleased,
-    /// Charged.
-    Charged(Money),
-    /// Declined.
-    Declined(String),
-    /// Refunded.
-    Refunded,
+/// Records a reservation's answer; the first one stands (a later one is a duplicate, or the
+/// refusal of a reservation asked again after its release).
+fn answer(hold: &mut Hold, answer: Hold) -> bool {
+    let new = *hold == Hold::Pending;
+    if new {
+        *hold = answer;
+    }
+    new
 }
 
-impl Saga {
-    /// Passes the deadline: every step still unanswered is undone too (a release or refund
-    /// queued behind the reservation or charge it undoes), then the saga compensates as on a
-    /// refusal and ends `TIMED_OUT`. `None` when the saga was no longer waiting. `now` stamps
-    /// the cancellation, should nothing be left to wait for.
-    pub fn time_out(&mut self, now: i64) -> Option<Vec<Command>> {
-        if !matches!(self.status, Status::Reserving | Status::Charging) {
-            return None;
-        }
-        let why = "no answer before the deadline".to_owned();
-        self.status = Status::Compensating(CancellationReason::TimedOut, why.clone());
-        let booking_id = self.request.booking_id.clone();
-        let mut commands = Vec::new();
-        if self.rooms == Step::Pending {
-            self.rooms = Step::Releasing;
-            commands.push(Command::ReleaseRooms(ReleaseRooms {
-                booking_id: booking_id.clone(),
-                hotel_id: self.request.hotel.hotel_id.clone(),
-                reason: why.clone(),
-            }));
-        }
-        if self.seats == Step::Pending {
-            self.seats = Step::Releasing;
-            commands.push(Command::ReleaseSeats(ReleaseSeats {
-                booking_id: booking_id.clone(),
-                flight_id: self.request.flight.flight_id.clone(),
-                reason: why.clone(),
-            }));
-        }
-        if self.payment == Payment::Pending {
-            self.payment = Payment::Refunding;
-            commands.push(Command::Refund(RefundPayment {
-                booking_id,
-                user_id: self.request.user_id.clone(),
-                reason: why,
-            }));
-        }
-        commands.extend(self.advance(now));
-        Some(commands)
+/// Records the payment's answer; the first one stands.
+fn charged(charge: &mut Charge, answer: Charge) -> bool {
+    let new = matches!(charge, Charge::NotAsked | Charge::Pending);
+    if new {
+        *charge = answer;
     }
-
-    /// Records a reply and returns what to send, or `None` for a reply that answers no open
-    /// question (late or duplicate) and changes nothing. `now` stamps the confirmation or
-    /// cancellation the reply may finish the saga with.
-    pub fn reply(&mut self, reply: Reply, now: i64) -> Option<Vec<Command>> {
-        match reply {
-            Reply::SeatsHeld(price) if self.seats == Step::Pending => {
-                self.seats = Step::Held(price);
-            }
-            Reply::SeatsRefused(why) if self.seats == Step::Pending => {
-                self.seats = Step::Refused(why);
-            }
-            Reply::SeatsReleased if self.seats == Step::Releasing => self.seats = Step::Released,
-            Reply::RoomsHeld(price) if self.rooms == Step::Pending => {
-                self.rooms = Step::Held(price);
-            }
-            Reply::RoomsRefused(why) if self.rooms == Step::Pending => {
-                self.rooms = Step::Refused(why);
-            }
-            Reply::RoomsReleased if self.rooms == Step::Releasing => self.rooms = Step::Released,
-            Reply::Charged(amount) if self.payment == Payment::Pending => {
-                self.payment = Payment::Charged(amount);
-            }
-            Reply::Declined(why) if self.payment == Payment::Pending => {
-                self.payment = Payment::Declined(why);
-            }
-            Reply::Refunded if self.payment == Payment::Refunding => {
-                self.payment = Payment::Refunded;
-            }
-            _ => return None,
-        }
-        Some(self.advance(now))
-    }
+    new
 }
+
+/// Records that a step was given back, whether or not this saga asked it: the service says so.
+fn given_back(undo: &mut Undo) -> bool {
+    let new = *undo != Undo::Done;
+    *undo = Undo::Done;
+    new
+}
+
+#[cfg(test)]
+mod interleavings;
 
 #[cfg(test)]
 mod tests {
@@ -476,21 +636,54 @@ mod tests {
     fn a_time_out_undoes_held_and_unanswered_steps_and_waits_for_both() {
         let mut saga = started();
         assert_eq!(saga.reply(Reply::RoomsHeld(eur(80)), NOW), Some(vec![]));
+        assert!(saga.awaits_deadline());
         let sent = saga.time_out(NOW).expect("it was waiting");
         assert!(
             matches!(
                 sent.as_slice(),
-                [Command::ReleaseSeats(_), Command::ReleaseRooms(_)]
+                [Command::ReleaseRooms(_), Command::ReleaseSeats(_)]
             ),
             "{sent:?}"
         );
-        // The late hold is undone by the release queued behind it.
-        assert_eq!(saga.reply(Reply::SeatsHeld(eur(100)), NOW), None);
+        assert!(!saga.awaits_deadline(), "a time-out applies once");
+        // The late hold is recorded, and undone by the release queued behind it.
+        assert_eq!(saga.reply(Reply::SeatsHeld(eur(100)), NOW), Some(vec![]));
+        assert_eq!(saga.seats.hold, Hold::Held(eur(100)));
         assert_eq!(saga.reply(Reply::SeatsReleased, NOW), Some(vec![]));
         let sent = saga.reply(Reply::RoomsReleased, NOW).expect("answers");
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::TimedOut));
-        assert_eq!(saga.time_out(NOW), None, "a finished saga cannot time out");
+        assert_eq!(saga.time_out(NOW), None, "a time-out known already");
+    }
+
+    #[test]
+    fn the_reason_is_the_same_whichever_refusal_comes_first() {
+        let refusals = [
+            Reply::SeatsRefused("sold out".into()),
+            Reply::RoomsRefused("full".into()),
+        ];
+        for first in 0..2 {
+            let mut saga = started();
+            saga.reply(refusals[first].clone(), NOW).expect("answers");
+            let sent = saga
+                .reply(refusals[1 - first].clone(), NOW)
+                .expect("answers");
+            assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
+                if c.reason == CancellationReason::SeatsUnavailable && c.detail == "sold out"));
+        }
+    }
+
+    #[test]
+    fn once_the_charge_is_asked_a_time_out_leaves_the_decision_to_the_payment() {
+        let mut saga = started();
+        saga.reply(Reply::SeatsHeld(eur(100)), NOW)
+            .expect("answers");
+        saga.reply(Reply::RoomsHeld(eur(80)), NOW).expect("answers");
+        assert!(!saga.awaits_deadline(), "the payment decides now");
+        assert_eq!(saga.time_out(NOW), Some(vec![]), "recorded, nothing undone");
+        let sent = saga.reply(Reply::Charged(eur(180)), NOW).expect("answers");
+        assert!(matches!(sent.as_slice(), [Command::Confirmed(_)]));
+        assert!(saga.timed_out && saga.finished());
     }
 
     #[test]
@@ -501,6 +694,7 @@ mod tests {
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::InvalidRequest));
         assert!(saga.finished());
+        assert_eq!(saga.seats.hold, Hold::NotAsked);
     }
 
     #[test]

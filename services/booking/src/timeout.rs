@@ -1,7 +1,12 @@
-//! The time-out sweep: announces `BookingTimedOut` for every open saga past its deadline.
+//! The time-out sweep: announces `BookingTimedOut`, once, for every saga past its deadline that
+//! still awaits it.
 //!
 //! The saga acts on the announcement when it comes back through the log, so the decision is
-//! replayed like any other; an announcement lost or repeated changes nothing.
+//! replayed like any other; an announcement lost or repeated changes nothing. Past a saga's
+//! deadline the sweep reads the saga itself, and announces only one the time-out would still
+//! change ([`crate::Saga::awaits_deadline`]): once the saga has applied a time-out, asked the
+//! charge or begun to cancel, it is no longer announced, though it stays open (unfinished)
+//! until it ends.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,6 +16,7 @@ use streams::kafka::{Metadata, Producer};
 use streams::store::Store;
 
 use crate::handler::{OPEN, Open};
+use crate::query;
 
 /// How long a saga may take from its request before its open steps are undone.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,8 +24,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// How often open sagas are checked against their deadline.
 const SWEEP: Duration = Duration::from_millis(500);
 
-/// How long before a time-out that has not taken effect is announced again.
-const ANNOUNCE_AGAIN: Duration = Duration::from_secs(10);
+/// How long an announcement the broker acknowledged is trusted to come back before it is sent
+/// again. Acknowledged, it is in the log, and a saga still awaiting its deadline after it means
+/// the consumer is behind: sending it again would only add to what it has to read. Minutes,
+/// not seconds, so only a record lost after all (or dead-lettered) is announced again.
+const ANNOUNCE_AGAIN: Duration = Duration::from_secs(300);
 
 /// Sweeps every [`SWEEP`] until `stopped` turns true.
 pub(crate) async fn sweep(
@@ -29,8 +38,10 @@ pub(crate) async fn sweep(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    // The announcements acknowledged, by booking id. Rebuilt on every sweep from the sagas
+    // still open, so it never holds more than the open index does.
     let mut announced: HashMap<String, Instant> = HashMap::new();
-    // An entry that does not decode is reported once, not on every sweep.
+    // An entry or saga that does not decode is reported once, not on every sweep.
     let mut unreadable: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
@@ -45,25 +56,45 @@ pub(crate) async fn sweep(
             }
         };
         let now = now_millis();
-        announced.retain(|_, at| at.elapsed() < ANNOUNCE_AGAIN);
+        let mut still_announced = HashMap::new();
+        let mut still_unreadable = HashSet::new();
         for (key, value) in open {
             let booking_id = String::from_utf8_lossy(&key[OPEN.len()..]).into_owned();
             let (user_id, requested_at) = match serde_json::from_slice::<Open>(&value) {
                 Ok(open) => open,
                 Err(error) => {
-                    if unreadable.insert(booking_id.clone()) {
+                    if !unreadable.contains(&booking_id) {
                         tracing::error!(
                             %error,
                             booking_id,
                             "An open saga's entry is unreadable; it cannot time out"
                         );
                     }
+                    still_unreadable.insert(booking_id);
                     continue;
                 }
             };
             let deadline = requested_at.saturating_add(timeout_ms);
-            if deadline > now || announced.contains_key(&booking_id) {
+            if deadline > now {
                 continue;
+            }
+            if let Some(at) = announced.remove(&booking_id)
+                && at.elapsed() < ANNOUNCE_AGAIN
+            {
+                still_announced.insert(booking_id, at);
+                continue;
+            }
+            match query::saga(&store, &booking_id) {
+                Ok(Some(saga)) if saga.awaits_deadline() => {}
+                // Timed out already, charging or cancelling: a time-out changes nothing now.
+                Ok(_) => continue,
+                Err(error) => {
+                    if !unreadable.contains(&booking_id) {
+                        tracing::error!(%error, booking_id, "An open saga is unreadable");
+                    }
+                    still_unreadable.insert(booking_id);
+                    continue;
+                }
             }
             let event = BookingTimedOut {
                 booking_id: booking_id.clone(),
@@ -76,10 +107,13 @@ pub(crate) async fn sweep(
             {
                 Ok(_) => {
                     tracing::info!(booking_id, "Saga timed out");
-                    announced.insert(booking_id, Instant::now());
+                    still_announced.insert(booking_id, Instant::now());
                 }
+                // Not noted: the next sweep tries again.
                 Err(error) => tracing::warn!(%error, booking_id, "Cannot announce a time-out"),
             }
         }
+        announced = still_announced;
+        unreadable = still_unreadable;
     }
 }

@@ -1,15 +1,15 @@
 //! The booking saga end to end on the embedded broker, with the flight, hotel and payment
-//! services running beside it: confirmed, declined and compensated, sold out, invalid, and many
-//! bookings racing for the last seats.
+//! services running beside it: confirmed, declined and compensated, sold out, invalid, many
+//! bookings racing for the last seats, and time-outs (each announced once).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use booking::{Saga, Status};
+use booking::{Hold, Saga, Status, Undo};
 use events::{
-    AccountCredited, BookingRequested, CancellationReason, Extra, FlightScheduled, FlightSelection,
-    HotelListed, HotelSelection, Money, topics,
+    AccountCredited, BookingRequested, BookingTimedOut, CancellationReason, Extra, FlightScheduled,
+    FlightSelection, HotelListed, HotelSelection, Money, topics,
 };
 use payment::Charge;
 use rust_decimal::Decimal;
@@ -18,7 +18,9 @@ use streams::kafka::broker::EmbeddedBroker;
 use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::kafka::topic::{Target, TopicSet};
+use streams::processor::{Context, Handler, HandlerError, Record};
 use streams::registry::Client;
+use streams::replay::Start;
 use streams::service::{Data, Settings};
 use streams::store::Store;
 use tokio::sync::watch;
@@ -57,8 +59,8 @@ async fn start() -> System {
     start_with(booking::TIMEOUT, true).await
 }
 
-/// Starts booking (sagas timing out after `timeout`), hotel, payment, and flight if asked.
-async fn start_with(timeout: Duration, with_flight: bool) -> System {
+/// Starts a broker with the topics, the registry, and a producer: no service yet.
+async fn infrastructure() -> (EmbeddedBroker, registry::Running, Producer) {
     streams::telemetry::init("warn");
     let broker = EmbeddedBroker::start(1).expect("broker");
     let set = TopicSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topics"))
@@ -74,6 +76,12 @@ async fn start_with(timeout: Duration, with_flight: bool) -> System {
     .expect("registry");
     let codec = Codec::new(Client::new(&registry.url()).expect("client"));
     let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+    (broker, registry, producer)
+}
+
+/// Starts booking (sagas timing out after `timeout`), hotel, payment, and flight if asked.
+async fn start_with(timeout: Duration, with_flight: bool) -> System {
+    let (broker, registry, producer) = infrastructure().await;
     let stores = [(); 4].map(|()| Store::temporary().expect("store"));
     let (stop, _) = watch::channel(false);
     let mut services = vec![
@@ -163,26 +171,7 @@ impl System {
     }
 
     async fn book(&self, booking: &str, user: &str, flight: &str, seats: i32, hotel: &str) {
-        let request = BookingRequested {
-            booking_id: booking.into(),
-            user_id: user.into(),
-            flight: FlightSelection {
-                flight_id: flight.into(),
-                seats,
-            },
-            hotel: HotelSelection {
-                hotel_id: hotel.into(),
-                check_in: 20_800,
-                check_out: 20_802,
-                rooms: 1,
-            },
-            extras: vec![Extra {
-                code: "LUGGAGE".into(),
-                quantity: 1,
-                unit_price: eur(20),
-            }],
-            requested_at: events::now_millis(),
-        };
+        let request = request(booking, user, flight, seats, hotel);
         self.send(topics::BOOKINGS, &request).await;
     }
 
@@ -228,6 +217,29 @@ impl System {
         self.registry.stop().await.expect("registry stops");
         drop(self.producer);
         drop(self.broker);
+    }
+}
+
+fn request(booking: &str, user: &str, flight: &str, seats: i32, hotel: &str) -> BookingRequested {
+    BookingRequested {
+        booking_id: booking.into(),
+        user_id: user.into(),
+        flight: FlightSelection {
+            flight_id: flight.into(),
+            seats,
+        },
+        hotel: HotelSelection {
+            hotel_id: hotel.into(),
+            check_in: 20_800,
+            check_out: 20_802,
+            rooms: 1,
+        },
+        extras: vec![Extra {
+            code: "LUGGAGE".into(),
+            quantity: 1,
+            unit_price: eur(20),
+        }],
+        requested_at: events::now_millis(),
     }
 }
 
@@ -368,11 +380,11 @@ async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back(
                 saga.status,
                 Status::Compensating(CancellationReason::TimedOut, _)
             )
-            && saga.rooms == booking::Step::Released
+            && saga.rooms.release == Undo::Done
         {
             assert_eq!(
-                saga.seats,
-                booking::Step::Releasing,
+                (&saga.seats.hold, saga.seats.release),
+                (&Hold::Pending, Undo::Asked),
                 "waits for the flight service"
             );
             break;
@@ -381,10 +393,16 @@ async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The flight service comes back: it reserves, then releases, and the saga ends.
+    // The flight service comes back: it answers the reservation, then releases, and the saga
+    // ends. Back, it may read the reservation before its catalog and refuse it: a refusal
+    // outranks the time-out, whichever came first.
     system.start_flight();
     let sagas = system.finished(&["b-late".to_owned()]).await;
-    assert_eq!(cancelled(&sagas[0]), Some(CancellationReason::TimedOut));
+    let reason = match sagas[0].seats.hold {
+        Hold::Refused(_) => CancellationReason::SeatsUnavailable,
+        _ => CancellationReason::TimedOut,
+    };
+    assert_eq!(cancelled(&sagas[0]), Some(reason), "{:?}", sagas[0]);
     assert_eq!(
         flight::inventory(&system.stores[1], "LH1").expect("flight"),
         Some((10, 0)),
@@ -400,4 +418,93 @@ async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back(
         "nothing was charged"
     );
     system.stop().await;
+}
+
+/// Counts the records of one type on a topic, by key.
+struct Count(
+    &'static str,
+    std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+);
+
+impl Handler for Count {
+    async fn handle(&self, _: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        if record.event_type() == Some(self.0) {
+            let key = String::from_utf8_lossy(record.key.unwrap_or_default()).into_owned();
+            *self.1.lock().expect("not poisoned").entry(key).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
+    let _serial = SERIAL.lock().await;
+    // Booking alone: no flight or hotel service, so the sagas stay compensating (open) after
+    // their time-out, waiting for the answers.
+    let (broker, registry, producer) = infrastructure().await;
+    let store = Store::temporary().expect("store");
+    let run = |stop: &watch::Sender<bool>| {
+        tokio::spawn(booking::run_with(
+            settings(&broker, &registry, &store),
+            booking::TIMEOUT,
+            until(stop),
+        ))
+    };
+    let (stop, _) = watch::channel(false);
+    let first = run(&stop);
+    // Requested a minute ago: past the deadline as soon as they are read.
+    let ids = ["t-1", "t-2"].map(String::from);
+    for id in &ids {
+        let mut request = request(id, "rich", "LH1", 1, "H1");
+        request.requested_at -= 60_000;
+        producer
+            .send(topics::BOOKINGS, &request, &Metadata::new(id))
+            .await
+            .expect("sent");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ids.iter().all(|id| {
+        booking::saga(&store, id).expect("read").is_some_and(|s| {
+            matches!(
+                s.status,
+                Status::Compensating(CancellationReason::TimedOut, _)
+            )
+        })
+    }) {
+        assert!(Instant::now() < deadline, "no time-out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Some sweeps of the running service, then a restart: its sweep starts with no note of
+    // what was announced, and must not announce the sagas again either.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(true);
+    first.await.expect("joined").expect("clean stop");
+    let (stop, _) = watch::channel(false);
+    let second = run(&stop);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = stop.send(true);
+    second.await.expect("joined").expect("clean stop");
+
+    let count = Count(BookingTimedOut::TYPE, Default::default());
+    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
+    streams::replay::replay(
+        broker.bootstrap_servers(),
+        &[topics::BOOKINGS],
+        &Start::Beginning,
+        &Store::temporary().expect("store"),
+        &codec,
+        &count,
+        |_| {},
+    )
+    .await
+    .expect("read back");
+    let announced = count.1.into_inner().expect("not poisoned");
+    assert_eq!(
+        announced,
+        ids.iter().map(|id| (id.clone(), 1)).collect(),
+        "announcements per saga"
+    );
+    registry.stop().await.expect("registry stops");
+    drop(producer);
+    drop(broker);
 }
