@@ -25,6 +25,8 @@ const BATCH: usize = 512;
 /// The reader of a processor's global tables.
 pub(crate) struct Globals {
     consumer: BaseConsumer,
+    /// Every partition read.
+    partitions: Vec<(String, i32)>,
     /// Per (topic, partition): the end to reach before tasks are processed.
     ends: HashMap<(String, i32), i64>,
 }
@@ -51,6 +53,7 @@ impl Globals {
         let timeout = Duration::from_secs(30);
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
+        let mut read = Vec::new();
         for topic in &settings.globals {
             let metadata = consumer
                 .fetch_metadata(Some(topic), timeout)
@@ -81,12 +84,49 @@ impl Globals {
                 }
                 tpl.add_partition_offset(topic, partition, Offset::Offset(next))
                     .map_err(|e| Error::kafka("assigning the global tables", e))?;
+                read.push((topic.clone(), partition));
             }
         }
         consumer
             .assign(&tpl)
             .map_err(|e| Error::kafka("assigning the global tables", e))?;
-        Ok(Globals { consumer, ends })
+        Ok(Globals {
+            consumer,
+            partitions: read,
+            ends,
+        })
+    }
+
+    /// Reads every global table to its end now, before task records are applied: a catalog
+    /// entry written before a command was sent is then seen by the command, as it would be
+    /// if both were read by one consumer. Asks the broker for each partition's end (a round
+    /// trip each); false if `shutdown` came first.
+    pub(crate) async fn catch_up_now<H: Handler>(
+        &mut self,
+        apply: &Apply<'_, H>,
+        settings: &Settings,
+        producer: &Producer,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> bool {
+        for (topic, partition) in &self.partitions {
+            let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_secs(5))
+            else {
+                // Unknown now: the records are applied as they come.
+                continue;
+            };
+            let next = apply
+                .store
+                .next_offset(&settings.group, topic, *partition)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            if next < high {
+                self.ends.insert((topic.clone(), *partition), high);
+            }
+        }
+        self.catch_up(apply, settings, producer, shutdown).await
     }
 
     /// Reads every global table to the end it had at start; false if `shutdown` came first.

@@ -347,6 +347,13 @@ pub async fn run<H: Handler>(
                 continue;
             }
         }
+        if let Some(reader) = &mut globals
+            && !reader
+                .catch_up_now(&apply, &settings, &producer, &mut shutdown)
+                .await
+        {
+            break;
+        }
         // Whole runs of records are committed together; after a refused commit (another
         // worker sharing the store got there first) the rest go one by one, their handlers
         // run again on fresh state.
