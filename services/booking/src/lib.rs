@@ -65,13 +65,20 @@ pub async fn run_with(
     settings.data = Data::Store(store.clone());
     let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(timeout::sweep(store, producer, timeout, stopped));
+    let positions = streams::processor::Positions::default();
+    let sweeper = tokio::spawn(timeout::sweep(
+        store,
+        producer,
+        timeout,
+        positions.clone(),
+        stopped,
+    ));
     let served = streams::service::run(
         GROUP,
         &topics::service_topics(TOPICS, &[], topics::BOOKING_CHANGELOG)?,
         &settings,
         Sagas,
-        streams::processor::Positions::default(),
+        positions,
         shutdown,
     )
     .await;

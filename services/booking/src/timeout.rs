@@ -8,12 +8,13 @@
 //! charge or begun to cancel, it is no longer announced, though it stays open (unfinished)
 //! until it ends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use events::{BookingTimedOut, now_millis, topics};
 use streams::kafka::{Metadata, Producer};
-use streams::store::Store;
+use streams::processor::Positions;
+use streams::store::{Scope, Store};
 
 use crate::handler::{OPEN, Open};
 use crate::query;
@@ -31,10 +32,14 @@ const SWEEP: Duration = Duration::from_millis(500);
 const ANNOUNCE_AGAIN: Duration = Duration::from_secs(300);
 
 /// Sweeps every [`SWEEP`] until `stopped` turns true.
+///
+/// Only sagas of the tasks the processor holds now (`positions`) are looked at: what the store
+/// still holds of tasks another instance took over is stale, and theirs to time out.
 pub(crate) async fn sweep(
     store: Store,
     producer: Producer,
     timeout: Duration,
+    positions: Positions,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
@@ -48,7 +53,13 @@ pub(crate) async fn sweep(
             _ = stopped.wait_for(|s| *s) => return,
             () = tokio::time::sleep(SWEEP) => {}
         }
-        let open = match store.scan(OPEN.as_bytes()) {
+        let tasks: BTreeSet<i32> = positions.snapshot().keys().map(|(_, p)| *p).collect();
+        let open = tasks
+            .into_iter()
+            .map(|task| store.scan_in(Scope::Task(task), OPEN.as_bytes()))
+            .collect::<streams::Result<Vec<_>>>()
+            .map(|open| open.into_iter().flatten().collect::<Vec<_>>());
+        let open = match open {
             Ok(open) => open,
             Err(error) => {
                 tracing::warn!(%error, "Cannot read open sagas");

@@ -489,7 +489,7 @@ async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
     let codec = Codec::new(Client::new(&registry.url()).expect("client"));
     streams::replay::replay(
         broker.bootstrap_servers(),
-        &[topics::BOOKINGS],
+        streams::replay::Inputs::tasks(&[topics::BOOKINGS]),
         &Start::Beginning,
         &Store::temporary().expect("store"),
         &codec,
