@@ -308,12 +308,13 @@ async fn on_a_real_broker_process_killing_the_broker_and_each_service_loses_noth
             String::from_utf8_lossy(&output.stderr)
         );
         let store = Store::open(&survived.cluster.dir.path().join(into)).expect("store");
+        // One count per task (partition) of the topic.
         store
-            .get(format!("count/{}", events::BookingRequested::TYPE).as_bytes())
-            .expect("get")
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0)
+            .scan(format!("count/{}", events::BookingRequested::TYPE).as_bytes())
+            .expect("scan")
+            .iter()
+            .filter_map(|(_, v)| String::from_utf8_lossy(v).parse::<usize>().ok())
+            .sum::<usize>()
     };
     // A request retried after the gateway died may be on the log twice (the saga is one).
     let all = requests(&["--from-beginning"], "all");

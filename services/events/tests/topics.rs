@@ -24,13 +24,17 @@ fn the_embedded_specs_are_exactly_the_validated_specs_of_topics() {
 #[test]
 fn every_topic_but_the_internal_ones_has_a_constant_with_its_name() {
     let constants = [
+        topics::BOOKING_CHANGELOG,
         topics::BOOKINGS,
+        topics::FLIGHT_CHANGELOG,
         topics::FLIGHT_COMMANDS,
         topics::FLIGHT_EVENTS,
         topics::FLIGHTS,
+        topics::HOTEL_CHANGELOG,
         topics::HOTEL_COMMANDS,
         topics::HOTEL_EVENTS,
         topics::HOTELS,
+        topics::PAYMENT_CHANGELOG,
         topics::PAYMENT_COMMANDS,
         topics::PAYMENT_EVENTS,
         topics::USERS,

@@ -16,7 +16,7 @@ use streams::store::Store;
 pub enum HandlerName {
     /// The latest record per key: a table of the topic (`latest/<key>` → payload).
     Latest,
-    /// How many records of each event type (`count/<type>` → n).
+    /// How many records of each event type (`count/<type>` → n), per partition.
     Count,
 }
 
