@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -29,7 +29,13 @@ pub(crate) struct Globals {
     partitions: Vec<(String, i32)>,
     /// Per (topic, partition): the end to reach before tasks are processed.
     ends: HashMap<(String, i32), i64>,
+    /// When the broker was last asked for the tables' ends.
+    checked: Option<Instant>,
 }
+
+/// How often at most the broker is asked for the global tables' ends before task records are
+/// applied: a round trip per partition, so not once per batch under load.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 impl Globals {
     /// Assigns every partition of the global topics from the offsets in `store`.
@@ -48,6 +54,8 @@ impl Globals {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest")
+            // A catalog entry reaches the table within this of being written, not 500 ms.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|e| Error::kafka("creating the global tables' consumer", e))?;
         let timeout = Duration::from_secs(30);
@@ -94,13 +102,15 @@ impl Globals {
             consumer,
             partitions: read,
             ends,
+            checked: None,
         })
     }
 
     /// Reads every global table to its end now, before task records are applied: a catalog
     /// entry written before a command was sent is then seen by the command, as it would be
     /// if both were read by one consumer. Asks the broker for each partition's end (a round
-    /// trip each); false if `shutdown` came first.
+    /// trip each), at most every [`CHECK_EVERY`]: an entry written less than that before a
+    /// command may still be applied after it. False if `shutdown` came first.
     pub(crate) async fn catch_up_now<H: Handler>(
         &mut self,
         apply: &Apply<'_, H>,
@@ -108,6 +118,10 @@ impl Globals {
         producer: &Producer,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> bool {
+        if self.checked.is_some_and(|at| at.elapsed() < CHECK_EVERY) {
+            return true;
+        }
+        self.checked = Some(Instant::now());
         for (topic, partition) in &self.partitions {
             let Ok((_, high)) =
                 self.consumer
