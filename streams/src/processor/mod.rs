@@ -276,11 +276,10 @@ pub async fn run<H: Handler>(
         config.set(key, value);
     }
     let restorer = match (&logged, &gate) {
-        (Some(log), Some(gate)) => Some(restore::Restorer::new(
-            &settings.bootstrap,
-            log.clone(),
+        (Some(log), Some(gate)) => Some((
+            restore::Restorer::new(&settings.bootstrap, log.clone())?,
             gate.clone(),
-        )?),
+        )),
         _ => None,
     };
     let watermarks = Arc::new(Mutex::new(HashMap::new()));
@@ -466,6 +465,26 @@ pub async fn run<H: Handler>(
     }
     finish(&consumer, &store, &settings, stop_relay, relay).await;
     Ok(())
+}
+
+/// Restores task `task` of `changelog` into `store` as a processor does when it is assigned
+/// the task (benches and tools): how many changelog records were read (0 when the store held
+/// the task's latest state already).
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when the changelog cannot be read, [`Error::Store`] when the store fails.
+pub fn restore_task(
+    bootstrap: &str,
+    changelog: &Changelog,
+    store: &Store,
+    task: i32,
+) -> Result<u64> {
+    let restorer = restore::Restorer::new(bootstrap, Arc::new(changelog.clone()))?;
+    Ok(match restorer.restore(store, task)? {
+        restore::Restored::Current => 0,
+        restore::Restored::Read(records) => records,
+    })
 }
 
 /// Aborts a task when dropped.

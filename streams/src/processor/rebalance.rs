@@ -15,6 +15,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::restore::{Restored, Restorer};
+use crate::outbox::Gate;
 use crate::store::Store;
 
 /// Where a partition stands.
@@ -64,14 +65,15 @@ pub(crate) struct ProcessorContext {
     /// Partitions revoked so far: the poll loop checks it to drop records it holds for
     /// partitions it no longer owns.
     pub(crate) revocations: Arc<AtomicU64>,
-    /// Restores tasks from the changelog, when the state is logged.
-    pub(crate) restorer: Option<Restorer>,
+    /// Restores tasks from the changelog, and lets the relay publish a task's changelog
+    /// entries while the task is owned, when the state is logged.
+    pub(crate) restorer: Option<(Restorer, Gate)>,
 }
 
 impl ProcessorContext {
     /// Restores `task` before its partitions are assigned, retrying until it can: processing
     /// a task on state that is not its latest would decide wrongly.
-    fn restore(&self, restorer: &Restorer, task: i32) {
+    fn restore(&self, (restorer, gate): &(Restorer, Gate), task: i32) {
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
             match restorer.restore(&self.store, task) {
@@ -87,7 +89,7 @@ impl ProcessorContext {
                 }
             }
         }
-        restorer.gate.own(task);
+        gate.own(task);
     }
 }
 
@@ -193,9 +195,9 @@ impl ConsumerContext for ProcessorContext {
                 );
                 for element in tpl.elements() {
                     self.positions.remove(element.topic(), element.partition());
-                    if let Some(restorer) = &self.restorer {
+                    if let Some((_, gate)) = &self.restorer {
                         // Its changelog entries not sent yet wait: the task may come back.
-                        restorer.gate.release(element.partition());
+                        gate.release(element.partition());
                     }
                 }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");

@@ -17,7 +17,6 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
-use crate::outbox::Gate;
 use crate::store::changelog::{Changelog, MARKER, Marker, read_marker};
 use crate::store::{Scope, Store};
 
@@ -30,7 +29,6 @@ const REPORT: Duration = Duration::from_secs(5);
 /// What restores a processor's tasks.
 pub(crate) struct Restorer {
     pub(crate) changelog: std::sync::Arc<Changelog>,
-    pub(crate) gate: Gate,
     consumer: BaseConsumer,
 }
 
@@ -49,11 +47,7 @@ impl Restorer {
     /// # Errors
     ///
     /// [`Error::Kafka`] when the consumer cannot be created.
-    pub(crate) fn new(
-        bootstrap: &str,
-        changelog: std::sync::Arc<Changelog>,
-        gate: Gate,
-    ) -> Result<Self> {
+    pub(crate) fn new(bootstrap: &str, changelog: std::sync::Arc<Changelog>) -> Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             // assign() needs a group handle; this group is never joined and never committed to.
@@ -68,7 +62,6 @@ impl Restorer {
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
         Ok(Restorer {
             changelog,
-            gate,
             consumer,
         })
     }
