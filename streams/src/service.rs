@@ -58,6 +58,9 @@ pub struct Settings {
     pub data: Data,
     /// Raw librdkafka consumer settings (tests shorten session timeouts with these).
     pub consumer: Vec<(String, String)>,
+    /// The partitions the service's processor holds and how far it is: shared with whoever
+    /// made the settings (benches and tests watch a fail-over through it).
+    pub positions: Positions,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             registry: registry.into(),
             data,
             consumer: Vec::new(),
+            positions: Positions::default(),
         }
     }
 
@@ -93,7 +97,7 @@ pub struct Topics<'a> {
 }
 
 /// Runs `handler` as consumer group `group` over `topics` until `shutdown`, on the store of
-/// `settings`; `positions` shows the partitions it holds and how far it is.
+/// `settings`, showing what it holds in `settings.positions`.
 ///
 /// # Errors
 ///
@@ -103,7 +107,6 @@ pub async fn run<H: Handler>(
     topics: &Topics<'_>,
     settings: &Settings,
     handler: H,
-    positions: Positions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let store = settings.data.open()?;
@@ -125,7 +128,7 @@ pub async fn run<H: Handler>(
         store,
         settings.codec()?,
         handler,
-        positions,
+        settings.positions.clone(),
         shutdown,
     )
     .await

@@ -65,12 +65,11 @@ pub async fn run_with(
     settings.data = Data::Store(store.clone());
     let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let positions = streams::processor::Positions::default();
     let sweeper = tokio::spawn(timeout::sweep(
         store,
         producer,
         timeout,
-        positions.clone(),
+        settings.positions.clone(),
         stopped,
     ));
     let served = streams::service::run(
@@ -78,7 +77,6 @@ pub async fn run_with(
         &topics::service_topics(TOPICS, &[], topics::BOOKING_CHANGELOG)?,
         &settings,
         Sagas,
-        positions,
         shutdown,
     )
     .await;

@@ -36,7 +36,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> stre
         &topics::service_topics(TOPICS, GLOBALS, topics::FLIGHT_CHANGELOG)?,
         &settings,
         Flights,
-        streams::processor::Positions::default(),
         shutdown,
     )
     .await

@@ -142,16 +142,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
             globals: topics::specs_of(GLOBALS)?,
             ..streams::service::Topics::default()
         };
-        streams::service::run(
-            GROUP,
-            &topics,
-            &service,
-            view::Views,
-            streams::processor::Positions::default(),
-            async move {
-                let _ = views_stopped.wait_for(|s| *s).await;
-            },
-        )
+        streams::service::run(GROUP, &topics, &service, view::Views, async move {
+            let _ = views_stopped.wait_for(|s| *s).await;
+        })
         .await
     });
     let gateway = Arc::new(Gateway {

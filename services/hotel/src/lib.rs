@@ -39,7 +39,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> stre
         &topics::service_topics(TOPICS, GLOBALS, topics::HOTEL_CHANGELOG)?,
         &settings,
         Hotels,
-        streams::processor::Positions::default(),
         shutdown,
     )
     .await

@@ -36,7 +36,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> stre
         &topics::service_topics(TOPICS, GLOBALS, topics::PAYMENT_CHANGELOG)?,
         &settings,
         Payments,
-        streams::processor::Positions::default(),
         shutdown,
     )
     .await
