@@ -17,6 +17,7 @@ use streams::kafka::broker::EmbeddedBroker;
 use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::kafka::topic::{Target, TopicSet};
+use streams::processor::Positions;
 use streams::registry::Client;
 use streams::service::{Data, Settings};
 use streams::store::Store;
@@ -129,6 +130,63 @@ pub struct System {
     pub tokens: token::Signer,
     stop: watch::Sender<bool>,
     services: Vec<(&'static str, tokio::task::JoinHandle<streams::Result<()>>)>,
+    /// What each of the services above holds: (service, its positions).
+    positions: Vec<(&'static str, Positions)>,
+}
+
+/// One more instance of a service, started beside the system's own (scale-out benches and
+/// tests): it joins the service's consumer group and takes its share of the tasks.
+pub struct Instance {
+    /// The partitions it holds and how far it is.
+    pub positions: Positions,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<streams::Result<()>>,
+}
+
+impl Instance {
+    /// Drops it where it stands, as a killed process would go: no draining, no commit.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Stops it cleanly.
+    ///
+    /// # Errors
+    ///
+    /// When it had failed, or does not stop within 30 s.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("an instance did not stop within 30 s"))??
+            .map_err(|e| anyhow::anyhow!("an instance failed: {e}"))
+    }
+}
+
+/// The settings of a service instance of the system, on `store`.
+fn instance_settings(broker: &EmbeddedBroker, registry: &str, store: &Store) -> Settings {
+    let mut settings = Settings::new(
+        broker.bootstrap_servers(),
+        registry,
+        Data::Store(store.clone()),
+    );
+    settings.consumer = fast_consumer();
+    settings
+}
+
+/// The event-driven service `name`, running until `shutdown`.
+fn run_service(
+    name: &str,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = streams::Result<()>> + Send>> {
+    match name {
+        "booking" => Box::pin(booking::run(settings, shutdown)),
+        "flight" => Box::pin(flight::run(settings, shutdown)),
+        "hotel" => Box::pin(hotel::run(settings, shutdown)),
+        _ => Box::pin(payment::run(settings, shutdown)),
+    }
 }
 
 /// Consumer settings for one process on the embedded broker: short sessions and fetch waits,
@@ -175,15 +233,7 @@ impl System {
             gateway: Store::temporary()?,
             auth: Store::temporary()?,
         };
-        let settings = |store: &Store| {
-            let mut settings = Settings::new(
-                broker.bootstrap_servers(),
-                registry.url(),
-                Data::Store(store.clone()),
-            );
-            settings.consumer = fast_consumer();
-            settings
-        };
+        let settings = |store: &Store| instance_settings(&broker, &registry.url(), store);
         let (stop, stopped) = watch::channel(false);
         let until = move || {
             let mut stopped = stopped.clone();
@@ -191,24 +241,18 @@ impl System {
                 let _ = stopped.wait_for(|s| *s).await;
             }
         };
-        let services = vec![
-            (
-                "booking",
-                tokio::spawn(booking::run(settings(&stores.booking), until())),
-            ),
-            (
-                "flight",
-                tokio::spawn(flight::run(settings(&stores.flight), until())),
-            ),
-            (
-                "hotel",
-                tokio::spawn(hotel::run(settings(&stores.hotel), until())),
-            ),
-            (
-                "payment",
-                tokio::spawn(payment::run(settings(&stores.payment), until())),
-            ),
-        ];
+        let mut services = Vec::new();
+        let mut positions = Vec::new();
+        for (name, store) in [
+            ("booking", &stores.booking),
+            ("flight", &stores.flight),
+            ("hotel", &stores.hotel),
+            ("payment", &stores.payment),
+        ] {
+            let settings = settings(store);
+            positions.push((name, settings.positions.clone()));
+            services.push((name, tokio::spawn(run_service(name, settings, until()))));
+        }
         let tokens = token::Signer::random(options.token_ttl);
         let auth = auth::start(auth::Settings {
             service: settings(&stores.auth),
@@ -234,6 +278,40 @@ impl System {
             tokens,
             stop,
             services,
+            positions,
+        })
+    }
+
+    /// What the system's own instance of `service` holds (`None` for a service it does not
+    /// run as a processor).
+    pub fn positions(&self, service: &str) -> Option<&Positions> {
+        self.positions
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, positions)| positions)
+    }
+
+    /// Starts another instance of `service` (booking, flight, hotel or payment) on `store`.
+    ///
+    /// # Errors
+    ///
+    /// When `service` is not one of those.
+    pub fn start_instance(&self, service: &str, store: &Store) -> anyhow::Result<Instance> {
+        anyhow::ensure!(
+            ["booking", "flight", "hotel", "payment"].contains(&service),
+            "{service} does not run as several instances here"
+        );
+        let settings = instance_settings(&self.broker, &self.registry.url(), store);
+        let positions = settings.positions.clone();
+        let (stop, mut stopped) = watch::channel(false);
+        let until = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let task = tokio::spawn(run_service(service, settings, until));
+        Ok(Instance {
+            positions,
+            stop,
+            task,
         })
     }
 
