@@ -1,5 +1,7 @@
 //! Helpers shared by the test binaries that start `tripstream` processes.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 

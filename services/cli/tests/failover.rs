@@ -1,0 +1,343 @@
+//! Scale-out and fail-over with separate processes: two instances each of booking, flight,
+//! hotel and payment (each on its own store) share their service's tasks. While bookings flow,
+//! one instance of each is killed with SIGKILL and never restarted, a third instance of each
+//! joins, and one instance is restarted on an empty store. Every saga ends, every booking on
+//! ample inventory by a funded user confirms (so none timed out in a fail-over), nothing is
+//! oversold and money charged equals confirmed totals. Runs on `tripstream broker` and, as the
+//! second tier, on Tansu.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use events::{FlightScheduled, HotelListed, topics};
+use serde_json::json;
+use streams::codec::Codec;
+use streams::kafka::headers::Metadata;
+use streams::kafka::producer::Producer;
+use streams::store::Store;
+
+mod support;
+use support::Process;
+use support::cluster::{Broker, Cluster, Sent, eur, free_port, send, tripstream, until_answered};
+
+/// The services that run as several instances.
+const SCALED: [&str; 4] = ["booking", "flight", "hotel", "payment"];
+
+/// One scenario at a time: each runs a broker, a registry and a dozen services on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_killed_joining_and_emptied_mid_load_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::embedded(dir.path());
+    fail_over(dir, broker).await;
+}
+
+/// The second tier: the same on a real broker process (Tansu, storing in SQLite). Runs when
+/// `TRIPSTREAM_TANSU` names a Tansu binary (`scripts/test` installs one and sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_broker_process_instances_fail_over_and_lose_nothing() {
+    let Some(binary) = std::env::var_os("TRIPSTREAM_TANSU") else {
+        eprintln!("skipped: TRIPSTREAM_TANSU names no Tansu binary (scripts/test sets it)");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::tansu(std::path::Path::new(&binary), dir.path());
+    let provisioned = tripstream()
+        .args(["topics", "apply", "--brokers", &broker.bootstrap])
+        .output()
+        .expect("topics apply runs");
+    assert!(
+        provisioned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&provisioned.stderr)
+    );
+    fail_over(dir, broker).await;
+}
+
+/// What one booking asks, and what it must end as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Ample seats and rooms, a funded user: must confirm.
+    Ample,
+    /// A flight with few seats: confirms while seats last.
+    Scarce,
+    /// A user who cannot pay: must be cancelled.
+    Unfunded,
+}
+
+async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
+    let bootstrap = broker.bootstrap.clone();
+    let (_registry, registry_url) = support::start_registry(tripstream(), &bootstrap);
+    let cluster = Cluster {
+        dir,
+        bootstrap,
+        registry: registry_url,
+        auth_port: free_port(),
+        gateway_port: free_port(),
+    };
+    let mut running: HashMap<String, Process> = HashMap::new();
+    for name in ["auth", "gateway"] {
+        running.insert(name.to_owned(), cluster.service(name));
+    }
+    for name in SCALED {
+        for n in [1, 2] {
+            let instance = format!("{name}-{n}");
+            running.insert(instance.clone(), cluster.instance(name, &instance));
+        }
+    }
+
+    let codec = Codec::new(streams::registry::Client::new(&cluster.registry).expect("client"));
+    let producer = Producer::new(&cluster.bootstrap, codec, &[]).expect("producer");
+    const SCARCE_SEATS: i32 = 3;
+    for (id, seats) in [("LH1", 1_000), ("LH9", SCARCE_SEATS)] {
+        let flight = FlightScheduled {
+            flight_id: id.into(),
+            origin: "LIS".into(),
+            destination: "FRA".into(),
+            departs_at: 1_796_100_000_000,
+            arrives_at: 1_796_110_000_000,
+            seats,
+            seat_price: eur(100),
+        };
+        producer
+            .send(topics::FLIGHTS, &flight, &Metadata::new(id))
+            .await
+            .expect("flight");
+    }
+    let hotel = HotelListed {
+        hotel_id: "H1".into(),
+        name: "Main".into(),
+        city: "Frankfurt".into(),
+        rooms: 1_000,
+        nightly_rate: eur(80),
+    };
+    producer
+        .send(topics::HOTELS, &hotel, &Metadata::new("H1"))
+        .await
+        .expect("hotel");
+
+    let http = reqwest::Client::new();
+    let gateway = cluster.gateway();
+    // Two funded users and one with too little for any trip (a trip costs 260 EUR).
+    let mut tokens = Vec::new();
+    for (i, credit) in [(0, 1_000_000), (1, 1_000_000), (2, 150)] {
+        let email = format!("user{i}@failover.test");
+        let (status, user) = until_answered(
+            &http,
+            reqwest::Method::POST,
+            format!("{gateway}/v1/users"),
+            None,
+            Some(json!({"email": email, "password": "fail over 123", "display_name": "F"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{user}");
+        let user_id = user["user_id"].as_str().expect("id").to_owned();
+        let credited = events::AccountCredited {
+            user_id: user_id.clone(),
+            amount: eur(credit),
+            note: "seed".into(),
+        };
+        producer
+            .send(
+                topics::PAYMENT_COMMANDS,
+                &credited,
+                &Metadata::new(&user_id),
+            )
+            .await
+            .expect("credit");
+        let (status, session) = until_answered(
+            &http,
+            reqwest::Method::POST,
+            format!("{gateway}/v1/sessions"),
+            None,
+            Some(json!({"email": email, "password": "fail over 123"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{session}");
+        tokens.push(session["token"].as_str().expect("token").to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, found) = until_answered(
+            &http,
+            reqwest::Method::GET,
+            format!("{gateway}/v1/flights?from=LIS&to=FRA"),
+            Some(&tokens[0]),
+            None,
+        )
+        .await;
+        if found["flights"].as_array().is_some_and(|f| f.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no catalog: {found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let placing = {
+        let (http, gateway, tokens) = (http.clone(), gateway.clone(), tokens.clone());
+        tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for i in 0..72 {
+                let kind = match i % 6 {
+                    5 => Kind::Scarce,
+                    4 => Kind::Unfunded,
+                    _ => Kind::Ample,
+                };
+                let (flight, token) = match kind {
+                    Kind::Ample => ("LH1", &tokens[i % 2]),
+                    Kind::Scarce => ("LH9", &tokens[i % 2]),
+                    Kind::Unfunded => ("LH1", &tokens[2]),
+                };
+                let body = json!({
+                    "flight_id": flight, "seats": 1, "hotel_id": "H1",
+                    "check_in": "2026-12-01", "check_out": "2026-12-03"
+                });
+                let key = format!("failover-{i}");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let sent = send(
+                        &http,
+                        reqwest::Method::POST,
+                        format!("{gateway}/v1/bookings"),
+                        Some(token),
+                        Some(body.clone()),
+                        Some(&key),
+                    )
+                    .await;
+                    if let Sent::Answered(status, booking) = sent
+                        && status != 503
+                    {
+                        assert_eq!(status, 202, "{booking}");
+                        let id = booking["booking_id"].as_str().expect("id").to_owned();
+                        placed.push((id, token.clone(), kind));
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "gateway down for 60 s");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            placed
+        })
+    };
+
+    // Mid-load: one instance of each dies for good...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in SCALED {
+        let mut process = running.remove(&format!("{name}-1")).expect("running");
+        process.0.kill().expect("SIGKILL");
+        let _ = process.0.wait();
+    }
+    // ...a third of each joins...
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for name in SCALED {
+        let instance = format!("{name}-3");
+        running.insert(instance.clone(), cluster.instance(name, &instance));
+    }
+    // ...and one comes back on an empty store.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut emptied = running.remove("payment-2").expect("running");
+    emptied.0.kill().expect("SIGKILL");
+    let _ = emptied.0.wait();
+    std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
+    running.insert(
+        "payment-2".to_owned(),
+        cluster.instance("payment", "payment-2"),
+    );
+    let placed = placing.await.expect("placing");
+
+    // Every booking ends, as seen through the gateway.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ended = Vec::new();
+    for (id, token, kind) in &placed {
+        loop {
+            let (status, view) = until_answered(
+                &http,
+                reqwest::Method::GET,
+                format!("{gateway}/v1/bookings/{id}"),
+                Some(token),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{view}");
+            if view["status"] != "PENDING" {
+                ended.push((*kind, view));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "booking {id} never finished: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (kind, view) in &ended {
+        match kind {
+            Kind::Ample => assert_eq!(view["status"], "CONFIRMED", "{view}"),
+            Kind::Unfunded => assert_eq!(view["reason"], "PAYMENT_DECLINED", "{view}"),
+            Kind::Scarce => assert!(
+                view["status"] == "CONFIRMED" || view["reason"] == "SEATS_UNAVAILABLE",
+                "{view}"
+            ),
+        }
+    }
+    let scarce_confirmed = ended
+        .iter()
+        .filter(|(kind, view)| *kind == Kind::Scarce && view["status"] == "CONFIRMED")
+        .count();
+    assert!(
+        scarce_confirmed <= SCARCE_SEATS as usize,
+        "{scarce_confirmed} confirmed on {SCARCE_SEATS} seats"
+    );
+
+    // The whole state, read back: each service's store is disposable, so a fresh instance of
+    // each restores every task from its changelog.
+    for (_, process) in running.drain() {
+        process.stop();
+    }
+    for name in SCALED {
+        let instance = format!("{name}-check");
+        let process = cluster.instance(name, &instance);
+        wait_for_log(&cluster, &instance, "Partitions assigned");
+        process.stop();
+    }
+    let open = |name: &str| Store::open(&cluster.dir.path().join(name)).expect("store");
+    let stores = system::Stores {
+        booking: open("booking-check"),
+        flight: open("flight-check"),
+        hotel: open("hotel-check"),
+        payment: open("payment-check"),
+        gateway: open("gateway"),
+        auth: open("auth"),
+    };
+    let report = system::consistency(&stores).expect("consistency");
+    assert_eq!(report.sagas, placed.len(), "every booking has one saga");
+    assert!(report.holds(), "{report:?}");
+    let charged = payment::charges(&stores.payment)
+        .expect("charges")
+        .iter()
+        .filter(|(_, c)| matches!(c, payment::Charge::Charged { .. }))
+        .count();
+    let confirmed = ended
+        .iter()
+        .filter(|(_, view)| view["status"] == "CONFIRMED")
+        .count();
+    assert_eq!(charged, confirmed, "one charge per confirmed booking");
+    drop(broker);
+}
+
+/// Waits until `instance`'s log has a line containing `text` (60 s at most).
+fn wait_for_log(cluster: &Cluster, instance: &str, text: &str) {
+    let log = cluster.dir.path().join(format!("{instance}.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "{instance} never logged `{text}`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
