@@ -4,6 +4,7 @@ pub mod bench;
 pub mod broker;
 pub mod consume;
 pub mod demo;
+pub mod failover_bench;
 pub mod produce;
 pub mod registry;
 pub mod replay;

@@ -48,6 +48,20 @@ pub enum Command {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Two instances of each service under steady load, one of each killed: time until its
+    /// tasks are processed again, latency through the fail-over, restore speed against a raw
+    /// consumer, and confirmed bookings/s with one and with two instances.
+    Failover {
+        /// Bookings sent at once for each throughput figure.
+        #[arg(long, default_value_t = 5_000)]
+        bookings: usize,
+        /// How long the steady load lasts; the kill comes a third of the way in.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Bookings per second of the steady load.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -294,6 +308,13 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             super::saga_bench::run(bookings, seconds, rate).await?;
         }
+        Command::Failover {
+            bookings,
+            seconds,
+            rate,
+        } => {
+            super::failover_bench::run(bookings, seconds, rate).await?;
+        }
         Command::Replay { events } => {
             let bench = setup(64).await?;
             let producer =
@@ -336,7 +357,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn count_raw(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
+/// Reads every record of `topic` with a bare consumer, counting them.
+pub(crate) fn count_raw(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-raw")

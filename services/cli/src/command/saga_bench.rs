@@ -57,34 +57,7 @@ pub async fn run(bookings: usize, latency_seconds: u64, rate: Option<f64>) -> an
         "--rate must be a positive number of bookings per second"
     );
     let system = System::start(Options::default()).await?;
-    for i in 0..8 {
-        system
-            .flight(&FlightScheduled {
-                flight_id: format!("BENCH{i}"),
-                origin: "LIS".into(),
-                destination: "FRA".into(),
-                departs_at: 1_796_112_000_000,
-                arrives_at: 1_796_122_000_000,
-                seats: i32::MAX,
-                seat_price: eur(10_000),
-            })
-            .await?;
-    }
-    for i in 0..4 {
-        system
-            .hotel(&HotelListed {
-                hotel_id: format!("HOTEL{i}"),
-                name: format!("Hotel {i}"),
-                city: "Frankfurt".into(),
-                rooms: i32::MAX,
-                nightly_rate: eur(8_000),
-            })
-            .await?;
-    }
-    let users: Vec<String> = (0..64).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    for user in &users {
-        system.credit(user, eur(100_000_000_000)).await?;
-    }
+    let users = seed(&system).await?;
     // Warm-up: registers every schema, joins every group, fills every cache.
     eprintln!("Warming up...");
     send(&system, 200, &users, None).await?;
@@ -152,8 +125,42 @@ pub async fn run(bookings: usize, latency_seconds: u64, rate: Option<f64>) -> an
     Ok(())
 }
 
+/// Puts the bench's catalog on sale (flights and hotels that never run out) and funds its 64
+/// users; returns the users.
+pub(crate) async fn seed(system: &System) -> anyhow::Result<Vec<String>> {
+    for i in 0..8 {
+        system
+            .flight(&FlightScheduled {
+                flight_id: format!("BENCH{i}"),
+                origin: "LIS".into(),
+                destination: "FRA".into(),
+                departs_at: 1_796_112_000_000,
+                arrives_at: 1_796_122_000_000,
+                seats: i32::MAX,
+                seat_price: eur(10_000),
+            })
+            .await?;
+    }
+    for i in 0..4 {
+        system
+            .hotel(&HotelListed {
+                hotel_id: format!("HOTEL{i}"),
+                name: format!("Hotel {i}"),
+                city: "Frankfurt".into(),
+                rooms: i32::MAX,
+                nightly_rate: eur(8_000),
+            })
+            .await?;
+    }
+    let users: Vec<String> = (0..64).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for user in &users {
+        system.credit(user, eur(100_000_000_000)).await?;
+    }
+    Ok(users)
+}
+
 /// Sends `count` requests, at `per_second` if given; returns each booking's send time (ms).
-async fn send(
+pub(crate) async fn send(
     system: &System,
     count: usize,
     users: &[String],
@@ -221,7 +228,7 @@ const SAGA_TOPICS: [&str; 7] = [
 
 /// For each event type a saga of `sent_at` wrote, when it was written: its broker timestamp
 /// minus the request's send time, in ms, sorted; the stages in the order they happen (by p50).
-fn stages(
+pub(crate) fn stages(
     system: &System,
     sent_at: &HashMap<String, i64>,
 ) -> anyhow::Result<Vec<(String, Vec<i64>)>> {
@@ -284,7 +291,7 @@ fn stages(
 }
 
 /// The `p` quantile of sorted `values` (0 when empty).
-fn percentile(values: &[i64], p: f64) -> i64 {
+pub(crate) fn percentile(values: &[i64], p: f64) -> i64 {
     if values.is_empty() {
         return 0;
     }
