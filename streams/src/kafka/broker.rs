@@ -2,12 +2,25 @@
 //!
 //! It serves the zero-setup demo and the plain test tier. Limits designed around: no admin API
 //! (topics are created through the mock itself, see [`EmbeddedBroker::create_topic`]), no
-//! compaction, no transactions, about 5 MiB retained per partition, nothing persisted, and
-//! random ports (hence [`EmbeddedBroker::bootstrap_servers`]).
+//! compaction, no transactions, nothing persisted, and random ports (hence
+//! [`EmbeddedBroker::bootstrap_servers`]).
+//!
+//! Retention: librdkafka's mock keeps at most 5 MiB of record batches or 100,000 batches per
+//! partition, whichever is reached first (`max_size`/`max_cnt`, constants of
+//! `rd_kafka_mock_partition_init` in librdkafka 2.12.1 with no setter and no `test.mock.*`
+//! property), and beyond that drops the oldest batches without a word: the partition's log
+//! start offset moves up, and a reader asking for offset 0 is moved to it. Every topic
+//! [`EmbeddedBroker::create_topic`] creates has that bound raised to
+//! [`DEFAULT_PARTITION_LOG_BYTES`] (or the bound given to [`EmbeddedBroker::start_with_log_bytes`]),
+//! so memory is the practical limit. Topics the mock creates by itself (a producer writing to a
+//! topic nobody created) keep the 5 MiB; [`ensure_nothing_dropped`] turns a dropped record into
+//! an error for a reader that needs every record.
 
-// The one place in the workspace that calls librdkafka's C API directly; see `start`.
+// The one place in the workspace that calls librdkafka's C API directly; see `start` and
+// `raise_log_bound`.
 #![allow(unsafe_code)]
 
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -17,6 +30,54 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::{Error, Result};
 
+/// librdkafka's own bound on a mock partition's log, in bytes of record batches.
+pub const MOCK_PARTITION_LOG_BYTES: usize = 5 * 1024 * 1024;
+
+/// librdkafka's own bound on a mock partition's log, in record batches.
+const MOCK_PARTITION_LOG_BATCHES: usize = 100_000;
+
+/// What each partition of a topic created by [`EmbeddedBroker::create_topic`] keeps, in bytes
+/// of record batches, unless [`EmbeddedBroker::start_with_log_bytes`] says otherwise: far more
+/// than a demo or a test writes, while a runaway writer still cannot take all memory.
+pub const DEFAULT_PARTITION_LOG_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The librdkafka release (`RD_KAFKA_VERSION`) whose private layout [`MockPartitionHead`]
+/// mirrors.
+const MIRRORED_LIBRDKAFKA: c_int = 0x020c_01ff;
+
+/// The leading fields of librdkafka 2.12.1's private `rd_kafka_mock_partition_t`
+/// (`src/rdkafka_mock_int.h`), up to the log bounds, which have no setter.
+#[repr(C)]
+struct MockPartitionHead {
+    leader_link: [*mut c_void; 2],
+    id: i32,
+    leader_epoch: i32,
+    start_offset: i64,
+    end_offset: i64,
+    follower_start_offset: i64,
+    follower_end_offset: i64,
+    update_follower_start_offset: u8,
+    update_follower_end_offset: u8,
+    msgsets: [*mut c_void; 2],
+    size: usize,
+    cnt: usize,
+    max_size: usize,
+    max_cnt: usize,
+}
+
+// Internal functions of librdkafka's rdkafka_mock.c: not in its public header, but global
+// symbols of the static librdkafka that rdkafka-sys builds and links.
+unsafe extern "C" {
+    fn rd_kafka_mock_topic_find(
+        mcluster: *const rdkafka_sys::rd_kafka_mock_cluster_t,
+        name: *const c_char,
+    ) -> *mut c_void;
+    fn rd_kafka_mock_partition_find(
+        mtopic: *const c_void,
+        partition: i32,
+    ) -> *mut MockPartitionHead;
+}
+
 /// A running mock cluster. Dropping it stops every broker.
 pub struct EmbeddedBroker {
     /// The client that owns the mock cluster: librdkafka creates the cluster inside the client
@@ -24,6 +85,9 @@ pub struct EmbeddedBroker {
     host: BaseProducer<DefaultProducerContext>,
     bootstrap: String,
     brokers: u16,
+    /// The per-partition bound in bytes that `create_topic` sets, or `None` when this
+    /// librdkafka is not the one whose layout is mirrored and the mock's own bound stays.
+    log_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for EmbeddedBroker {
@@ -31,21 +95,40 @@ impl std::fmt::Debug for EmbeddedBroker {
         f.debug_struct("EmbeddedBroker")
             .field("bootstrap", &self.bootstrap)
             .field("brokers", &self.brokers)
+            .field("log_bytes", &self.partition_log_bytes())
             .finish()
     }
 }
 
 impl EmbeddedBroker {
-    /// Starts a mock cluster of `brokers` brokers on 127.0.0.1, each on a random port.
+    /// Starts a mock cluster of `brokers` brokers on 127.0.0.1, each on a random port, whose
+    /// topics keep [`DEFAULT_PARTITION_LOG_BYTES`] per partition.
     ///
     /// Consumer groups join at once: the mock's default initial rebalance delay of 3 s (there
     /// to let a group's members gather) is set to zero, since tests and the demo start their
-    /// members together anyway.
+    /// members together anyway. Later rebalances of a classic group are slower than on a real
+    /// broker, and nothing in the mock's API shortens them (`rdkafka_mock_cgrp.c`): a member is
+    /// expired once `session.timeout.ms` has passed without a heartbeat (checked once a
+    /// second), and every rebalance of a running group (a member joined, left or expired)
+    /// then waits `session.timeout.ms` less 1 s for members to rejoin before it assigns, even
+    /// when all of them have. Measured with cooperative-sticky and a 1 s heartbeat: a killed
+    /// member's partitions moved after 11 s with a 6000 ms session timeout and 7 s with
+    /// 3000 ms; a joining member got its share after 5 s and 2 s.
     ///
     /// # Errors
     ///
     /// [`Error::Embedded`] when `brokers` is zero or librdkafka cannot create the cluster.
     pub fn start(brokers: u16) -> Result<Self> {
+        Self::start_with_log_bytes(brokers, DEFAULT_PARTITION_LOG_BYTES)
+    }
+
+    /// Like [`EmbeddedBroker::start`], with topics that keep `log_bytes` of record batches per
+    /// partition before the oldest are dropped (at least one batch is always kept).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Embedded`] when `brokers` is zero or librdkafka cannot create the cluster.
+    pub fn start_with_log_bytes(brokers: u16, log_bytes: usize) -> Result<Self> {
         if brokers == 0 {
             return Err(Error::Embedded(
                 "a cluster needs at least one broker".into(),
@@ -61,8 +144,8 @@ impl EmbeddedBroker {
         // SAFETY: `native` is a live rd_kafka_t owned by `host`, which outlives this call.
         // rd_kafka_handle_mock_cluster returns the cluster that client created (or null), and
         // rd_kafka_mock_group_initial_rebalance_delay_ms only stores an integer in it under the
-        // cluster's own lock; the pointer is not kept.
-        unsafe {
+        // cluster's own lock; the pointer is not kept. rd_kafka_version only reads a constant.
+        let mirrored = unsafe {
             let cluster = rdkafka_sys::rd_kafka_handle_mock_cluster(native);
             if cluster.is_null() {
                 return Err(Error::Embedded(
@@ -70,6 +153,13 @@ impl EmbeddedBroker {
                 ));
             }
             rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+            rdkafka_sys::rd_kafka_version() == MIRRORED_LIBRDKAFKA
+        };
+        if !mirrored {
+            tracing::warn!(
+                bound = MOCK_PARTITION_LOG_BYTES,
+                "This librdkafka is not 2.12.1: the embedded broker keeps its own bound of 5 MiB per partition"
+            );
         }
         let bootstrap = host
             .client()
@@ -81,7 +171,14 @@ impl EmbeddedBroker {
             host,
             bootstrap,
             brokers,
+            log_bytes: mirrored.then_some(log_bytes),
         })
+    }
+
+    /// How many bytes of record batches each partition of a topic created by
+    /// [`EmbeddedBroker::create_topic`] keeps before its oldest records are dropped.
+    pub fn partition_log_bytes(&self) -> usize {
+        self.log_bytes.unwrap_or(MOCK_PARTITION_LOG_BYTES)
     }
 
     /// The `bootstrap.servers` list for clients of this cluster.
@@ -110,19 +207,102 @@ impl EmbeddedBroker {
     /// Creates a topic; an existing topic of that name is left as it is.
     ///
     /// The replication factor is capped at the number of brokers, as a real cluster would
-    /// refuse more replicas than brokers.
+    /// refuse more replicas than brokers. Each partition of a created topic keeps
+    /// [`EmbeddedBroker::partition_log_bytes`].
     ///
     /// # Errors
     ///
-    /// [`Error::Embedded`] when the mock refuses the topic (for example zero partitions).
+    /// [`Error::Embedded`] when the mock refuses the topic (for example zero partitions) or its
+    /// bound cannot be raised.
     pub fn create_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<()> {
         let replication = replication.clamp(1, i32::from(self.brokers));
         match self.mock().create_topic(name, partitions, replication) {
-            Ok(()) => Ok(()),
+            Ok(()) => self.raise_log_bound(name, partitions),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
                 Ok(())
             }
             Err(e) => Err(Error::Embedded(format!("cannot create topic {name}: {e}"))),
+        }
+    }
+
+    /// Sets the log bound of every partition of the topic `name`, just created.
+    ///
+    /// The mock's partition state belongs to the mock's own thread, which reads the bound on
+    /// every append. So each partition is first made leaderless (a command the mock thread
+    /// carries out before answering), which stops appends to it; the bound is written; and
+    /// the leader is given back by a second command, whose hand-over through the mock's
+    /// command queue makes the new bound visible to the mock thread before its next append.
+    fn raise_log_bound(&self, name: &str, partitions: i32) -> Result<()> {
+        let Some(bytes) = self.log_bytes else {
+            return Ok(());
+        };
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::Embedded(format!("cannot raise the log bound of topic {name}: {e}"))
+        };
+        let metadata = self
+            .host
+            .client()
+            .fetch_metadata(Some(name), Duration::from_secs(10))
+            .map_err(|e| Error::kafka(format!("reading the leaders of {name}"), e))?;
+        let leaders: Vec<(i32, i32)> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == name)
+            .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+            .collect();
+        if leaders.len() != usize::try_from(partitions).unwrap_or(0) {
+            return Err(fail(&format!(
+                "the broker reports {} of its {partitions} partitions",
+                leaders.len()
+            )));
+        }
+        let mock = self.mock();
+        for (partition, _) in &leaders {
+            mock.partition_leader(name, *partition, None)
+                .map_err(|e| fail(&e))?;
+        }
+        let c_name = CString::new(name).map_err(|e| fail(&e))?;
+        // SAFETY: the version check in `start` makes `MockPartitionHead` the true head of this
+        // librdkafka's rd_kafka_mock_partition_t, and the cluster pointer is live while `host`
+        // is. rd_kafka_mock_topic_find walks the cluster's topic list up to this topic, which
+        // the mock thread created before answering `create_topic`: the mock only ever appends
+        // topics at the tail, so the links it reads, and the names it compares, are no longer
+        // written. The partition's `id` and bounds are written only here and at creation, and
+        // the mock thread reads the bounds only when appending, which a leaderless partition
+        // refuses. The pointers are not kept.
+        let raised = unsafe {
+            let cluster =
+                rdkafka_sys::rd_kafka_handle_mock_cluster(self.host.client().native_ptr());
+            let topic = rd_kafka_mock_topic_find(cluster, c_name.as_ptr());
+            let mut raised = !topic.is_null();
+            for (partition, _) in &leaders {
+                let head = rd_kafka_mock_partition_find(topic, *partition);
+                // The mock's own defaults, found where the mirrored layout puts them, are the
+                // sign that the layout is right; anything else is left untouched.
+                if head.is_null()
+                    || (*head).id != *partition
+                    || (*head).max_size != MOCK_PARTITION_LOG_BYTES
+                    || (*head).max_cnt != MOCK_PARTITION_LOG_BATCHES
+                {
+                    raised = false;
+                    continue;
+                }
+                (*head).max_size = bytes;
+                // The byte bound is the one that matters; a batch count never should.
+                (*head).max_cnt = usize::MAX;
+            }
+            raised
+        };
+        for (partition, leader) in &leaders {
+            mock.partition_leader(name, *partition, Some(*leader))
+                .map_err(|e| fail(&e))?;
+        }
+        if raised {
+            Ok(())
+        } else {
+            Err(fail(
+                &"librdkafka's mock partitions are not laid out as this module expects",
+            ))
         }
     }
 
@@ -150,5 +330,135 @@ impl Drop for EmbeddedBroker {
         // Nothing is sent through the host client, but flush so librdkafka shuts down quietly.
         let _ = self.host.flush(Duration::from_millis(100));
         tracing::debug!(bootstrap = %self.bootstrap, "Embedded broker stopped");
+    }
+}
+
+/// Fails when a partition of the embedded broker no longer starts at offset 0.
+///
+/// The embedded broker deletes nothing by retention or compaction, so a log start offset (low
+/// watermark) above 0 means the partition outgrew its bound and its oldest records are gone;
+/// a reader asking for offset 0 would be moved past them without an error. A reader that needs
+/// every record (a replay from the beginning) calls this with the partition's low watermark
+/// before it reads. On a real cluster a log start above 0 is usually retention at work, so
+/// the check is for the embedded broker only (see [`crate::kafka::topic::is_mock_cluster`]).
+///
+/// # Errors
+///
+/// [`Error::Embedded`] naming the partition and how many records are gone.
+pub fn ensure_nothing_dropped(topic: &str, partition: i32, log_start: i64) -> Result<()> {
+    if log_start > 0 {
+        return Err(Error::Embedded(format!(
+            "{topic}/{partition} starts at offset {log_start}: its first {log_start} records \
+             were dropped when the partition outgrew its bound, so it cannot be read whole"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::BaseRecord;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    use super::*;
+
+    /// Writes `count` records of `size` bytes to partition 0 of `topic`.
+    fn write(broker: &EmbeddedBroker, topic: &str, count: usize, size: usize) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("compression.type", "none")
+            // Small batches: the mock drops whole batches and always keeps the newest one.
+            .set("batch.num.messages", "10")
+            .create()
+            .expect("producer");
+        let payload = vec![b'x'; size];
+        for i in 0..count {
+            let key = i.to_string();
+            let mut record = BaseRecord::to(topic)
+                .key(&key)
+                .payload(&payload)
+                .partition(0);
+            // A full queue is emptied by polling; anything else is a failure of the test.
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        assert_eq!(
+                            e.rdkafka_error_code(),
+                            Some(RDKafkaErrorCode::QueueFull),
+                            "{e}"
+                        );
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    fn consumer(broker: &EmbeddedBroker) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("group.id", "broker-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer")
+    }
+
+    #[test]
+    fn a_partition_holding_more_than_the_mocks_own_bound_reads_back_whole_from_offset_zero() {
+        let broker = EmbeddedBroker::start(1).unwrap();
+        broker.create_topic("big", 1, 1).unwrap();
+        // 3,000 records of 2 KiB: about 6 MiB, past the mock's 5 MiB.
+        let count = 3_000;
+        write(&broker, "big", count, 2048);
+        let consumer = consumer(&broker);
+        let (low, high) = consumer
+            .fetch_watermarks("big", 0, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((low, high), (0, count as i64));
+        ensure_nothing_dropped("big", 0, low).unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset("big", 0, Offset::Offset(0))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut next = 0;
+        while next < count as i64 {
+            let message = consumer
+                .poll(Duration::from_secs(10))
+                .expect("a record within 10 s")
+                .unwrap();
+            assert_eq!(
+                message.offset(),
+                next,
+                "records are read in order, none missing"
+            );
+            next += 1;
+        }
+    }
+
+    #[test]
+    fn records_dropped_past_the_bound_are_reported_not_silently_skipped() {
+        let broker = EmbeddedBroker::start_with_log_bytes(1, 64 * 1024).unwrap();
+        assert_eq!(broker.partition_log_bytes(), 64 * 1024);
+        broker.create_topic("small", 1, 1).unwrap();
+        write(&broker, "small", 200, 1024);
+        let (low, high) = consumer(&broker)
+            .fetch_watermarks("small", 0, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(high, 200);
+        assert!(low > 0, "the oldest records are gone past 64 KiB");
+        let error = ensure_nothing_dropped("small", 0, low).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("small/0 starts at offset {low}")),
+            "{error}"
+        );
     }
 }

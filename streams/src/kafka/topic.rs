@@ -22,6 +22,10 @@ use crate::kafka::broker::EmbeddedBroker;
 /// How long dead-letter records are kept: long enough for a person to look at them.
 const DEAD_LETTER_RETENTION: &str = "30d";
 
+/// The topic config naming how many replicas must have a write before an `acks=all` producer
+/// (every tripstream producer is idempotent, hence `acks=all`) is told it is written.
+const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+
 /// What the broker does with old records of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,7 +113,19 @@ impl TopicSpec {
 
     /// The Kafka topic configs this spec asks for.
     pub fn kafka_config(&self) -> BTreeMap<String, String> {
+        self.kafka_config_for(self.replication_factor)
+    }
+
+    /// The Kafka topic configs this spec asks for on a cluster where the topic gets
+    /// `replication` replicas (fewer than the spec's on a smaller cluster): a
+    /// `min.insync.replicas` above that is lowered to it, or no write could ever succeed.
+    pub fn kafka_config_for(&self, replication: i32) -> BTreeMap<String, String> {
         let mut config = self.config.clone();
+        if let Some(value) = config.get_mut(MIN_INSYNC_REPLICAS)
+            && value.parse::<i32>().is_ok_and(|n| n > replication)
+        {
+            *value = replication.max(1).to_string();
+        }
         config.insert("cleanup.policy".into(), self.cleanup_policy.as_str().into());
         if let Ok(ms) = self.retention_ms() {
             config.insert("retention.ms".into(), ms.to_string());
@@ -133,7 +149,13 @@ impl TopicSpec {
             record_types: Vec::new(),
             compatibility: Level::None,
             dead_letter: None,
-            config: BTreeMap::new(),
+            // A dead letter is kept as safely as the record it stands for.
+            config: self
+                .config
+                .get_key_value(MIN_INSYNC_REPLICAS)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -202,6 +224,19 @@ impl TopicSpec {
                     ),
                 ));
             }
+        }
+        if let Some(value) = self.config.get(MIN_INSYNC_REPLICAS)
+            && !value
+                .parse::<i32>()
+                .is_ok_and(|n| (1..=self.replication_factor).contains(&n))
+        {
+            return Err(fail(
+                &format!("config.{MIN_INSYNC_REPLICAS}"),
+                format!(
+                    "'{value}' is not a number from 1 to the replication factor ({})",
+                    self.replication_factor
+                ),
+            ));
         }
         for key in ["cleanup.policy", "retention.ms"] {
             if self.config.contains_key(key) {
@@ -539,7 +574,9 @@ async fn apply_admin(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<Report>
                         spec.replication_factor, topic.replication
                     ));
                 }
-                differences.extend(config_differences(&admin, &options, spec).await?);
+                differences.extend(
+                    config_differences(&admin, &options, spec, wanted_replicas as i32).await?,
+                );
                 if differences.is_empty() {
                     Outcome::Matches
                 } else {
@@ -548,7 +585,7 @@ async fn apply_admin(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<Report>
             }
             None => {
                 let replication = spec.replication_factor.min(broker_count);
-                let config = spec.kafka_config();
+                let config = spec.kafka_config_for(replication);
                 let mut topic = NewTopic::new(
                     &spec.name,
                     spec.partitions,
@@ -576,7 +613,7 @@ async fn apply_admin(bootstrap: &str, specs: &[TopicSpec]) -> Result<Vec<Report>
                         topic = %spec.name,
                         requested = spec.replication_factor,
                         brokers = broker_count,
-                        "Replication factor capped at the number of brokers"
+                        "Replication factor (and min.insync.replicas) capped at the number of brokers"
                     );
                 }
                 Outcome::Created
@@ -594,6 +631,7 @@ async fn config_differences(
     admin: &AdminClient<DefaultClientContext>,
     options: &AdminOptions,
     spec: &TopicSpec,
+    replication: i32,
 ) -> Result<Vec<String>> {
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(&spec.name)], options)
@@ -604,7 +642,7 @@ async fn config_differences(
         // A broker that cannot describe configs (some Kafka-compatible ones) leaves only the
         // partition and replication checks; that is not an error worth failing over.
         let Ok(resource) = result else { continue };
-        for (key, wanted) in spec.kafka_config() {
+        for (key, wanted) in spec.kafka_config_for(replication) {
             let actual = resource.get(&key).and_then(|entry| entry.value.clone());
             if let Some(actual) = actual
                 && actual != wanted
@@ -657,5 +695,37 @@ mod tests {
             ("bookings.dlq", 1, 3)
         );
         assert_eq!(dlq.retention_ms(), Ok(30 * 86_400_000));
+    }
+
+    fn spec_with_min_insync(value: &str) -> String {
+        format!(
+            "name = \"bookings\"\ndescription = \"d\"\npartitions = 6\nreplication_factor = 3\n\
+             retention = \"7d\"\ncleanup_policy = \"delete\"\nrecord_types = []\n\
+             dead_letter = \"bookings.dlq\"\n\n[config]\n\"min.insync.replicas\" = \"{value}\"\n"
+        )
+    }
+
+    #[test]
+    fn min_insync_replicas_is_lowered_to_the_replicas_a_small_cluster_gives() {
+        let spec = TopicSpec::parse(Path::new("bookings.toml"), &spec_with_min_insync("2"))
+            .expect("valid");
+        assert_eq!(spec.kafka_config()["min.insync.replicas"], "2");
+        assert_eq!(spec.kafka_config_for(3)["min.insync.replicas"], "2");
+        assert_eq!(spec.kafka_config_for(1)["min.insync.replicas"], "1");
+        let dlq = spec.dead_letter_spec().expect("declared");
+        assert_eq!(dlq.kafka_config_for(1)["min.insync.replicas"], "1");
+        assert_eq!(dlq.kafka_config()["min.insync.replicas"], "2");
+    }
+
+    #[test]
+    fn min_insync_replicas_above_the_replication_factor_is_refused() {
+        for value in ["4", "0", "two"] {
+            let error = TopicSpec::parse(Path::new("bookings.toml"), &spec_with_min_insync(value))
+                .expect_err(value);
+            assert!(
+                error.to_string().contains("config.min.insync.replicas"),
+                "{error}"
+            );
+        }
     }
 }

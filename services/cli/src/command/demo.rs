@@ -108,10 +108,16 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
         base: system.gateway_url(),
     });
 
-    crate::note!("Seeding the catalog and {} users...", args.users);
-    let flights = seed_catalog(&system).await?;
+    let catalog = Arc::new(Catalog::for_bookings(args.bookings));
+    crate::note!(
+        "Seeding {} flights, {} hotels and {} users...",
+        catalog.flights(),
+        catalog.hotels(),
+        args.users
+    );
+    seed_catalog(&system, &catalog).await?;
     let users = seed_users(&system, &demo, args.users).await?;
-    wait_for_catalog(&demo, &users[0].1, flights).await?;
+    wait_for_catalog(&demo, &users[0].1, &catalog).await?;
     crate::note!(
         "Ready after {:.1} s; placing {} bookings through {}",
         started.elapsed().as_secs_f64(),
@@ -132,10 +138,11 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
     for i in 0..args.bookings {
         let permit = semaphore.clone().acquire_owned().await?;
         let demo = demo.clone();
+        let catalog = catalog.clone();
         let token = users[i % users.len()].1.clone();
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
-            let outcome = place(&demo, &token, i).await;
+            let outcome = place(&demo, &catalog, &token, i).await;
             drop(permit);
             bar.inc(1);
             outcome
@@ -353,21 +360,135 @@ async fn replay_matches<H: Handler>(
     Ok((false, last.0, last.1))
 }
 
-/// Puts flights and hotels on sale; returns how many flights fly LIS to FRA.
-async fn seed_catalog(system: &System) -> anyhow::Result<usize> {
-    let mut lis_fra = 0;
-    for (i, (id, from, to, seats)) in [
-        ("TS100", "LIS", "FRA", 400),
-        ("TS102", "LIS", "FRA", 400),
-        ("TS104", "LIS", "FRA", 400),
-        ("TS900", "LIS", "FRA", 6),
-        ("TS200", "OPO", "BER", 400),
-        ("TS202", "OPO", "BER", 400),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let departs_at = DEPARTS + i as i64 * 3_600_000;
+/// The flight every twentieth booking asks for: too few seats, so those bookings are refused
+/// and compensated (the room reserved alongside is released).
+const SCARCE_FLIGHT: &str = "TS900";
+/// The hotel every twenty-fifth booking asks for: too few rooms, likewise.
+const SCARCE_HOTEL: &str = "FRA-TINY";
+/// Seats of every flight but the scarce one.
+const FLIGHT_SEATS: i32 = 400;
+/// Rooms of every hotel but the scarce one.
+const HOTEL_ROOMS: i32 = 500;
+/// How full the busiest flight or hotel may be booked. The rest is room for seats and rooms
+/// held for a moment by bookings that are then declined for want of money, so a booking that
+/// has inventory waiting is not refused for a hold about to be released.
+const FILL: f64 = 0.9;
+
+/// The demo's flights and hotels with inventory to spare, sized to the bookings to be placed
+/// so that a large run still confirms most of them; the scarce flight and hotel stay small
+/// whatever the size. Booking `i` always asks for the same flight and hotel ([`Catalog::pick`]).
+struct Catalog {
+    /// Flights from Lisbon to Frankfurt, the scarce one aside.
+    lis_fra: Vec<String>,
+    /// Flights from Porto to Berlin.
+    opo_ber: Vec<String>,
+    /// Hotels in Frankfurt, the scarce one aside.
+    frankfurt: Vec<String>,
+    /// Hotels in Berlin.
+    berlin: Vec<String>,
+}
+
+impl Catalog {
+    /// The smallest catalog, growing from the one of a small demo, in which the busiest flight
+    /// and the busiest hotel of `bookings` bookings are at most [`FILL`] full.
+    fn for_bookings(bookings: usize) -> Catalog {
+        let mut catalog = Catalog {
+            lis_fra: vec!["TS100".into(), "TS102".into(), "TS104".into()],
+            opo_ber: vec!["TS200".into(), "TS202".into()],
+            frankfurt: vec!["FRA-CENTRAL".into()],
+            berlin: vec!["BER-MITTE".into()],
+        };
+        let fits = |demand: &BTreeMap<&str, i64>, ids: &[String], capacity: i32| {
+            ids.iter().all(|id| {
+                demand.get(id.as_str()).copied().unwrap_or(0) as f64 <= f64::from(capacity) * FILL
+            })
+        };
+        loop {
+            let mut seats: BTreeMap<&str, i64> = BTreeMap::new();
+            let mut rooms: BTreeMap<&str, i64> = BTreeMap::new();
+            for i in 0..bookings {
+                let (flight, hotel) = catalog.pick(i);
+                *seats.entry(flight).or_default() += i64::from(seats_of(i));
+                *rooms.entry(hotel).or_default() += 1;
+            }
+            let grow = [
+                !fits(&seats, &catalog.lis_fra, FLIGHT_SEATS),
+                !fits(&seats, &catalog.opo_ber, FLIGHT_SEATS),
+                !fits(&rooms, &catalog.frankfurt, HOTEL_ROOMS),
+                !fits(&rooms, &catalog.berlin, HOTEL_ROOMS),
+            ];
+            if grow.iter().all(|g| !g) {
+                return catalog;
+            }
+            // Added flights fly TS1xxx from Lisbon and TS2xxx from Porto, so ids never collide.
+            if grow[0] {
+                let n = catalog.lis_fra.len();
+                catalog.lis_fra.push(format!("TS{}", 1000 + n));
+            }
+            if grow[1] {
+                let n = catalog.opo_ber.len();
+                catalog.opo_ber.push(format!("TS{}", 2000 + n));
+            }
+            if grow[2] {
+                let n = catalog.frankfurt.len();
+                catalog.frankfurt.push(format!("FRA-{}", n + 1));
+            }
+            if grow[3] {
+                let n = catalog.berlin.len();
+                catalog.berlin.push(format!("BER-{}", n + 1));
+            }
+        }
+    }
+
+    /// The flight and hotel booking `i` asks for: mostly Lisbon–Frankfurt and Porto–Berlin,
+    /// spread over each route's flights and each city's hotels, with the scarce flight and
+    /// hotel now and then.
+    fn pick(&self, i: usize) -> (&str, &str) {
+        let of = |ids: &[String]| -> usize { (i / 2) % ids.len() };
+        match i {
+            i if i % 20 == 7 => (SCARCE_FLIGHT, &self.frankfurt[of(&self.frankfurt)]),
+            i if i % 25 == 3 => (&self.lis_fra[of(&self.lis_fra)], SCARCE_HOTEL),
+            i if i % 2 == 0 => (
+                &self.lis_fra[of(&self.lis_fra)],
+                &self.frankfurt[of(&self.frankfurt)],
+            ),
+            _ => (
+                &self.opo_ber[of(&self.opo_ber)],
+                &self.berlin[of(&self.berlin)],
+            ),
+        }
+    }
+
+    /// How many flights are on sale, the scarce one included.
+    fn flights(&self) -> usize {
+        self.lis_fra.len() + 1 + self.opo_ber.len()
+    }
+
+    /// How many hotels are on sale, the scarce one included.
+    fn hotels(&self) -> usize {
+        self.frankfurt.len() + 1 + self.berlin.len()
+    }
+}
+
+/// Seats booking `i` asks for.
+fn seats_of(i: usize) -> i32 {
+    1 + (i % 2) as i32
+}
+
+/// Puts the catalog's flights and hotels on sale.
+async fn seed_catalog(system: &System, catalog: &Catalog) -> anyhow::Result<()> {
+    let lis_fra = catalog
+        .lis_fra
+        .iter()
+        .map(|id| (id.as_str(), "LIS", "FRA", FLIGHT_SEATS))
+        .chain([(SCARCE_FLIGHT, "LIS", "FRA", 6)]);
+    let opo_ber = catalog
+        .opo_ber
+        .iter()
+        .map(|id| (id.as_str(), "OPO", "BER", FLIGHT_SEATS));
+    for (i, (id, from, to, seats)) in lis_fra.chain(opo_ber).enumerate() {
+        // Hourly from 08:00 to 19:00, all on the one day the demo's bookings travel.
+        let departs_at = DEPARTS + (i % 12) as i64 * 3_600_000;
         system
             .flight(&FlightScheduled {
                 flight_id: id.into(),
@@ -376,29 +497,39 @@ async fn seed_catalog(system: &System) -> anyhow::Result<usize> {
                 departs_at,
                 arrives_at: departs_at + 3 * 3_600_000,
                 seats,
-                seat_price: eur(9_900 + i as i64 * 1_000),
+                seat_price: eur(9_900 + (i % 6) as i64 * 1_000),
             })
             .await?;
-        if from == "LIS" {
-            lis_fra += 1;
-        }
     }
-    for (id, name, city, rooms, rate) in [
-        ("FRA-CENTRAL", "Central", "Frankfurt", 500, 9_500),
-        ("FRA-TINY", "Tiny Inn", "Frankfurt", 3, 6_000),
-        ("BER-MITTE", "Mitte", "Berlin", 500, 8_500),
-    ] {
+    let hotels = catalog
+        .frankfurt
+        .iter()
+        .map(|id| (id.as_str(), "Frankfurt", HOTEL_ROOMS, 9_500))
+        .chain([(SCARCE_HOTEL, "Frankfurt", 3, 6_000)])
+        .chain(
+            catalog
+                .berlin
+                .iter()
+                .map(|id| (id.as_str(), "Berlin", HOTEL_ROOMS, 8_500)),
+        );
+    for (id, city, rooms, rate) in hotels {
+        let name = match id {
+            "FRA-CENTRAL" => "Central".to_owned(),
+            SCARCE_HOTEL => "Tiny Inn".to_owned(),
+            "BER-MITTE" => "Mitte".to_owned(),
+            other => format!("{city} {}", other.rsplit('-').next().unwrap_or(other)),
+        };
         system
             .hotel(&HotelListed {
                 hotel_id: id.into(),
-                name: name.into(),
+                name,
                 city: city.into(),
                 rooms,
                 nightly_rate: eur(rate),
             })
             .await?;
     }
-    Ok(lis_fra)
+    Ok(())
 }
 
 /// Signs users up and logs them in through the gateway; every tenth gets too little money.
@@ -441,44 +572,58 @@ async fn seed_users(
     Ok(users)
 }
 
-/// Waits until the gateway's view shows the catalog (it arrives through the log).
-async fn wait_for_catalog(demo: &Demo, token: &str, flights: usize) -> anyhow::Result<()> {
+/// Waits until the gateway's view shows the whole catalog (it arrives through the log), so
+/// that no booking asks for a flight or hotel the gateway does not know yet.
+async fn wait_for_catalog(demo: &Demo, token: &str, catalog: &Catalog) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, found) = demo
-            .get(&format!("/v1/flights?from=LIS&to=FRA&date={DAY}"), token)
-            .await?;
-        let hotels = demo.get("/v1/hotels?city=Berlin", token).await?.1;
-        if found["flights"]
-            .as_array()
-            .is_some_and(|f| f.len() == flights)
-            && hotels["hotels"].as_array().is_some_and(|h| !h.is_empty())
-        {
-            return Ok(());
+    let searches = [
+        (
+            format!("/v1/flights?from=LIS&to=FRA&date={DAY}"),
+            "flights",
+            catalog.lis_fra.len() + 1,
+        ),
+        (
+            format!("/v1/flights?from=OPO&to=BER&date={DAY}"),
+            "flights",
+            catalog.opo_ber.len(),
+        ),
+        (
+            "/v1/hotels?city=Frankfurt".to_owned(),
+            "hotels",
+            catalog.frankfurt.len() + 1,
+        ),
+        (
+            "/v1/hotels?city=Berlin".to_owned(),
+            "hotels",
+            catalog.berlin.len(),
+        ),
+    ];
+    for (path, list, expected) in &searches {
+        loop {
+            let (_, found) = demo.get(path, token).await?;
+            if found[list].as_array().is_some_and(|f| f.len() == *expected) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the catalog did not reach the gateway within 60 s ({path} does not show {expected} {list})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the catalog did not reach the gateway within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
 }
 
 /// Places booking `i` (its flight, hotel and extras follow from `i`) and polls it to the end.
-async fn place(demo: &Demo, token: &str, i: usize) -> anyhow::Result<Outcome> {
-    let (flight, hotel) = match i {
-        i if i % 20 == 7 => ("TS900", "FRA-CENTRAL"),
-        i if i % 25 == 3 => ("TS102", "FRA-TINY"),
-        i if i % 2 == 0 => (["TS100", "TS102", "TS104"][i % 3], "FRA-CENTRAL"),
-        i => (["TS200", "TS202"][i % 2], "BER-MITTE"),
-    };
+async fn place(demo: &Demo, catalog: &Catalog, token: &str, i: usize) -> anyhow::Result<Outcome> {
+    let (flight, hotel) = catalog.pick(i);
     let extras = if i.is_multiple_of(3) {
         json!([{"code": "LUGGAGE", "quantity": 1}, {"code": "BREAKFAST", "quantity": 2}])
     } else {
         json!([])
     };
     let body = json!({
-        "flight_id": flight, "seats": 1 + i % 2, "hotel_id": hotel,
+        "flight_id": flight, "seats": seats_of(i), "hotel_id": hotel,
         "check_in": DAY, "check_out": "2026-12-03", "rooms": 1, "extras": extras
     });
     let started = Instant::now();
@@ -510,4 +655,42 @@ fn field(answer: &serde_json::Value, name: &str) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("the answer has no text field {name}: {answer}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seats and rooms that `bookings` bookings ask of each flight and hotel.
+    fn demand(catalog: &Catalog, bookings: usize) -> BTreeMap<String, (i64, i64)> {
+        let mut asked: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for i in 0..bookings {
+            let (flight, hotel) = catalog.pick(i);
+            asked.entry(flight.into()).or_default().0 += i64::from(seats_of(i));
+            asked.entry(hotel.into()).or_default().1 += 1;
+        }
+        asked
+    }
+
+    #[test]
+    fn a_small_demo_keeps_the_small_catalog() {
+        let catalog = Catalog::for_bookings(100);
+        assert_eq!((catalog.flights(), catalog.hotels()), (6, 3));
+    }
+
+    #[test]
+    fn a_large_demo_has_seats_and_rooms_for_all_but_the_scarce_flight_and_hotel() {
+        let catalog = Catalog::for_bookings(20_000);
+        let asked = demand(&catalog, 20_000);
+        for (id, (seats, rooms)) in &asked {
+            match id.as_str() {
+                SCARCE_FLIGHT => assert!(*seats > 6, "the scarce flight still refuses"),
+                SCARCE_HOTEL => assert!(*rooms > 3, "the scarce hotel still refuses"),
+                _ => assert!(
+                    *seats <= i64::from(FLIGHT_SEATS) && *rooms <= i64::from(HOTEL_ROOMS),
+                    "{id} is asked for {seats} seats and {rooms} rooms"
+                ),
+            }
+        }
+    }
 }
