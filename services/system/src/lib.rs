@@ -189,14 +189,10 @@ fn run_service(
     }
 }
 
-/// Consumer settings for one process on the embedded broker: short sessions and fetch waits,
-/// so groups form and records move quickly.
+/// Consumer settings for one process on the embedded broker: short fetch waits, so records
+/// move quickly (session timeouts are the processor's defaults for the embedded broker).
 pub fn fast_consumer() -> Vec<(String, String)> {
-    vec![
-        ("session.timeout.ms".into(), "6000".into()),
-        ("heartbeat.interval.ms".into(), "300".into()),
-        ("fetch.wait.max.ms".into(), "5".into()),
-    ]
+    vec![("fetch.wait.max.ms".into(), "5".into())]
 }
 
 impl System {

@@ -93,6 +93,15 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("heartbeat.interval.ms", "1000"),
 ];
 
+/// [`CONSUMER_DEFAULTS`] on the embedded broker, whose every rebalance of a running group also
+/// waits the session timeout less 1 s before it assigns (see [`crate::kafka::broker`]): with
+/// 6 s a killed member's tasks would move after 11 s, with 3 s after about 5. A real broker
+/// refuses session timeouts below its `group.min.session.timeout.ms` (6 s by default).
+pub const EMBEDDED_CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "3000"),
+    ("heartbeat.interval.ms", "500"),
+];
+
 impl Settings {
     /// Settings reading the topics of `specs` as tasks, whose dead-letter topics the specs
     /// name; no global tables, no changelog; offsets committed to Kafka every second.
@@ -269,7 +278,13 @@ pub async fn run<H: Handler>(
         // `cooperative-sticky` balances each topic on its own.
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-    for (key, value) in CONSUMER_DEFAULTS {
+    let embedded = crate::kafka::topic::is_mock_cluster(&settings.bootstrap).unwrap_or(false);
+    let defaults = if embedded {
+        EMBEDDED_CONSUMER_DEFAULTS
+    } else {
+        CONSUMER_DEFAULTS
+    };
+    for (key, value) in defaults {
         config.set(*key, *value);
     }
     for (key, value) in &settings.consumer {

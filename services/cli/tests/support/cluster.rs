@@ -105,12 +105,6 @@ impl Cluster {
             ])
             .arg("--data")
             .arg(dir.join(instance))
-            .args([
-                "--consumer",
-                "session.timeout.ms=6000",
-                "--consumer",
-                "heartbeat.interval.ms=300",
-            ])
             .arg("--token-key-file")
             .arg(dir.join("token.key"));
         match name {
