@@ -18,7 +18,7 @@ use streams::store::Store;
 
 mod support;
 use support::Process;
-use support::cluster::{Broker, Cluster, Sent, eur, free_port, send, tripstream, until_answered};
+use support::cluster::{Broker, Cluster, eur, free_port, tripstream};
 
 /// One scenario at a time: each runs a broker, a registry and six services on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -179,60 +179,15 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
 
     let http = reqwest::Client::new();
     let gateway = cluster.gateway();
-    let mut tokens = Vec::new();
-    for (i, credit) in [(0, 100_000), (1, 100_000), (2, 150)] {
-        let email = format!("user{i}@crash.test");
-        let (status, user) = until_answered(
-            &http,
-            reqwest::Method::POST,
-            format!("{gateway}/v1/users"),
-            None,
-            Some(json!({"email": email, "password": "crash test 123", "display_name": "C"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{user}");
-        let user_id = user["user_id"].as_str().expect("id").to_owned();
-        let credited = events::AccountCredited {
-            user_id: user_id.clone(),
-            amount: eur(credit),
-            note: "seed".into(),
-        };
-        producer
-            .send(
-                topics::PAYMENT_COMMANDS,
-                &credited,
-                &Metadata::new(&user_id),
-            )
-            .await
-            .expect("credit");
-        let (status, session) = until_answered(
-            &http,
-            reqwest::Method::POST,
-            format!("{gateway}/v1/sessions"),
-            None,
-            Some(json!({"email": email, "password": "crash test 123"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{session}");
-        tokens.push(session["token"].as_str().expect("token").to_owned());
-    }
-    // The catalog reaches the gateway through the log.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, found) = until_answered(
-            &http,
-            reqwest::Method::GET,
-            format!("{gateway}/v1/flights?from=LIS&to=FRA"),
-            Some(&tokens[0]),
-            None,
-        )
-        .await;
-        if found["flights"].as_array().is_some_and(|f| f.len() == 1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no catalog: {found}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let tokens = support::cluster::funded_users(
+        &http,
+        &gateway,
+        &producer,
+        "crash.test",
+        &[100_000, 100_000, 150],
+    )
+    .await;
+    support::cluster::wait_for_flights(&http, &gateway, &tokens[0], 1).await;
 
     // Bookings flow while each service is killed and restarted in turn.
     let placing = {
@@ -245,30 +200,10 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
                     "check_in": "2026-12-01", "check_out": "2026-12-03"
                 });
                 let token = &tokens[i % tokens.len()];
-                // The key makes a retry safe even when the gateway died mid-request.
-                let key = format!("crash-{i}");
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let sent = send(
-                        &http,
-                        reqwest::Method::POST,
-                        format!("{gateway}/v1/bookings"),
-                        Some(token),
-                        Some(body.clone()),
-                        Some(&key),
-                    )
-                    .await;
-                    if let Sent::Answered(status, booking) = sent
-                        && status != 503
-                    {
-                        assert_eq!(status, 202, "{booking}");
-                        let id = booking["booking_id"].as_str().expect("id").to_owned();
-                        placed.push((id, token.clone()));
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "gateway down for 60 s");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                let id =
+                    support::cluster::place(&http, &gateway, token, &body, &format!("crash-{i}"))
+                        .await;
+                placed.push((id, token.clone()));
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
             placed
@@ -297,29 +232,11 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut statuses = HashMap::new();
     for (id, token) in &placed {
-        loop {
-            let (status, view) = until_answered(
-                &http,
-                reqwest::Method::GET,
-                format!("{gateway}/v1/bookings/{id}"),
-                Some(token),
-                None,
-            )
-            .await;
-            assert_eq!(status, 200, "{view}");
-            if view["status"] != "PENDING" {
-                statuses.insert(
-                    id.clone(),
-                    view["status"].as_str().unwrap_or_default().to_owned(),
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "booking {id} never finished: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let view = support::cluster::ended(&http, &gateway, token, id, deadline).await;
+        statuses.insert(
+            id.clone(),
+            view["status"].as_str().unwrap_or_default().to_owned(),
+        );
     }
     let confirmed = statuses.values().filter(|s| *s == "CONFIRMED").count();
     assert!(

@@ -18,7 +18,7 @@ use streams::store::Store;
 
 mod support;
 use support::Process;
-use support::cluster::{Broker, Cluster, Sent, eur, free_port, send, tripstream, until_answered};
+use support::cluster::{Broker, Cluster, eur, free_port, tripstream};
 
 /// The services that run as several instances.
 const SCALED: [&str; 4] = ["booking", "flight", "hotel", "payment"];
@@ -122,59 +122,15 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     let http = reqwest::Client::new();
     let gateway = cluster.gateway();
     // Two funded users and one with too little for any trip (a trip costs 260 EUR).
-    let mut tokens = Vec::new();
-    for (i, credit) in [(0, 1_000_000), (1, 1_000_000), (2, 150)] {
-        let email = format!("user{i}@failover.test");
-        let (status, user) = until_answered(
-            &http,
-            reqwest::Method::POST,
-            format!("{gateway}/v1/users"),
-            None,
-            Some(json!({"email": email, "password": "fail over 123", "display_name": "F"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{user}");
-        let user_id = user["user_id"].as_str().expect("id").to_owned();
-        let credited = events::AccountCredited {
-            user_id: user_id.clone(),
-            amount: eur(credit),
-            note: "seed".into(),
-        };
-        producer
-            .send(
-                topics::PAYMENT_COMMANDS,
-                &credited,
-                &Metadata::new(&user_id),
-            )
-            .await
-            .expect("credit");
-        let (status, session) = until_answered(
-            &http,
-            reqwest::Method::POST,
-            format!("{gateway}/v1/sessions"),
-            None,
-            Some(json!({"email": email, "password": "fail over 123"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{session}");
-        tokens.push(session["token"].as_str().expect("token").to_owned());
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, found) = until_answered(
-            &http,
-            reqwest::Method::GET,
-            format!("{gateway}/v1/flights?from=LIS&to=FRA"),
-            Some(&tokens[0]),
-            None,
-        )
-        .await;
-        if found["flights"].as_array().is_some_and(|f| f.len() == 2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no catalog: {found}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let tokens = support::cluster::funded_users(
+        &http,
+        &gateway,
+        &producer,
+        "failover.test",
+        &[1_000_000, 1_000_000, 150],
+    )
+    .await;
+    support::cluster::wait_for_flights(&http, &gateway, &tokens[0], 2).await;
 
     let placing = {
         let (http, gateway, tokens) = (http.clone(), gateway.clone(), tokens.clone());
@@ -196,28 +152,8 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
                     "check_in": "2026-12-01", "check_out": "2026-12-03"
                 });
                 let key = format!("failover-{i}");
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let sent = send(
-                        &http,
-                        reqwest::Method::POST,
-                        format!("{gateway}/v1/bookings"),
-                        Some(token),
-                        Some(body.clone()),
-                        Some(&key),
-                    )
-                    .await;
-                    if let Sent::Answered(status, booking) = sent
-                        && status != 503
-                    {
-                        assert_eq!(status, 202, "{booking}");
-                        let id = booking["booking_id"].as_str().expect("id").to_owned();
-                        placed.push((id, token.clone(), kind));
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "gateway down for 60 s");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                let id = support::cluster::place(&http, &gateway, token, &body, &key).await;
+                placed.push((id, token.clone(), kind));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             placed
@@ -253,26 +189,8 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut ended = Vec::new();
     for (id, token, kind) in &placed {
-        loop {
-            let (status, view) = until_answered(
-                &http,
-                reqwest::Method::GET,
-                format!("{gateway}/v1/bookings/{id}"),
-                Some(token),
-                None,
-            )
-            .await;
-            assert_eq!(status, 200, "{view}");
-            if view["status"] != "PENDING" {
-                ended.push((*kind, view));
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "booking {id} never finished: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let view = support::cluster::ended(&http, &gateway, token, id, deadline).await;
+        ended.push((*kind, view));
     }
     for (kind, view) in &ended {
         match kind {

@@ -98,6 +98,9 @@ impl Globals {
         consumer
             .assign(&tpl)
             .map_err(|e| Error::kafka("assigning the global tables", e))?;
+        if !ends.is_empty() {
+            tracing::info!(group = %settings.group, tables = ?settings.globals, "Reading the global tables");
+        }
         Ok(Globals {
             consumer,
             partitions: read,
@@ -143,7 +146,8 @@ impl Globals {
         self.catch_up(apply, settings, producer, shutdown).await
     }
 
-    /// Reads every global table to the end it had at start; false if `shutdown` came first.
+    /// Reads every global table to the ends noted (at start, or by [`Globals::catch_up_now`]);
+    /// false if `shutdown` came first.
     pub(crate) async fn catch_up<H: Handler>(
         &mut self,
         apply: &Apply<'_, H>,
@@ -151,9 +155,6 @@ impl Globals {
         producer: &Producer,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> bool {
-        if !self.ends.is_empty() {
-            tracing::info!(group = %settings.group, "Reading the global tables");
-        }
         while !self.ends.is_empty() {
             match self.step(apply, settings, producer, shutdown).await {
                 None => return false,

@@ -319,3 +319,138 @@ pub fn start_tansu(command: &mut Command, dir: &Path, bootstrap: &str) -> Proces
     }
     process
 }
+
+/// Signs up one user per entry of `credits` through the gateway (emails `user<i>@<domain>`),
+/// credits each that much through `payment.commands`, and logs each in: their tokens.
+pub async fn funded_users(
+    http: &reqwest::Client,
+    gateway: &str,
+    producer: &streams::kafka::producer::Producer,
+    domain: &str,
+    credits: &[i64],
+) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for (i, credit) in credits.iter().enumerate() {
+        let email = format!("user{i}@{domain}");
+        let password = "a test password 123";
+        let (status, user) = until_answered(
+            http,
+            reqwest::Method::POST,
+            format!("{gateway}/v1/users"),
+            None,
+            Some(serde_json::json!({"email": email, "password": password, "display_name": "T"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{user}");
+        let user_id = user["user_id"].as_str().expect("id").to_owned();
+        let credited = events::AccountCredited {
+            user_id: user_id.clone(),
+            amount: eur(*credit),
+            note: "seed".into(),
+        };
+        producer
+            .send(
+                events::topics::PAYMENT_COMMANDS,
+                &credited,
+                &streams::kafka::headers::Metadata::new(&user_id),
+            )
+            .await
+            .expect("credit");
+        let (status, session) = until_answered(
+            http,
+            reqwest::Method::POST,
+            format!("{gateway}/v1/sessions"),
+            None,
+            Some(serde_json::json!({"email": email, "password": password})),
+        )
+        .await;
+        assert_eq!(status, 201, "{session}");
+        tokens.push(session["token"].as_str().expect("token").to_owned());
+    }
+    tokens
+}
+
+/// Waits until the gateway lists `count` flights from LIS to FRA (the catalog reaches it
+/// through the log).
+pub async fn wait_for_flights(http: &reqwest::Client, gateway: &str, token: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, found) = until_answered(
+            http,
+            reqwest::Method::GET,
+            format!("{gateway}/v1/flights?from=LIS&to=FRA"),
+            Some(token),
+            None,
+        )
+        .await;
+        if found["flights"]
+            .as_array()
+            .is_some_and(|f| f.len() == count)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no catalog: {found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Places a booking through the gateway, retrying with the idempotency key `key` while the
+/// gateway is down or broken off (the key makes a retry safe even when the gateway died
+/// mid-request): the booking's id.
+pub async fn place(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    body: &Value,
+    key: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = send(
+            http,
+            reqwest::Method::POST,
+            format!("{gateway}/v1/bookings"),
+            Some(token),
+            Some(body.clone()),
+            Some(key),
+        )
+        .await;
+        if let Sent::Answered(status, booking) = sent
+            && status != 503
+        {
+            assert_eq!(status, 202, "{booking}");
+            return booking["booking_id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "gateway down for 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until booking `id` is no longer `PENDING` (at most until `deadline`): its view.
+pub async fn ended(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    id: &str,
+    deadline: Instant,
+) -> Value {
+    loop {
+        let (status, view) = until_answered(
+            http,
+            reqwest::Method::GET,
+            format!("{gateway}/v1/bookings/{id}"),
+            Some(token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{view}");
+        if view["status"] != "PENDING" {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "booking {id} never finished: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
