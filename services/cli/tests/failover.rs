@@ -211,23 +211,51 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
         "{scarce_confirmed} confirmed on {SCARCE_SEATS} seats"
     );
 
-    // The whole state, read back: each service's store is disposable, so a fresh instance of
-    // each restores every task from its changelog.
+    // The whole state, read back from the log: every task of each service restored from its
+    // changelog into an empty store (a store is disposable), its global tables replayed.
     for (_, process) in running.drain() {
         process.stop();
     }
-    for name in SCALED {
-        let instance = format!("{name}-check");
-        let process = cluster.instance(name, &instance);
-        wait_for_log(&cluster, &instance, "Partitions assigned");
-        process.stop();
-    }
+    let codec = Codec::new(streams::registry::Client::new(&cluster.registry).expect("client"));
+    let bootstrap = cluster.bootstrap.as_str();
     let open = |name: &str| Store::open(&cluster.dir.path().join(name)).expect("store");
     let stores = system::Stores {
-        booking: open("booking-check"),
-        flight: open("flight-check"),
-        hotel: open("hotel-check"),
-        payment: open("payment-check"),
+        booking: rebuilt(
+            bootstrap,
+            &codec,
+            booking::GROUP,
+            booking::TOPICS,
+            &[],
+            &booking::Sagas,
+        )
+        .await,
+        flight: rebuilt(
+            bootstrap,
+            &codec,
+            flight::GROUP,
+            flight::TOPICS,
+            flight::GLOBALS,
+            &flight::Flights,
+        )
+        .await,
+        hotel: rebuilt(
+            bootstrap,
+            &codec,
+            hotel::GROUP,
+            hotel::TOPICS,
+            hotel::GLOBALS,
+            &hotel::Hotels,
+        )
+        .await,
+        payment: rebuilt(
+            bootstrap,
+            &codec,
+            payment::GROUP,
+            payment::TOPICS,
+            payment::GLOBALS,
+            &payment::Payments,
+        )
+        .await,
         gateway: open("gateway"),
         auth: open("auth"),
     };
@@ -247,15 +275,48 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     drop(broker);
 }
 
-/// Waits until `instance`'s log has a line containing `text` (60 s at most).
-fn wait_for_log(cluster: &Cluster, instance: &str, text: &str) {
-    let log = cluster.dir.path().join(format!("{instance}.log"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(text)) {
-        assert!(
-            Instant::now() < deadline,
-            "{instance} never logged `{text}`"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+/// The state of the service whose consumer group is `group`: every task restored from its
+/// changelog (`<group>.changelog`) as an instance given the task restores it, and the global
+/// tables replayed with `handler`.
+async fn rebuilt<H: streams::processor::Handler>(
+    bootstrap: &str,
+    codec: &Codec,
+    group: &str,
+    tasks: &[&str],
+    globals: &[&str],
+    handler: &H,
+) -> Store {
+    let store = Store::temporary().expect("store");
+    let changelog = streams::store::Changelog {
+        topic: format!("{group}.changelog"),
+        group: group.to_owned(),
+        inputs: tasks.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    let partitions = topics::spec(&changelog.topic)
+        .expect("a changelog spec")
+        .partitions;
+    tokio::task::block_in_place(|| {
+        for task in 0..partitions {
+            streams::processor::restore_task(bootstrap, &changelog, &store, task)
+                .expect("restored");
+        }
+    });
+    if !globals.is_empty() {
+        let inputs = streams::replay::Inputs {
+            tasks: &[],
+            globals,
+        };
+        streams::replay::replay(
+            bootstrap,
+            inputs,
+            &streams::replay::Start::Beginning,
+            &store,
+            codec,
+            handler,
+            |_| {},
+        )
+        .await
+        .expect("the global tables replayed");
     }
+    store
 }
