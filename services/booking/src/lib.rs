@@ -65,22 +65,21 @@ pub async fn run_with(
     settings.data = Data::Store(store.clone());
     let producer = Producer::new(&settings.brokers, settings.codec()?, &[])?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(timeout::sweep(
+    let topics = topics::service_topics(TOPICS, &[], topics::BOOKING_CHANGELOG)?;
+    // Beside the processor in this future, not spawned: a service dropped where it stands (a
+    // killed instance in the benches) takes its sweep with it.
+    let sweep = timeout::sweep(
         store,
         producer,
         timeout,
         settings.positions.clone(),
         stopped,
-    ));
-    let served = streams::service::run(
-        GROUP,
-        &topics::service_topics(TOPICS, &[], topics::BOOKING_CHANGELOG)?,
-        &settings,
-        Sagas,
-        shutdown,
-    )
-    .await;
-    let _ = stop.send(true);
-    let _ = sweeper.await;
+    );
+    let serve = async {
+        let served = streams::service::run(GROUP, &topics, &settings, Sagas, shutdown).await;
+        let _ = stop.send(true);
+        served
+    };
+    let (served, ()) = tokio::join!(serve, sweep);
     served
 }

@@ -18,6 +18,10 @@ use super::restore::{Restored, Restorer};
 use crate::outbox::Gate;
 use crate::store::Store;
 
+/// How often a task's restore is tried on assignment before the task is left unassigned (each
+/// try may wait up to 30 s for the broker).
+const RESTORE_ATTEMPTS: u32 = 3;
+
 /// Where a partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionPosition {
@@ -71,25 +75,28 @@ pub(crate) struct ProcessorContext {
 }
 
 impl ProcessorContext {
-    /// Restores `task` before its partitions are assigned, retrying until it can: processing
-    /// a task on state that is not its latest would decide wrongly.
-    fn restore(&self, (restorer, gate): &(Restorer, Gate), task: i32) {
+    /// Restores `task` before its partitions are assigned, a few times if it fails: false if
+    /// it could not. Processing a task on state that is not its latest would decide wrongly,
+    /// and retrying for ever inside the rebalance would keep the processor from stopping.
+    fn restore(&self, (restorer, gate): &(Restorer, Gate), task: i32) -> bool {
         let mut backoff = std::time::Duration::from_millis(200);
-        loop {
+        for attempt in 1..=RESTORE_ATTEMPTS {
             match restorer.restore(&self.store, task) {
-                Ok(Restored::Current) => {
-                    tracing::debug!(group = %self.group, task, "The store holds the task's latest state");
-                    break;
+                Ok(restored) => {
+                    if restored == Restored::Current {
+                        tracing::debug!(group = %self.group, task, "The store holds the task's latest state");
+                    }
+                    gate.own(task);
+                    return true;
                 }
-                Ok(Restored::Read(_)) => break,
                 Err(error) => {
-                    tracing::warn!(%error, group = %self.group, task, "Restoring a task failed; retrying");
+                    tracing::warn!(%error, group = %self.group, task, attempt, "Restoring a task failed");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
             }
         }
-        gate.own(task);
+        false
     }
 }
 
@@ -141,13 +148,32 @@ impl ConsumerContext for ProcessorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                let mut unrestored = std::collections::BTreeSet::new();
                 if let Some(restorer) = &self.restorer {
                     let tasks: std::collections::BTreeSet<i32> =
                         partitions.iter().map(|(_, p)| *p).collect();
                     for task in tasks {
-                        self.restore(restorer, task);
+                        if !self.restore(restorer, task) {
+                            unrestored.insert(task);
+                        }
                     }
                 }
+                if !unrestored.is_empty() {
+                    // Not processed here until a later rebalance assigns them again (another
+                    // member joining or leaving): better stalled than wrong.
+                    tracing::error!(group = %self.group, tasks = ?unrestored, "Tasks left unassigned: their state could not be restored");
+                    let mut kept = TopicPartitionList::new();
+                    for (topic, partition) in
+                        partitions.iter().filter(|(_, p)| !unrestored.contains(p))
+                    {
+                        kept.add_partition(topic, *partition);
+                    }
+                    *tpl = kept;
+                }
+                let partitions: Vec<(String, i32)> = partitions
+                    .into_iter()
+                    .filter(|(_, p)| !unrestored.contains(p))
+                    .collect();
                 for (topic, partition) in partitions {
                     match self.store.next_offset(&self.group, &topic, partition) {
                         Ok(stored) => {

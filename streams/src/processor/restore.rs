@@ -76,7 +76,8 @@ impl Restorer {
     /// done again from the start.
     pub(crate) fn restore(&self, store: &Store, task: i32) -> Result<Restored> {
         let topic = self.changelog.topic.as_str();
-        let timeout = Duration::from_secs(30);
+        // Short: a rebalance waits for it, and a failed restore is tried again.
+        let timeout = Duration::from_secs(10);
         let (low, high) = self
             .consumer
             .fetch_watermarks(topic, task, timeout)
