@@ -76,23 +76,41 @@ impl Metadata {
         }
     }
 
-    /// Reads metadata from record headers; `None` without an `event_id` header.
+    /// Reads metadata from record headers; `None` without an `event_id` header. Of a name that
+    /// occurs twice, the first counts.
     pub fn from_headers<H: Headers>(headers: Option<&H>) -> Option<Self> {
         let headers = headers?;
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
+        // One pass: a search per name walked the headers five times per record, and rdkafka
+        // checks each header's name as UTF-8 every time it hands it out.
+        let mut found: [Option<Option<&[u8]>>; 5] = [None; 5];
+        for h in headers.iter() {
+            let slot = match h.key {
+                header::EVENT_ID => 0,
+                header::CORRELATION_ID => 1,
+                header::CAUSATION_ID => 2,
+                header::EVENT_TYPE => 3,
+                header::TRACEPARENT => 4,
+                _ => continue,
+            };
+            found[slot].get_or_insert(h.value);
+        }
+        let [
+            event_id,
+            correlation_id,
+            causation_id,
+            event_type,
+            traceparent,
+        ] = found.map(|v| {
+            v.flatten()
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_owned)
-        };
+        });
         Some(Metadata {
-            event_id: get(header::EVENT_ID)?,
-            correlation_id: get(header::CORRELATION_ID).unwrap_or_default(),
-            causation_id: get(header::CAUSATION_ID),
-            event_type: get(header::EVENT_TYPE),
-            traceparent: get(header::TRACEPARENT),
+            event_id: event_id?,
+            correlation_id: correlation_id.unwrap_or_default(),
+            causation_id,
+            event_type,
+            traceparent,
         })
     }
 
@@ -159,7 +177,55 @@ pub fn derived_id(parts: &[&[u8]]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::{Header, OwnedHeaders};
+
     use super::*;
+
+    fn headers(pairs: &[(&str, Option<&[u8]>)]) -> OwnedHeaders {
+        pairs
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header { key, value: *value })
+            })
+    }
+
+    #[test]
+    fn metadata_is_read_back_from_its_headers_with_the_first_of_a_repeated_name() {
+        let mut sent = Metadata::caused_by(&Metadata::new("b1"));
+        sent.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let mut pairs: Vec<(String, Vec<u8>)> = vec![("other".into(), b"x".to_vec())];
+        pairs.extend(sent.pairs(Some("tripstream.booking.BookingRequested")));
+        pairs.push((header::EVENT_ID.into(), b"a later id".to_vec()));
+        let borrowed: Vec<(&str, Option<&[u8]>)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+            .collect();
+        let read = Metadata::from_headers(Some(&headers(&borrowed))).expect("an event id");
+        assert_eq!(
+            read,
+            Metadata {
+                event_type: Some("tripstream.booking.BookingRequested".into()),
+                ..sent
+            }
+        );
+    }
+
+    #[test]
+    fn headers_without_a_readable_event_id_give_no_metadata_and_unreadable_values_are_absent() {
+        let no_id = headers(&[(header::CORRELATION_ID, Some(b"b1"))]);
+        assert_eq!(Metadata::from_headers(Some(&no_id)), None);
+        let null_id = headers(&[(header::EVENT_ID, None), (header::EVENT_ID, Some(b"e1"))]);
+        assert_eq!(Metadata::from_headers(Some(&null_id)), None);
+        assert_eq!(Metadata::from_headers::<OwnedHeaders>(None), None);
+        let bad_type = headers(&[
+            (header::EVENT_ID, Some(b"e1")),
+            (header::EVENT_TYPE, Some(&[0xff, 0xfe])),
+        ]);
+        let read = Metadata::from_headers(Some(&bad_type)).expect("an event id");
+        assert_eq!(read.event_id, "e1");
+        assert_eq!(read.correlation_id, "");
+        assert_eq!(read.event_type, None);
+    }
 
     #[test]
     fn derived_ids_repeat_for_the_same_cause_and_differ_otherwise() {

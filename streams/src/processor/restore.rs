@@ -137,24 +137,18 @@ impl Restorer {
                 read.marker = message.payload().and_then(read_marker);
                 read.since_marker.clear();
             } else {
-                let before = match read.pending.get(key) {
-                    Some(value) => value.clone(),
-                    None => store.get_in(scope, key)?,
-                };
-                read.since_marker.entry(key.to_vec()).or_insert(before);
-                read.pending
-                    .insert(key.to_vec(), message.payload().map(<[u8]>::to_vec));
+                read.change(key, message.payload());
             }
             read.records += 1;
             if read.pending.len() >= CHUNK {
-                store.restore(scope, read.pending.drain())?;
+                read.flush(store, scope)?;
             }
             if last_report.elapsed() >= REPORT {
                 tracing::info!(changelog = topic, task, at = next, to = high, "Restoring");
                 last_report = Instant::now();
             }
         }
-        store.restore(scope, read.pending.drain())?;
+        read.flush(store, scope)?;
         let marker = read.marker.clone().unwrap_or_default();
         if !read.since_marker.is_empty() {
             // A commit without its marker: undo it here and in the changelog.
@@ -164,13 +158,13 @@ impl Restorer {
                 keys = read.since_marker.len(),
                 "The changelog ends in a commit without its marker; undoing it"
             );
-            let mut repair: Vec<_> = read
-                .since_marker
+            let before = read.take_before();
+            let mut repair: Vec<_> = before
                 .iter()
-                .map(|(key, before)| self.changelog.change(task, key, before.as_deref()))
+                .map(|(key, value)| self.changelog.change(task, key, value.as_deref()))
                 .collect();
             repair.push(self.changelog.marker(task, &marker));
-            store.restore(scope, read.since_marker.drain())?;
+            store.restore(scope, before)?;
             store.outbox().queue(&repair)?;
         } else {
             store.set_checkpoint(topic, task, Some(high))?;
@@ -206,9 +200,198 @@ impl Restorer {
 #[derive(Default)]
 struct Read {
     /// Changes not yet written to sled.
-    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: FastMap<Vec<u8>, Option<Vec<u8>>>,
     /// Keys changed since the last marker, with their values before.
-    since_marker: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    since_marker: FastMap<Vec<u8>, Before>,
     marker: Option<Marker>,
     records: u64,
+}
+
+/// A key's value before its first change since the last marker.
+enum Before {
+    /// A value read earlier in this restore (`None`: absent).
+    Known(Option<Vec<u8>>),
+    /// What the store holds: read only when pending changes are about to overwrite it, since
+    /// nearly every restore ends in a marker and never needs it (a sled read per record was
+    /// most of a restore's cost).
+    Stored,
+}
+
+impl Read {
+    /// Takes in the change of `key` to `value` (`None`: removed).
+    fn change(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let value = value.map(<[u8]>::to_vec);
+        let earlier = match self.pending.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => {
+                self.pending.insert(key.to_vec(), value);
+                None
+            }
+        };
+        if !self.since_marker.contains_key(key) {
+            let before = earlier.map_or(Before::Stored, Before::Known);
+            self.since_marker.insert(key.to_vec(), before);
+        }
+    }
+
+    /// Writes the pending changes to the store, first reading what they overwrite of the keys
+    /// changed since the last marker.
+    fn flush(&mut self, store: &Store, scope: Scope) -> Result<()> {
+        for (key, before) in &mut self.since_marker {
+            if let Before::Stored = before {
+                *before = Before::Known(store.get_in(scope, key)?);
+            }
+        }
+        store.restore(scope, self.pending.drain())
+    }
+
+    /// The keys changed since the last marker with their values before, taken out; after a
+    /// [`Read::flush`], which has read every value that was left in the store.
+    fn take_before(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.since_marker
+            .drain()
+            .map(|(key, before)| match before {
+                Before::Known(value) => (key, value),
+                // Not after a flush; absent is what an unread key of a cleared task holds.
+                Before::Stored => (key, None),
+            })
+            .collect()
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::codec::Codec;
+    use crate::kafka::broker::EmbeddedBroker;
+    use crate::kafka::{OutgoingRecord, Producer};
+    use crate::registry::Client;
+
+    const TOPIC: &str = "t.changelog";
+
+    fn changelog() -> Arc<Changelog> {
+        Arc::new(Changelog {
+            topic: TOPIC.into(),
+            group: "g".into(),
+            inputs: vec!["in".into()],
+        })
+    }
+
+    /// Task 0's changes as a commit logs them; `Some(n)` after a batch: its marker, with input
+    /// offset `n`.
+    fn log(changes: &[(&str, Option<&str>)], marker: Option<i64>) -> Vec<OutgoingRecord> {
+        let log = changelog();
+        let mut records: Vec<_> = changes
+            .iter()
+            .map(|(key, value)| log.change(0, key.as_bytes(), value.map(str::as_bytes)))
+            .collect();
+        if let Some(next) = marker {
+            records.push(log.marker(0, &Marker::from([("in".to_owned(), next)])));
+        }
+        records
+    }
+
+    async fn send(producer: &Producer, records: &[OutgoingRecord]) {
+        for record in records {
+            producer.send_record(record).await.expect("sent");
+        }
+    }
+
+    fn state(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store.scan_in(Scope::Task(0), b"").expect("scan")
+    }
+
+    fn pair(key: &str, value: &str) -> (Vec<u8>, Vec<u8>) {
+        (key.as_bytes().to_vec(), value.as_bytes().to_vec())
+    }
+
+    /// A change as the changelog holds it: key and value (`None`: removed).
+    type Change = (Vec<u8>, Option<Vec<u8>>);
+
+    /// The repair a restore queued: its changes in key order, and whether a marker ends it.
+    fn repair(store: &Store) -> (Vec<Change>, bool) {
+        let mut queued: Vec<_> = store
+            .outbox()
+            .oldest(100)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, r)| (r.key, r.payload))
+            .collect();
+        let marker = queued.pop().is_some_and(|(key, _)| key == MARKER);
+        queued.sort();
+        (queued, marker)
+    }
+
+    #[tokio::test]
+    async fn a_commit_without_its_marker_is_undone_to_the_last_marker_here_and_in_the_changelog() {
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        broker.create_topic(TOPIC, 1, 1).expect("topic");
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        // A restore from the start, of a log whose writer died while publishing a commit.
+        send(
+            &producer,
+            &log(&[("a", Some("1")), ("b", Some("2"))], Some(5)),
+        )
+        .await;
+        send(
+            &producer,
+            &log(&[("a", Some("3")), ("b", None), ("c", Some("4"))], None),
+        )
+        .await;
+        let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
+        let store = Store::temporary().expect("store");
+        assert_eq!(
+            restorer.restore(&store, 0).expect("restored"),
+            Restored::Read(6)
+        );
+        assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
+        assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(5));
+        let undone = vec![
+            (b"a".to_vec(), Some(b"1".to_vec())),
+            (b"b".to_vec(), Some(b"2".to_vec())),
+            (b"c".to_vec(), None),
+        ];
+        assert_eq!(repair(&store), (undone, true));
+        assert_eq!(store.checkpoint(TOPIC, 0).expect("checkpoint"), None);
+    }
+
+    #[tokio::test]
+    async fn a_commit_without_its_marker_after_the_checkpoint_is_undone_to_what_the_store_held() {
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        broker.create_topic(TOPIC, 1, 1).expect("topic");
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        send(
+            &producer,
+            &log(&[("a", Some("1")), ("b", Some("2"))], Some(5)),
+        )
+        .await;
+        let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
+        let store = Store::temporary().expect("store");
+        assert_eq!(
+            restorer.restore(&store, 0).expect("restored"),
+            Restored::Read(3)
+        );
+        assert_eq!(store.checkpoint(TOPIC, 0).expect("checkpoint"), Some(3));
+        assert_eq!(
+            restorer.restore(&store, 0).expect("current"),
+            Restored::Current
+        );
+
+        // Read on from the checkpoint: what the unfinished commit overwrote is in the store,
+        // not among the changes read.
+        send(&producer, &log(&[("a", Some("3")), ("c", Some("4"))], None)).await;
+        assert_eq!(
+            restorer.restore(&store, 0).expect("restored"),
+            Restored::Read(2)
+        );
+        assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
+        let undone = vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"c".to_vec(), None)];
+        assert_eq!(repair(&store), (undone, true));
+    }
 }

@@ -18,7 +18,7 @@ pub const DEDUPE_WINDOW: usize = 100_000;
 
 /// The event ids a store remembers, in memory for lookups and in sled for restarts. Each
 /// commit writes its records' ids as one chunk (one sled key per transaction, not one per
-/// record: a replay's batch of 5,000 records writes one chunk); the oldest chunks are dropped
+/// record: a replay's batch of 50,000 records writes one chunk); the oldest chunks are dropped
 /// once more than [`DEDUPE_WINDOW`] ids are kept.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
@@ -30,12 +30,12 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    pub(crate) fn add(&mut self, chunk: u64, ids: impl IntoIterator<Item = Vec<u8>>) {
+    pub(crate) fn add(&mut self, chunk: u64, ids: impl IntoIterator<Item = Arc<[u8]>>) {
         if self.ids.capacity() == 0 {
             // Sized once for the whole window: growing it rehashes every id.
             self.ids.reserve(DEDUPE_WINDOW + DEDUPE_WINDOW / 8);
         }
-        let ids: Vec<Arc<[u8]>> = ids.into_iter().map(Arc::from).collect();
+        let ids: Vec<Arc<[u8]>> = ids.into_iter().collect();
         for id in &ids {
             self.ids.insert(id.clone(), chunk);
         }
@@ -69,7 +69,7 @@ impl Seen {
 }
 
 /// A chunk of event ids: each length-prefixed.
-pub(crate) fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<u8> {
+pub(crate) fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a Arc<[u8]>>) -> Vec<u8> {
     let mut out = Vec::new();
     for id in ids {
         put_part(&mut out, id);
@@ -78,11 +78,11 @@ pub(crate) fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a Vec<u8>>) -> Vec<
 }
 
 /// The inverse of [`encode_ids`]; stops at bytes it did not write.
-pub(crate) fn decode_ids(bytes: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn decode_ids(bytes: &[u8]) -> Vec<Arc<[u8]>> {
     let mut at = 0;
     let mut ids = Vec::new();
     while let Some(id) = take_part(bytes, &mut at) {
-        ids.push(id.to_vec());
+        ids.push(Arc::from(id));
     }
     ids
 }

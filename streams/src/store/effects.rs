@@ -107,8 +107,11 @@ pub struct Batch {
     pub(crate) emits: Vec<OutgoingRecord>,
     /// A handful of partitions, searched in place so that a record costs no allocation here.
     pub(crate) spans: Vec<Span>,
-    /// Event ids of the batch's records.
-    pub(crate) ids: HashSet<Vec<u8>, FastHash>,
+    /// The span of the last record added: consecutive records mostly come from one partition
+    /// (the consumer hands them out a fetched batch at a time), so it is looked at first.
+    last_span: usize,
+    /// Event ids of the batch's records, shared with the store's dedupe window once committed.
+    pub(crate) ids: HashSet<Arc<[u8]>, FastHash>,
     /// Keys the batch's handlers read from the store (not from the batch), with the values
     /// seen: a checked commit is refused as stale if any changed.
     pub(crate) reads: Reads,
@@ -137,19 +140,26 @@ impl Batch {
         effects: Effects,
     ) {
         let next = at.offset + 1;
-        match self.span_mut(at) {
-            Some(span) => span.next = span.next.max(next),
-            None => self.spans.push(Span {
-                scope,
-                group: at.group.to_owned(),
-                topic: at.topic.to_owned(),
-                partition: at.partition,
-                first: at.offset,
-                next,
-            }),
+        match self.span_index(at) {
+            Some(index) => {
+                let span = &mut self.spans[index];
+                span.next = span.next.max(next);
+                self.last_span = index;
+            }
+            None => {
+                self.last_span = self.spans.len();
+                self.spans.push(Span {
+                    scope,
+                    group: at.group.to_owned(),
+                    topic: at.topic.to_owned(),
+                    partition: at.partition,
+                    first: at.offset,
+                    next,
+                });
+            }
         }
         if let Some(id) = event_id {
-            self.ids.insert(id.to_vec());
+            self.ids.insert(Arc::from(id));
         }
         self.add_effects(scope, effects);
         self.records += 1;
@@ -164,24 +174,29 @@ impl Batch {
                 self.reads.push((key, value));
             }
         }
-        self.state.extend(
-            effects
-                .puts
-                .into_iter()
-                .map(|(key, value)| (scope.key(&key), value)),
-        );
+        for (key, value) in effects.puts {
+            // A hot key is in the batch already: replace its value without building its
+            // scoped key again.
+            match scope.with_key(&key, |raw| self.state.get_mut(raw)) {
+                Some(slot) => *slot = value,
+                None => {
+                    self.state.insert(scope.key(&key), value);
+                }
+            }
+        }
         self.emits.extend(effects.emits);
     }
 
-    fn span_mut(&mut self, at: &Position<'_>) -> Option<&mut Span> {
-        self.spans
-            .iter_mut()
-            .find(|s| s.partition == at.partition && s.topic == at.topic && s.group == at.group)
+    fn span_index(&self, at: &Position<'_>) -> Option<usize> {
+        match self.spans.get(self.last_span) {
+            Some(last) if last.holds(at) => Some(self.last_span),
+            _ => self.spans.iter().position(|s| s.holds(at)),
+        }
     }
 
     /// The offset after the batch's last record of `at`'s partition, if it holds one.
     pub fn next_offset(&self, at: &Position<'_>) -> Option<i64> {
-        self.spans.iter().find(|s| s.holds(at)).map(|s| s.next)
+        self.span_index(at).map(|index| self.spans[index].next)
     }
 
     /// Whether an event id is among the batch's records (see also [`super::Store::seen`]).
@@ -195,6 +210,7 @@ impl Batch {
         self.state.clear();
         self.emits.clear();
         self.spans.clear();
+        self.last_span = 0;
         self.reads.clear();
         self.records = 0;
     }
@@ -204,7 +220,7 @@ impl Batch {
         if self.state.is_empty() {
             return None;
         }
-        self.state.get(&scope.key(key)).map(Option::as_deref)
+        scope.with_key(key, |raw| self.state.get(raw).map(Option::as_deref))
     }
 
     /// How many records the batch holds.

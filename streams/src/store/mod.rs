@@ -209,8 +209,8 @@ impl Store {
     ///
     /// [`Error::Store`] on an I/O failure.
     pub fn get_in(&self, scope: Scope, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.state
-            .get(scope.key(key))
+        scope
+            .with_key(key, |raw| self.state.get(raw))
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(store_error)
     }

@@ -42,6 +42,20 @@ impl Scope {
         raw
     }
 
+    /// Calls `f` with the sled key of `key` in this scope, built on the stack when the key is
+    /// short: a record looks keys up several times, and each lookup allocated its key.
+    pub(crate) fn with_key<T>(self, key: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+        const ON_STACK: usize = 128;
+        let len = key.len() + 2;
+        if len > ON_STACK {
+            return f(&self.key(key));
+        }
+        let mut raw = [0u8; ON_STACK];
+        raw[..2].copy_from_slice(&self.prefix());
+        raw[2..len].copy_from_slice(key);
+        f(&raw[..len])
+    }
+
     /// The scope of a prefix.
     pub(crate) fn of_prefix(prefix: [u8; 2]) -> Scope {
         if prefix == GLOBAL {
@@ -76,5 +90,14 @@ mod tests {
         assert!(Scope::Task(1).key(b"z") < Scope::Task(2).key(b"a"));
         assert!(Scope::Task(MAX_TASK).key(b"z") < Scope::Global.key(b""));
         assert_eq!(Scope::split(b"x"), None);
+    }
+
+    #[test]
+    fn a_key_built_on_the_stack_is_the_scoped_key_whatever_its_length() {
+        for len in [0, 1, 126, 127, 500] {
+            let key = vec![b'k'; len];
+            let raw = Scope::Task(3).with_key(&key, <[u8]>::to_vec);
+            assert_eq!(raw, Scope::Task(3).key(&key), "a key of {len} bytes");
+        }
     }
 }

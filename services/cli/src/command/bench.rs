@@ -18,6 +18,7 @@ use streams::kafka::producer::Producer;
 use streams::processor::{Context, Handler, HandlerError, Record};
 use streams::replay::{self, Start};
 use streams::store::Store;
+use streams::store::changelog::{Changelog, MARKER};
 
 /// Subcommands of `tripstream bench`.
 #[derive(Debug, clap::Subcommand)]
@@ -29,7 +30,8 @@ pub enum Command {
         #[arg(long, default_value_t = 500_000)]
         events: usize,
     },
-    /// Rebuilding a store from a topic against a raw consumer that only counts the records.
+    /// Rebuilding a store from a topic, then restoring tasks from a changelog of as many
+    /// records, each against a raw consumer that only counts the same records.
     Replay {
         /// How many events the topic holds.
         #[arg(long, default_value_t = 1_000_000)]
@@ -316,7 +318,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             super::failover_bench::run(bookings, seconds, rate).await?;
         }
         Command::Replay { events } => {
-            let bench = setup(64).await?;
+            let bench = setup(REPLAY_PARTITIONS).await?;
             let producer =
                 Producer::new(bench.broker.bootstrap_servers(), bench.codec.clone(), &[])?;
             eprintln!("Writing {events} events...");
@@ -340,21 +342,123 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let replay_rate = summary.applied as f64 / summary.elapsed.as_secs_f64();
+
+            eprintln!("Writing a changelog of {events} changes...");
+            bench.broker.create_topic(CHANGELOG, REPLAY_PARTITIONS, 1)?;
+            write_changelog(&producer, events / REPLAY_PARTITIONS as usize).await?;
+            let bootstrap = bench.broker.bootstrap_servers().to_owned();
+            let start = Instant::now();
+            let logged =
+                tokio::task::spawn_blocking(move || count_raw(&bootstrap, CHANGELOG)).await??;
+            let raw_log_rate = logged as f64 / start.elapsed().as_secs_f64();
+            let bootstrap = bench.broker.bootstrap_servers().to_owned();
+            let (restored, took) =
+                tokio::task::spawn_blocking(move || restore_all(&bootstrap)).await??;
+            let restore_rate = restored as f64 / took.as_secs_f64();
+
             println!("raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records)");
             println!(
                 "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {})",
                 summary.applied, summary.digest
             );
+            println!("raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records)");
+            println!(
+                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks one after another)"
+            );
             if let Some(peak) = peak_memory_mib() {
                 println!(
-                    "peak memory of the process (broker, registry, both consumers): {peak:.0} MiB"
+                    "peak memory of the process (broker, registry, consumers, stores): {peak:.0} MiB"
                 );
             }
-            println!("ratio: {:.2} of raw", replay_rate / raw_rate);
+            println!(
+                "ratio: replay {:.2} of raw, restore {:.2} of raw",
+                replay_rate / raw_rate,
+                restore_rate / raw_log_rate
+            );
             bench.registry.stop().await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Partitions of `bench replay`'s topics: the embedded broker keeps only a few MiB of each.
+const REPLAY_PARTITIONS: i32 = 64;
+
+/// The changelog `bench replay` restores from.
+const CHANGELOG: &str = "bench.changelog";
+
+/// Changed keys per commit in `bench replay`'s changelog, each commit closed by a marker.
+const COMMIT_KEYS: usize = 64;
+
+/// A task's changelog as a processor's commits write it: `changes` changes cycling over 4,096
+/// keys (so each key is changed a few times, as a saga's state is), every 16th a removal, and
+/// a marker after every [`COMMIT_KEYS`] changes.
+fn changelog_records(task: i32, changes: usize) -> Vec<OutgoingRecord> {
+    let record = |key: Vec<u8>, payload: Option<Vec<u8>>| OutgoingRecord {
+        topic: CHANGELOG.into(),
+        partition: Some(task),
+        key,
+        payload,
+        headers: Vec::new(),
+    };
+    let mut records = Vec::with_capacity(changes + changes / COMMIT_KEYS + 1);
+    for i in 0..changes {
+        let key = format!("saga/{task:04}-{:05}", i % 4_096).into_bytes();
+        let value = (i % 16 != 15)
+            .then(|| format!(r#"{{"status":"reserved","seats":{},"at":{i}}}"#, i % 7).into_bytes());
+        records.push(record(key, value));
+        if (i + 1) % COMMIT_KEYS == 0 || i + 1 == changes {
+            let marker = serde_json::json!({ "bench.typed": i + 1 });
+            records.push(record(
+                MARKER.to_vec(),
+                Some(marker.to_string().into_bytes()),
+            ));
+        }
+    }
+    records
+}
+
+/// Writes every task's changelog with the tasks' commits interleaved, as a processor's relay
+/// publishes them. (Each partition written whole in turn makes message sets that the embedded
+/// broker serves about half as fast, to the raw consumer too.)
+async fn write_changelog(producer: &Producer, changes_per_task: usize) -> anyhow::Result<()> {
+    let logs: Vec<_> = (0..REPLAY_PARTITIONS)
+        .map(|task| changelog_records(task, changes_per_task))
+        .collect();
+    let commit = COMMIT_KEYS + 1;
+    let longest = logs.iter().map(Vec::len).max().unwrap_or(0);
+    // 16 commits of each task in flight at a time, about 66,000 records.
+    for first in (0..longest).step_by(commit * 16) {
+        let last = longest.min(first + commit * 16);
+        let sends = (first..last)
+            .step_by(commit)
+            .flat_map(|at| {
+                logs.iter()
+                    .flat_map(move |log| log.iter().skip(at).take(commit))
+            })
+            .map(|record| producer.send_record(record));
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
+    }
+    Ok(())
+}
+
+/// Restores every task of [`CHANGELOG`] into one empty store, as assignments would one after
+/// another: (records read, time taken).
+fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
+    let changelog = Changelog {
+        topic: CHANGELOG.into(),
+        group: "bench".into(),
+        inputs: vec!["bench.typed".into()],
+    };
+    let store = Store::temporary()?;
+    let start = Instant::now();
+    let mut records = 0;
+    for task in 0..REPLAY_PARTITIONS {
+        records += streams::processor::restore_task(bootstrap, &changelog, &store, task)?;
+    }
+    Ok((records, start.elapsed()))
 }
 
 /// Reads every record of `topic` with a bare consumer, counting them.
