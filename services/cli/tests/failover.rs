@@ -296,10 +296,8 @@ async fn rebuilt<H: streams::processor::Handler>(
         .expect("a changelog spec")
         .partitions;
     tokio::task::block_in_place(|| {
-        for task in 0..partitions {
-            streams::processor::restore_task(bootstrap, &changelog, &store, task)
-                .expect("restored");
-        }
+        streams::processor::restore_tasks(bootstrap, &changelog, &store, 0..partitions)
+            .expect("restored");
     });
     if !globals.is_empty() {
         let inputs = streams::replay::Inputs {

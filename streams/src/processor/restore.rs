@@ -90,11 +90,15 @@ impl Restorer {
         }
         store.set_checkpoint(topic, task, None)?;
         let unsent = store.outbox().purge(topic, task)?;
-        let from = match checkpoint {
-            Some(at) if !unsent && at >= low && at < high => at,
+        // From the checkpoint, the task's offsets stand where the store's state does, until a
+        // marker read says otherwise; from the start, at no record read yet.
+        let (from, reached) = match checkpoint {
+            Some(at) if !unsent && at >= low && at < high => {
+                (at, self.stored_offsets(store, task)?)
+            }
             _ => {
                 store.clear(Scope::Task(task))?;
-                low
+                (low, Marker::default())
             }
         };
         tracing::info!(
@@ -112,7 +116,10 @@ impl Restorer {
             .assign(&tpl)
             .map_err(|e| Error::kafka("assigning the changelog", e))?;
         let scope = Scope::Task(task);
-        let mut read = Read::default();
+        let mut read = Read {
+            marker: Some(reached),
+            ..Read::default()
+        };
         let mut last_report = Instant::now();
         let mut next = from;
         while next < high {
@@ -180,6 +187,18 @@ impl Restorer {
             "Task restored"
         );
         Ok(Restored::Read(read.records))
+    }
+
+    /// The task's input offsets as the store holds them.
+    fn stored_offsets(&self, store: &Store, task: i32) -> Result<Marker> {
+        Ok(store
+            .offsets(&self.changelog.group)?
+            .into_iter()
+            .filter(|(topic, partition, _)| {
+                *partition == task && self.changelog.inputs.contains(topic)
+            })
+            .map(|(topic, _, next)| (topic, next))
+            .collect())
     }
 
     /// The task's input offsets as its last marker says; an input it names not (never read
@@ -391,7 +410,20 @@ mod tests {
             Restored::Read(2)
         );
         assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
+        // The task stands where its last whole commit left it, not at the start of its input.
+        assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(5));
         let undone = vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"c".to_vec(), None)];
         assert_eq!(repair(&store), (undone, true));
+        let (_, marker) = store
+            .outbox()
+            .oldest(100)
+            .expect("outbox")
+            .pop()
+            .expect("a marker");
+        assert_eq!(
+            marker.payload.as_deref().and_then(read_marker),
+            Some(Marker::from([("in".to_owned(), 5)])),
+            "the repair's marker keeps the task's offsets"
+        );
     }
 }

@@ -454,10 +454,8 @@ fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
     };
     let store = Store::temporary()?;
     let start = Instant::now();
-    let mut records = 0;
-    for task in 0..REPLAY_PARTITIONS {
-        records += streams::processor::restore_task(bootstrap, &changelog, &store, task)?;
-    }
+    let records =
+        streams::processor::restore_tasks(bootstrap, &changelog, &store, 0..REPLAY_PARTITIONS)?;
     Ok((records, start.elapsed()))
 }
 

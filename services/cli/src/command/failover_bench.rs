@@ -233,14 +233,11 @@ fn restore_rate(system: &System) -> anyhow::Result<(u64, f64)> {
     };
     let store = Store::temporary()?;
     let started = Instant::now();
-    let mut records = 0;
-    for task in 0..6 {
-        records += streams::processor::restore_task(
-            system.broker.bootstrap_servers(),
-            &changelog,
-            &store,
-            task,
-        )?;
-    }
+    let records = streams::processor::restore_tasks(
+        system.broker.bootstrap_servers(),
+        &changelog,
+        &store,
+        0..6,
+    )?;
     Ok((records, records as f64 / started.elapsed().as_secs_f64()))
 }
