@@ -162,6 +162,8 @@ async fn pass<H: Handler>(
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(30))
         .map_err(|e| Error::kafka("reading topic metadata", e))?;
+    // The embedded broker drops a partition's oldest records past its bound without a word.
+    let embedded = crate::kafka::topic::is_mock_cluster(bootstrap).unwrap_or(false);
     let mut assignment = TopicPartitionList::new();
     let mut ends = Ends::new(topics);
     let mut total = 0u64;
@@ -179,6 +181,11 @@ async fn pass<H: Handler>(
             let (low, high) = consumer
                 .fetch_watermarks(topic, id, Duration::from_secs(30))
                 .map_err(|e| Error::kafka(format!("reading the end of {topic}/{id}"), e))?;
+            if embedded && *start == Start::Beginning {
+                // Rebuilt from the beginning, a store missing the first records would differ
+                // from the live one without a word.
+                crate::kafka::broker::ensure_nothing_dropped(topic, id, low)?;
+            }
             let from = match start {
                 Start::Beginning => low,
                 Start::Offsets(offsets) => offsets
