@@ -57,6 +57,9 @@ impl Restorer {
             )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // One consumer restores task after task: a fetch left waiting on the partition
+            // before must not hold up the next one for the default 500 ms.
+            .set("fetch.wait.max.ms", "10")
             .set("log_level", "3")
             .create()
             .map_err(|e| Error::kafka("creating the restore consumer", e))?;
@@ -135,6 +138,10 @@ impl Restorer {
                 continue;
             };
             let message = message.map_err(|e| Error::kafka(format!("reading {topic}"), e))?;
+            if message.partition() != task || message.topic() != topic {
+                // Fetched for a task restored before, before this assignment replaced it.
+                continue;
+            }
             next = message.offset() + 1;
             if message.offset() >= high {
                 break;
