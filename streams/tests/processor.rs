@@ -558,6 +558,33 @@ async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_whose_changelog_cannot_hold_its_tasks_refuses_to_start_naming_it() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    // Four task partitions, and a changelog the cluster does not have (or has with fewer).
+    let settings = h
+        .settings("counter", "bookings")
+        .with_changelog(&support::spec("counter.nowhere"));
+    let store = Store::temporary().expect("store");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        processor::run(
+            settings,
+            store,
+            h.codec.clone(),
+            RouteCounter { emit_to: None },
+            Positions::default(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("it answers within 60 s");
+    let error = outcome.expect_err("it refuses to start").to_string();
+    assert!(error.contains("counter.nowhere"), "{error}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_killed_between_its_sled_commit_and_its_kafka_commit_applies_nothing_twice() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;

@@ -530,6 +530,13 @@ fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) 
             .sum::<usize>();
         counts.push((topic.as_str(), count));
     }
+    if let Some((missing, _)) = counts.iter().find(|(_, n)| *n == 0) {
+        return Err(Error::Usage(format!(
+            "consumer group {} reads topic {missing}, which the cluster does not have: create \
+             the topics of topics/ with `tripstream topics apply`",
+            settings.group
+        )));
+    }
     let inputs = &counts[..settings.topics.len()];
     let tasks = inputs.iter().map(|(_, n)| *n).max().unwrap_or(0);
     let listed = || {
