@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -148,15 +148,7 @@ async fn pass<H: Handler>(
 ) -> Result<(u64, u64)> {
     // Polled without waiting and put to sleep only when it has nothing: a replay almost always
     // has records ready, and an async receive per record costs a timer and a wake-up each.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        // assign() needs a group handle; this group is never joined and never committed to.
-        .set(
-            "group.id",
-            format!("tripstream-replay-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+    let consumer: BaseConsumer = crate::kafka::reader_config(bootstrap, "replay")
         .create()
         .map_err(|e| Error::kafka("creating the replay consumer", e))?;
     let metadata = consumer

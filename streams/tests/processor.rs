@@ -205,6 +205,21 @@ impl Harness {
         }
     }
 
+    /// `bookings` replayed from the beginning into an empty store by a route counter.
+    async fn replayed(&self) -> replay::Summary {
+        replay::replay(
+            self.broker.bootstrap_servers(),
+            replay::Inputs::tasks(&["bookings"]),
+            &Start::Beginning,
+            &Store::temporary().expect("store"),
+            &self.codec,
+            &RouteCounter { emit_to: None },
+            |_| {},
+        )
+        .await
+        .expect("replay")
+    }
+
     fn start<H: Handler>(&self, settings: Settings, store: &Store, handler: H) -> Running {
         let positions = Positions::default();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -367,18 +382,7 @@ async fn a_processor_that_stops_mid_stream_is_taken_over_and_every_record_applie
     second.stop().await;
 
     // A replay from the beginning rebuilds the same state.
-    let rebuilt = Store::temporary().expect("store");
-    let summary = replay::replay(
-        h.broker.bootstrap_servers(),
-        replay::Inputs::tasks(&["bookings"]),
-        &Start::Beginning,
-        &rebuilt,
-        &h.codec,
-        &RouteCounter { emit_to: None },
-        |_| {},
-    )
-    .await
-    .expect("replay");
+    let summary = h.replayed().await;
     assert_eq!(summary.applied, 200);
     assert_eq!(summary.digest, store.digest().expect("digest"));
     h.shutdown().await;
@@ -455,18 +459,7 @@ async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid
     .await;
     second.stop().await;
 
-    let rebuilt = Store::temporary().expect("store");
-    let summary = replay::replay(
-        h.broker.bootstrap_servers(),
-        replay::Inputs::tasks(&["bookings"]),
-        &Start::Beginning,
-        &rebuilt,
-        &h.codec,
-        &counter(),
-        |_| {},
-    )
-    .await
-    .expect("replay");
+    let summary = h.replayed().await;
     assert_eq!(summary.applied, 300);
     assert_eq!(summary.digest, store.digest().expect("digest"));
     h.shutdown().await;
@@ -541,18 +534,7 @@ async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog()
     .await;
     third.stop().await;
     assert_eq!(c.digest().expect("digest"), b.digest().expect("digest"));
-    let rebuilt = Store::temporary().expect("store");
-    let summary = replay::replay(
-        h.broker.bootstrap_servers(),
-        replay::Inputs::tasks(&["bookings"]),
-        &Start::Beginning,
-        &rebuilt,
-        &h.codec,
-        &counter(),
-        |_| {},
-    )
-    .await
-    .expect("replay");
+    let summary = h.replayed().await;
     assert_eq!(summary.digest, c.digest().expect("digest"));
     h.shutdown().await;
 }

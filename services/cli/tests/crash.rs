@@ -9,16 +9,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use events::{FlightScheduled, HotelListed, topics};
 use serde_json::json;
 use streams::codec::Codec;
-use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::store::Store;
 
 mod support;
 use support::Process;
-use support::cluster::{Broker, Cluster, eur, free_port, tripstream};
+use support::cluster::{Broker, Cluster, free_port, tripstream};
 
 /// One scenario at a time: each runs a broker, a registry and six services on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -152,30 +150,7 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
 
     let codec = Codec::new(streams::registry::Client::new(&cluster.registry).expect("client"));
     let producer = Producer::new(&cluster.bootstrap, codec, &[]).expect("producer");
-    let flight = FlightScheduled {
-        flight_id: "LH1".into(),
-        origin: "LIS".into(),
-        destination: "FRA".into(),
-        departs_at: 1_796_100_000_000,
-        arrives_at: 1_796_110_000_000,
-        seats: 30,
-        seat_price: eur(100),
-    };
-    producer
-        .send(topics::FLIGHTS, &flight, &Metadata::new("LH1"))
-        .await
-        .expect("flight");
-    let hotel = HotelListed {
-        hotel_id: "H1".into(),
-        name: "Main".into(),
-        city: "Frankfurt".into(),
-        rooms: 1_000,
-        nightly_rate: eur(80),
-    };
-    producer
-        .send(topics::HOTELS, &hotel, &Metadata::new("H1"))
-        .await
-        .expect("hotel");
+    support::cluster::seed_catalog(&producer, &[("LH1", 30)]).await;
 
     let http = reqwest::Client::new();
     let gateway = cluster.gateway();

@@ -9,16 +9,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use events::{FlightScheduled, HotelListed, topics};
+use events::topics;
 use serde_json::json;
 use streams::codec::Codec;
-use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::store::Store;
 
 mod support;
 use support::Process;
-use support::cluster::{Broker, Cluster, eur, free_port, tripstream};
+use support::cluster::{Broker, Cluster, free_port, tripstream};
 
 /// The services that run as several instances.
 const SCALED: [&str; 4] = ["booking", "flight", "hotel", "payment"];
@@ -92,32 +91,7 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     let codec = Codec::new(streams::registry::Client::new(&cluster.registry).expect("client"));
     let producer = Producer::new(&cluster.bootstrap, codec, &[]).expect("producer");
     const SCARCE_SEATS: i32 = 3;
-    for (id, seats) in [("LH1", 1_000), ("LH9", SCARCE_SEATS)] {
-        let flight = FlightScheduled {
-            flight_id: id.into(),
-            origin: "LIS".into(),
-            destination: "FRA".into(),
-            departs_at: 1_796_100_000_000,
-            arrives_at: 1_796_110_000_000,
-            seats,
-            seat_price: eur(100),
-        };
-        producer
-            .send(topics::FLIGHTS, &flight, &Metadata::new(id))
-            .await
-            .expect("flight");
-    }
-    let hotel = HotelListed {
-        hotel_id: "H1".into(),
-        name: "Main".into(),
-        city: "Frankfurt".into(),
-        rooms: 1_000,
-        nightly_rate: eur(80),
-    };
-    producer
-        .send(topics::HOTELS, &hotel, &Metadata::new("H1"))
-        .await
-        .expect("hotel");
+    support::cluster::seed_catalog(&producer, &[("LH1", 1_000), ("LH9", SCARCE_SEATS)]).await;
 
     let http = reqwest::Client::new();
     let gateway = cluster.gateway();

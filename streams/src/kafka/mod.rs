@@ -1,7 +1,8 @@
 //! Kafka through librdkafka: embedded broker, topic specs, producer and record headers.
 //!
-//! The embedded broker ([`broker`]), topic specs and their provisioning ([`topic`]), and the
-//! producer ([`producer`]) with the headers every record carries ([`headers`]).
+//! The embedded broker ([`broker`]), topic specs and their provisioning ([`topic`]), the
+//! producer ([`producer`]) with the headers every record carries ([`headers`]), and the
+//! settings of consumers that assign partitions themselves ([`reader_config`]).
 
 pub mod broker;
 pub mod headers;
@@ -10,3 +11,19 @@ pub mod topic;
 
 pub use headers::Metadata;
 pub use producer::{Delivery, OutgoingRecord, Producer};
+
+/// The settings of a consumer that assigns its partitions itself and never joins a group or
+/// commits (a replay, a task's restore, a global table): `purpose` names it in its throw-away
+/// group id, which `assign()` needs.
+pub fn reader_config(bootstrap: &str, purpose: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("tripstream-{purpose}-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    config
+}

@@ -108,11 +108,17 @@ impl<H: Handler> Apply<'_, H> {
 
     /// The state a record of `topic`'s `partition` belongs to.
     pub(crate) fn scope(&self, topic: &str, partition: i32) -> Scope {
-        if self.globals.iter().any(|g| g == topic) {
-            Scope::Global
-        } else {
-            Scope::Task(partition)
-        }
+        scope_of(self.globals, topic, partition)
+    }
+}
+
+/// The state a record of `topic`'s `partition` belongs to, when `globals` are read as global
+/// tables: a global table's, or the task of its partition number.
+pub(crate) fn scope_of(globals: &[String], topic: &str, partition: i32) -> Scope {
+    if globals.iter().any(|g| g == topic) {
+        Scope::Global
+    } else {
+        Scope::Task(partition)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::apply::{Apply, Failure};
 use super::{Handler, Settings, dead_letter, pause};
@@ -44,15 +44,7 @@ impl Globals {
     ///
     /// [`Error::Kafka`] when a topic cannot be read.
     pub(crate) fn start(settings: &Settings, store: &Store) -> Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap)
-            // assign() needs a group handle; this group is never joined and never committed to.
-            .set(
-                "group.id",
-                format!("tripstream-global-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
+        let consumer: BaseConsumer = crate::kafka::reader_config(&settings.bootstrap, "global")
             .set("auto.offset.reset", "earliest")
             // A catalog entry reaches the table within this of being written, not 500 ms.
             .set("fetch.wait.max.ms", "10")

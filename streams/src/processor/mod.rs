@@ -159,11 +159,7 @@ impl Settings {
 
     /// The state a record of `topic`'s `partition` belongs to.
     pub(crate) fn scope(&self, topic: &str, partition: i32) -> Scope {
-        if self.globals.iter().any(|g| g == topic) {
-            Scope::Global
-        } else {
-            Scope::Task(partition)
-        }
+        apply::scope_of(&self.globals, topic, partition)
     }
 
     /// Refuses a topic without a dead-letter topic: its poison records would have nowhere

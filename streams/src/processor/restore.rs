@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 use crate::store::changelog::{Changelog, MARKER, Marker, read_marker};
@@ -48,15 +48,7 @@ impl Restorer {
     ///
     /// [`Error::Kafka`] when the consumer cannot be created.
     pub(crate) fn new(bootstrap: &str, changelog: std::sync::Arc<Changelog>) -> Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            // assign() needs a group handle; this group is never joined and never committed to.
-            .set(
-                "group.id",
-                format!("tripstream-restore-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
+        let consumer: BaseConsumer = crate::kafka::reader_config(bootstrap, "restore")
             // One consumer restores task after task: a fetch left waiting on the partition
             // before must not hold up the next one for the default 500 ms.
             .set("fetch.wait.max.ms", "10")
@@ -321,6 +313,16 @@ mod tests {
         records
     }
 
+    /// A broker with the changelog topic, and a producer to write it (nothing it sends is
+    /// encoded, so the registry is never called).
+    fn changelog_broker() -> (EmbeddedBroker, Producer) {
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        broker.create_topic(TOPIC, 1, 1).expect("topic");
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        (broker, producer)
+    }
+
     async fn send(producer: &Producer, records: &[OutgoingRecord]) {
         for record in records {
             producer.send_record(record).await.expect("sent");
@@ -354,10 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_without_its_marker_is_undone_to_the_last_marker_here_and_in_the_changelog() {
-        let broker = EmbeddedBroker::start(1).expect("broker");
-        broker.create_topic(TOPIC, 1, 1).expect("topic");
-        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
-        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        let (broker, producer) = changelog_broker();
         // A restore from the start, of a log whose writer died while publishing a commit.
         send(
             &producer,
@@ -388,10 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_without_its_marker_after_the_checkpoint_is_undone_to_what_the_store_held() {
-        let broker = EmbeddedBroker::start(1).expect("broker");
-        broker.create_topic(TOPIC, 1, 1).expect("topic");
-        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
-        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        let (broker, producer) = changelog_broker();
         send(
             &producer,
             &log(&[("a", Some("1")), ("b", Some("2"))], Some(5)),

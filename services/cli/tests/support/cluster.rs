@@ -454,3 +454,42 @@ pub async fn ended(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Puts flights LIS to FRA on sale, `(flight id, seats)` each at 100 EUR a seat, and hotel H1
+/// in Frankfurt with 1,000 rooms at 80 EUR a night.
+pub async fn seed_catalog(producer: &streams::kafka::producer::Producer, flights: &[(&str, i32)]) {
+    for (id, seats) in flights {
+        let flight = events::FlightScheduled {
+            flight_id: (*id).into(),
+            origin: "LIS".into(),
+            destination: "FRA".into(),
+            departs_at: 1_796_100_000_000,
+            arrives_at: 1_796_110_000_000,
+            seats: *seats,
+            seat_price: eur(100),
+        };
+        producer
+            .send(
+                events::topics::FLIGHTS,
+                &flight,
+                &streams::kafka::headers::Metadata::new(*id),
+            )
+            .await
+            .expect("flight");
+    }
+    let hotel = events::HotelListed {
+        hotel_id: "H1".into(),
+        name: "Main".into(),
+        city: "Frankfurt".into(),
+        rooms: 1_000,
+        nightly_rate: eur(80),
+    };
+    producer
+        .send(
+            events::topics::HOTELS,
+            &hotel,
+            &streams::kafka::headers::Metadata::new("H1"),
+        )
+        .await
+        .expect("hotel");
+}
