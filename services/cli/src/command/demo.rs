@@ -116,7 +116,7 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
         args.users
     );
     seed_catalog(&system, &catalog).await?;
-    let users = seed_users(&system, &demo, args.users).await?;
+    let users = seed_users(&system, &demo, args.users, args.bookings).await?;
     wait_for_catalog(&demo, &users[0].1, &catalog).await?;
     crate::note!(
         "Ready after {:.1} s; placing {} bookings through {}",
@@ -532,12 +532,17 @@ async fn seed_catalog(system: &System, catalog: &Catalog) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Signs users up and logs them in through the gateway; every tenth gets too little money.
+/// Signs users up and logs them in through the gateway; every tenth gets too little money, the
+/// others enough for their share of `bookings` (at most ~1,000 EUR each), so that a large run
+/// declines payments only for the poor users.
 async fn seed_users(
     system: &System,
     demo: &Demo,
     count: usize,
+    bookings: usize,
 ) -> anyhow::Result<Vec<(String, String)>> {
+    let per_user = i64::try_from(bookings.div_ceil(count.max(1))).unwrap_or(i64::MAX);
+    let rich = eur(per_user.saturating_mul(100_000).max(5_000_000));
     let mut users = Vec::with_capacity(count);
     for i in 0..count {
         let email = format!("user{i}@demo.tripstream.dev");
@@ -564,7 +569,7 @@ async fn seed_users(
         let balance = if i % 10 == 9 {
             eur(15_000)
         } else {
-            eur(5_000_000)
+            rich.clone()
         };
         system.credit(&user_id, balance).await?;
         users.push((user_id, field(&session, "token")?));
