@@ -473,33 +473,57 @@ impl Codec {
         payload: &[u8],
     ) -> Result<(u32, Option<String>, serde_json::Value), CodecError> {
         let (id, body) = split(payload)?;
-        let cached = read(&self.generic).get(&id).cloned();
-        let entry = match cached {
-            Some(entry) => entry,
-            None => {
-                let writer = match self.registry.schema(id).await {
-                    Ok(writer) => writer,
-                    Err(crate::Error::Registry { code: 40403, .. }) => {
-                        return Err(CodecError::UnknownSchema { id });
-                    }
-                    Err(e) => return Err(CodecError::Registry(e)),
-                };
-                let fast: serde_avro_fast::Schema =
-                    writer.canonical().parse().map_err(|e| CodecError::Decode {
-                        id,
-                        reason: format!("the registry's schema is unusable: {e}"),
-                    })?;
-                let entry = Arc::new((writer.full_name().map(str::to_owned), fast));
-                write(&self.generic).insert(id, entry.clone());
-                entry
-            }
-        };
+        let entry = self.writer(id).await?;
         let value =
             serde_avro_fast::from_datum_slice(body, &entry.1).map_err(|e| CodecError::Decode {
                 id,
                 reason: e.to_string(),
             })?;
         Ok((id, entry.0.clone(), value))
+    }
+
+    /// The full name of the record a payload was written with, from its schema id: what a
+    /// record from a producer that sets no `event_type` header is.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::decode`]; [`CodecError::Decode`] when the writer's schema names no record.
+    pub async fn writer_name(&self, payload: &[u8]) -> Result<String, CodecError> {
+        let (id, _) = split(payload)?;
+        self.writer(id)
+            .await?
+            .0
+            .clone()
+            .ok_or_else(|| CodecError::Decode {
+                id,
+                reason: "the writer's schema is not a named record".into(),
+            })
+    }
+
+    /// The writer's schema of `id` for generic decoding, and its full name: from the cache,
+    /// else from the registry.
+    async fn writer(
+        &self,
+        id: u32,
+    ) -> Result<Arc<(Option<String>, serde_avro_fast::Schema)>, CodecError> {
+        if let Some(entry) = read(&self.generic).get(&id).cloned() {
+            return Ok(entry);
+        }
+        let writer = match self.registry.schema(id).await {
+            Ok(writer) => writer,
+            Err(crate::Error::Registry { code: 40403, .. }) => {
+                return Err(CodecError::UnknownSchema { id });
+            }
+            Err(e) => return Err(CodecError::Registry(e)),
+        };
+        let fast: serde_avro_fast::Schema =
+            writer.canonical().parse().map_err(|e| CodecError::Decode {
+                id,
+                reason: format!("the registry's schema is unusable: {e}"),
+            })?;
+        let entry = Arc::new((writer.full_name().map(str::to_owned), fast));
+        write(&self.generic).insert(id, entry.clone());
+        Ok(entry)
     }
 
     /// The hot path: one lookup, no await, no registry.

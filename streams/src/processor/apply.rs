@@ -63,8 +63,8 @@ impl<H: Handler> Apply<'_, H> {
         if next.is_some_and(|next| at.offset < next) {
             return Ok(());
         }
-        let metadata = Metadata::from_headers(message.headers());
-        let id = metadata.as_ref().map(|m| m.event_id.as_bytes());
+        let headers = Metadata::from_headers(message.headers());
+        let id = headers.as_ref().map(|m| m.event_id.as_bytes());
         if let Some(id) = id
             && (batch.seen(id) || self.store.seen(id))
         {
@@ -75,21 +75,22 @@ impl<H: Handler> Apply<'_, H> {
         let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
             return Err(Failure::Poison("empty", "the record has no value".into()));
         };
-        let record = Record::at(&at, message, payload, metadata.as_ref());
-        let fallback;
-        let cause = match &metadata {
-            Some(metadata) => metadata,
-            None => {
-                // A record from a producer that sets no headers: its effects still get
-                // traceable ids.
-                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                fallback = Metadata {
-                    event_id: format!("{}/{}/{}", at.topic, at.partition, at.offset),
-                    ..Metadata::new(key)
-                };
-                &fallback
+        let filled;
+        let cause = match &headers {
+            Some(metadata) if metadata.event_type.is_some() => metadata,
+            // A record from a producer that does not set tripstream's headers (any Kafka
+            // client with a registry client): what it is comes from its schema id.
+            _ => {
+                let event_type = self
+                    .codec
+                    .writer_name(payload)
+                    .await
+                    .map_err(|e| failure(HandlerError::Codec(e)))?;
+                filled = foreign(headers.as_ref(), &at, message.key(), event_type);
+                &filled
             }
         };
+        let record = Record::at(&at, message, payload, Some(cause));
         let mut ctx = Context::new(
             self.group,
             self.store,
@@ -120,6 +121,28 @@ pub(crate) fn scope_of(globals: &[String], topic: &str, partition: i32) -> Scope
     } else {
         Scope::Task(partition)
     }
+}
+
+/// The metadata of a record whose headers do not say its type (`event_type`, the writer
+/// schema's full name, is given): the headers' own when it has an event id, else an id derived
+/// from where it was read (the same on every read, so its effects get the same ids on a
+/// replay) and its key as the correlation id.
+fn foreign(
+    headers: Option<&Metadata>,
+    at: &Position<'_>,
+    key: Option<&[u8]>,
+    event_type: String,
+) -> Metadata {
+    let mut metadata = headers.cloned().unwrap_or_else(|| Metadata {
+        event_id: crate::kafka::headers::derived_id(&[
+            at.topic.as_bytes(),
+            &at.partition.to_be_bytes(),
+            &at.offset.to_be_bytes(),
+        ]),
+        ..Metadata::new(String::from_utf8_lossy(key.unwrap_or_default()))
+    });
+    metadata.event_type = Some(event_type);
+    metadata
 }
 
 /// Where `message` came from, as the store keys it.
@@ -173,13 +196,19 @@ mod tests {
         }
     }
 
-    /// Partition 0 of `t` at `offset`, with `event_id` in its headers when given.
+    /// Partition 0 of `t` at `offset`, as tripstream's producers write it (`event_id` and
+    /// `event_type` headers) when `event_id` is given, else with no headers.
     fn message(offset: i64, event_id: Option<&str>) -> OwnedMessage {
         let headers = event_id.map(|id| {
-            OwnedHeaders::new().insert(Header {
-                key: header::EVENT_ID,
-                value: Some(id),
-            })
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: header::EVENT_ID,
+                    value: Some(id),
+                })
+                .insert(Header {
+                    key: header::EVENT_TYPE,
+                    value: Some("t.T"),
+                })
         });
         OwnedMessage::new(
             Some(b"x".to_vec()),
@@ -220,7 +249,11 @@ mod tests {
         // A partition taken back in a rebalance is read again from its committed offset.
         let batch = apply_all(
             &store,
-            &[message(10, None), message(11, None), message(10, None)],
+            &[
+                message(10, Some("e10")),
+                message(11, Some("e11")),
+                message(10, Some("e10")),
+            ],
         )
         .await;
         assert_eq!(batch.len(), 2);
@@ -246,5 +279,48 @@ mod tests {
         assert!(behind.is_empty(), "offset 1 is applied already");
         let ahead = apply_all(&store, &[message(2, Some("e2"))]).await;
         assert_eq!(ahead.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_without_headers_is_typed_by_its_schema_id_and_unframed_bytes_say_so() {
+        let store = Store::temporary().expect("store");
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let apply = Apply {
+            group: "g",
+            store: &store,
+            codec: &codec,
+            handler: &Counter,
+            writers: Writers::Shared,
+            globals: &[],
+        };
+        // Not the "does not handle event type (none)" of a handler: the payload is read for
+        // its schema id, and `x` is no Confluent frame.
+        let failure = apply
+            .record(&mut Batch::default(), &message(0, None))
+            .await
+            .expect_err("unframed");
+        assert!(
+            matches!(&failure, Failure::Poison("decode", reason) if reason.contains("bytes")),
+            "{failure:?}"
+        );
+    }
+
+    #[test]
+    fn a_foreign_records_event_id_is_derived_from_where_it_was_read() {
+        let at = |offset| Position {
+            group: "g",
+            topic: "flights",
+            partition: 2,
+            offset,
+        };
+        let first = foreign(None, &at(7), Some(b"LH1"), "tripstream.flight.FlightScheduled".into());
+        let again = foreign(None, &at(7), Some(b"LH1"), "x".into());
+        let next = foreign(None, &at(8), Some(b"LH1"), "x".into());
+        assert_eq!(first.event_id, again.event_id, "the same on every read");
+        assert_ne!(first.event_id, next.event_id);
+        assert_eq!(first.correlation_id, "LH1");
+        assert_eq!(first.event_type.as_deref(), Some("tripstream.flight.FlightScheduled"));
+        let own = Metadata::new("b1");
+        assert_eq!(foreign(Some(&own), &at(7), None, "x".into()).event_id, own.event_id);
     }
 }
