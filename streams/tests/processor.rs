@@ -856,6 +856,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_good_ones_around_them_ar
                 .unwrap_or_default()
         };
         assert_eq!(header(processor::dead_letter::TOPIC), "bookings");
+        assert_eq!(header(processor::dead_letter::GROUP), "counter");
         assert!(!header(processor::dead_letter::MESSAGE).is_empty());
         assert!(
             header(processor::dead_letter::OFFSET)

@@ -22,6 +22,8 @@ pub const TOPIC: &str = "dlq.original.topic";
 pub const PARTITION: &str = "dlq.original.partition";
 /// Its offset.
 pub const OFFSET: &str = "dlq.original.offset";
+/// The consumer group that refused it: each group that reads a topic dead-letters on its own.
+pub const GROUP: &str = "dlq.consumer.group";
 
 /// What became of a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,7 @@ pub(crate) async fn send(
             message.partition().to_string().into_bytes(),
         ),
         (OFFSET.to_owned(), message.offset().to_string().into_bytes()),
+        (GROUP.to_owned(), settings.group.as_bytes().to_vec()),
     ]);
     let entry = OutgoingRecord {
         topic: dlq,
