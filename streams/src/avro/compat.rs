@@ -7,13 +7,13 @@
 //! incompatibility with its location. Logical types resolve as their underlying types, as in
 //! Avro itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::avro::schema::{NamedKind, Schema, Type};
+use crate::avro::schema::{Field, NamedKind, Schema, Type};
 
 /// A compatibility level, as the Confluent registry names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -236,7 +236,7 @@ struct Checker<'a> {
     in_progress: HashSet<(usize, usize)>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     fn problem(&self, kind: Kind, location: &str, message: String) -> Incompatibility {
         Incompatibility {
             kind,
@@ -367,8 +367,11 @@ impl Checker<'_> {
         if !self.in_progress.insert((r, w)) {
             return Vec::new();
         }
-        let reader = self.reader.named(r);
-        let writer = self.writer.named(w);
+        // Borrowed for the schemas' lifetime, not the checker's, so the fields need no copy
+        // while `compare` takes the checker mutably.
+        let (reader_schema, writer_schema): (&'a Schema, &'a Schema) = (self.reader, self.writer);
+        let reader = reader_schema.named(r);
+        let writer = writer_schema.named(w);
         let mut problems = Vec::new();
         let names_match = reader.reads_name_of(writer);
         let kinds_match = reader.same_kind(writer);
@@ -416,9 +419,11 @@ impl Checker<'_> {
                     ..
                 },
             ) => {
+                let reader_symbols: HashSet<&str> =
+                    reader_symbols.iter().map(String::as_str).collect();
                 let missing: Vec<&str> = writer_symbols
                     .iter()
-                    .filter(|s| !reader_symbols.contains(s))
+                    .filter(|s| !reader_symbols.contains(s.as_str()))
                     .map(String::as_str)
                     .collect();
                 if !missing.is_empty() && default.is_none() {
@@ -441,19 +446,26 @@ impl Checker<'_> {
                     fields: writer_fields,
                 },
             ) => {
-                let reader_fields = reader_fields.clone();
-                let writer_fields = writer_fields.clone();
+                // By name, so a record of many fields is not a scan per field.
+                let by_name: HashMap<&str, (usize, &Field)> = writer_fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.as_str(), (i, f)))
+                    .collect();
                 for (i, field) in reader_fields.iter().enumerate() {
                     let mark = location.len();
                     location.push_str(&format!("/fields/{i}"));
-                    let counterpart = writer_fields
-                        .iter()
-                        .find(|wf| wf.name == field.name)
+                    // Failing the name, the writer's first field that one of the aliases names.
+                    let counterpart = by_name
+                        .get(field.name.as_str())
                         .or_else(|| {
-                            writer_fields
+                            field
+                                .aliases
                                 .iter()
-                                .find(|wf| field.aliases.contains(&wf.name))
-                        });
+                                .filter_map(|alias| by_name.get(alias.as_str()))
+                                .min_by_key(|(i, _)| *i)
+                        })
+                        .map(|(_, f)| *f);
                     match counterpart {
                         Some(wf) => {
                             location.push_str("/type");
