@@ -187,13 +187,20 @@ impl Schema {
     /// A [`SchemaError`] naming the location and the reason when the text is not JSON, not a
     /// valid Avro schema, or not accepted by `apache-avro`.
     pub fn parse(text: &str) -> Result<Schema, SchemaError> {
-        let json: Value = serde_json::from_str(text).map_err(|e| {
-            SchemaError::at(
-                &format!("line {}, column {}", e.line(), e.column()),
-                format!("not valid JSON: {}", json_reason(&e)),
-            )
-        })?;
-        Self::from_json(&json)
+        Self::from_json(&json_of(text)?)
+    }
+
+    /// As [`Schema::parse`], without the checks added once schemas were already stored: a
+    /// record that can never end, an enum without symbols, a decimal's precision and scale, a
+    /// field's `order`. A store that accepted a schema keeps reading it the same way (the
+    /// registry's log replays to the same ids); new schemas are checked in full with
+    /// [`Schema::parse`] where they arrive.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schema::parse`], less those checks.
+    pub fn parse_stored(text: &str) -> Result<Schema, SchemaError> {
+        Self::from_json_with(&json_of(text)?, Checks::Stored)
     }
 
     /// Validates a schema document that is already JSON.
@@ -202,9 +209,18 @@ impl Schema {
     ///
     /// As [`Schema::parse`].
     pub fn from_json(json: &Value) -> Result<Schema, SchemaError> {
-        let mut parser = Parser::default();
+        Self::from_json_with(json, Checks::All)
+    }
+
+    fn from_json_with(json: &Value, checks: Checks) -> Result<Schema, SchemaError> {
+        let mut parser = Parser {
+            checks,
+            ..Parser::default()
+        };
         let root = parser.parse_type(json, "", None)?;
-        parser.check_records_end()?;
+        if parser.checks == Checks::All {
+            parser.check_records_end()?;
+        }
         let canonical = json.to_string();
         // A second opinion: the codec uses apache-avro, so a schema it rejects is unusable
         // however valid it looks to us.
@@ -274,6 +290,15 @@ impl Schema {
     }
 }
 
+fn json_of(text: &str) -> Result<Value, SchemaError> {
+    serde_json::from_str(text).map_err(|e| {
+        SchemaError::at(
+            &format!("line {}, column {}", e.line(), e.column()),
+            format!("not valid JSON: {}", json_reason(&e)),
+        )
+    })
+}
+
 fn json_reason(e: &serde_json::Error) -> String {
     // serde_json appends " at line L column C"; the location already says that.
     let text = e.to_string();
@@ -283,8 +308,19 @@ fn json_reason(e: &serde_json::Error) -> String {
     }
 }
 
+/// Which checks a parse makes (see [`Schema::parse_stored`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Checks {
+    /// Every check: for schemas that arrive.
+    #[default]
+    All,
+    /// Those a stored schema already passed when it was stored.
+    Stored,
+}
+
 #[derive(Default)]
 struct Parser {
+    checks: Checks,
     named: Vec<Named>,
     by_name: HashMap<String, usize>,
     /// Each record's location in the document, by its index in `named`, for errors found once
@@ -438,7 +474,7 @@ impl Parser {
             // Logical types annotate a primitive; resolution works on the primitive.
             other => {
                 let ty = self.resolve(other, &type_at, namespace)?;
-                if ty == Type::Bytes {
+                if ty == Type::Bytes && self.checks == Checks::All {
                     check_decimal(object, at, None)?;
                 }
                 Ok(ty)
@@ -549,7 +585,9 @@ impl Parser {
                     format!("the field '{name}' appears twice"),
                 ));
             }
-            check_order(raw, &field_at)?;
+            if self.checks == Checks::All {
+                check_order(raw, &field_at)?;
+            }
             let raw_type = raw.get("type").ok_or_else(|| {
                 SchemaError::at(&field_at, format!("the field '{name}' needs a \"type\""))
             })?;
@@ -583,7 +621,7 @@ impl Parser {
                 "an enum needs \"symbols\", an array of names",
             ));
         };
-        if raw.is_empty() {
+        if raw.is_empty() && self.checks == Checks::All {
             // A value of an enum is one of its symbols: with none, it could never be written.
             return Err(SchemaError::at(
                 &symbols_at,
@@ -638,7 +676,9 @@ impl Parser {
             }
             None => return Err(SchemaError::at(at, "a fixed type needs a \"size\"")),
         };
-        check_decimal(object, at, Some(size))?;
+        if self.checks == Checks::All {
+            check_decimal(object, at, Some(size))?;
+        }
         let (index, _) = self.define(object, at, namespace, NamedKind::Fixed { size })?;
         Ok(Type::Named(index))
     }
@@ -1224,6 +1264,18 @@ mod tests {
         assert_eq!(error(&field("1")).location, "/fields/0/order");
         for order in ["ascending", "descending", "ignore"] {
             Schema::parse(&field(&format!("\"{order}\""))).expect("a valid order");
+        }
+    }
+
+    #[test]
+    fn a_stored_schema_is_read_without_the_checks_added_since() {
+        for text in [
+            r#"{"type":"record","name":"R","fields":[{"name":"next","type":"R"}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"sideways"}]}"#,
+            r#"{"type":"bytes","logicalType":"decimal","precision":0}"#,
+        ] {
+            assert!(Schema::parse(text).is_err(), "{text}");
+            Schema::parse_stored(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
     }
 
