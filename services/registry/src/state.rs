@@ -630,6 +630,85 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_known_by_its_text_or_parsed_by_the_proposer_is_not_parsed_again() {
+        let mut state = State::new(Level::Backward);
+        register(&mut state, "a", V1).expect("ok");
+        let stored = state.schema(1).expect("registered").schema.clone();
+        let again = state.prepare(
+            Command::Register {
+                subject: "b".into(),
+                schema: V1.into(),
+            },
+            None,
+        );
+        let Prepared(Step::Register { schema, .. }) = &again else {
+            panic!("a new version of b: {again:?}")
+        };
+        assert!(Arc::ptr_eq(schema, &stored), "parsed again");
+        let proposed = Arc::new(Schema::parse(V2).expect("valid"));
+        let prepared = state.prepare(
+            Command::Register {
+                subject: "a".into(),
+                schema: V2.into(),
+            },
+            Some(proposed.clone()),
+        );
+        let Prepared(Step::Register { schema, .. }) = &prepared else {
+            panic!("a new version of a: {prepared:?}")
+        };
+        assert!(Arc::ptr_eq(schema, &proposed), "parsed again");
+        assert_eq!(state.commit(prepared).expect("ok"), json!({"id": 2}));
+        // A parse handed over for another text is not used.
+        let other = state.prepare(
+            Command::Register {
+                subject: "c".into(),
+                schema: V2_NO_DEFAULT.into(),
+            },
+            Some(proposed.clone()),
+        );
+        let Prepared(Step::Register { schema, .. }) = &other else {
+            panic!("a new version of c: {other:?}")
+        };
+        assert_eq!(schema.canonical(), V2_NO_DEFAULT);
+    }
+
+    #[test]
+    fn a_logged_schema_that_later_checks_refuse_keeps_its_id_on_replay() {
+        // Accepted before field orders were checked; the log must replay to the same ids.
+        let old = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"sideways"}]}"#;
+        assert!(Schema::parse(old).is_err());
+        let mut state = State::new(Level::Backward);
+        assert_eq!(
+            register(&mut state, "old", old).expect("ok"),
+            json!({"id": 1})
+        );
+        assert_eq!(register(&mut state, "a", V1).expect("ok"), json!({"id": 2}));
+    }
+
+    #[test]
+    fn read_only_mode_refuses_config_changes_and_changes_nothing() {
+        let mut state = State::new(Level::Backward);
+        state
+            .apply(&Command::SetMode {
+                mode: Mode::Readonly,
+            })
+            .expect("ok");
+        for (subject, level) in [
+            (None, Some(Level::None)),
+            (None, None),
+            (Some("s".to_owned()), Some(Level::Full)),
+            (Some("s".to_owned()), None),
+        ] {
+            let e = state
+                .apply(&Command::SetLevel { subject, level })
+                .expect_err("read-only");
+            assert_eq!(e.code, 42205);
+        }
+        assert_eq!(state.global_level(), Level::Backward);
+        assert_eq!(state.subject_level("s"), None);
+    }
+
+    #[test]
     fn replaying_the_same_commands_gives_the_same_state() {
         let commands = [
             Command::Register {

@@ -786,3 +786,29 @@ async fn reads_are_answered_while_large_schemas_are_being_parsed_and_checked() {
         assert_eq!(request.await.expect("finished"), 200);
     }
 }
+
+#[tokio::test]
+async fn schemas_the_parser_refuses_are_42201_with_the_location() {
+    let h = Harness::start().await;
+    for (schema, location) in [
+        (
+            r#"{"type":"record","name":"R","fields":[{"name":"self","type":"R"}]}"#,
+            "/fields/0/type",
+        ),
+        (r#"{"type":"enum","name":"E","symbols":[]}"#, "/symbols"),
+        (
+            r#"{"type":"bytes","logicalType":"decimal","precision":0}"#,
+            "/precision",
+        ),
+        (
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"up"}]}"#,
+            "/fields/0/order",
+        ),
+    ] {
+        let answer = h.register("s", schema).await;
+        assert_eq!(code(&answer), (422, 42201), "{schema}");
+        let message = answer.1["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("at {location}:")), "{message}");
+    }
+    assert_eq!(h.call("GET", "/subjects", None).await, (200, json!([])));
+}
