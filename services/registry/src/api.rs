@@ -1,7 +1,9 @@
 //! The Confluent Schema Registry REST API, served from the replicated state.
 //!
 //! Bodies are bounded ([`MAX_BODY_BYTES`]), and schemas are parsed and checked on tokio's
-//! blocking pool, so large schemas do not hold up the async workers that answer reads.
+//! blocking pool, so large schemas do not hold up the async workers that answer reads. At
+//! most one schema per core is parsed at a time; other requests carrying one wait with their
+//! bodies unread, so memory stays bounded however many arrive at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -9,7 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, Path, Query, State as Extract};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State as Extract};
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 use streams::avro::compat::{self, Level};
 use streams::avro::schema::Schema;
 use streams::registry::CONTENT_TYPE;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::log::Log;
@@ -30,9 +33,21 @@ pub struct App {
     pub state: Arc<RwLock<State>>,
     /// The log, for writes.
     pub log: Arc<Log>,
+    /// Permits to parse a schema, one per core.
+    pub parsing: Arc<Semaphore>,
 }
 
 impl App {
+    /// Everything the handlers share, with one parse permit per core.
+    pub fn new(state: Arc<RwLock<State>>, log: Arc<Log>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        App {
+            state,
+            log,
+            parsing: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Only the applier writes, and `State::apply` does not panic on any command.
         self.state
@@ -43,8 +58,6 @@ impl App {
 
 type Answer = Result<Response, ApiError>;
 type Params = Query<HashMap<String, String>>;
-/// A request body, or why it could not be read (too large, cut off).
-type RawBody = Result<Bytes, BytesRejection>;
 
 /// The largest request body read, in bytes: twice what a schema can take in the log
 /// ([`crate::log::MAX_RECORD_BYTES`]), room for a pretty-printed one, and a bound on the
@@ -143,7 +156,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Resul
 }
 
 /// The bytes of a body carrying a schema: one over [`MAX_BODY_BYTES`] is 42209.
-fn schema_bytes(body: RawBody) -> Result<Bytes, ApiError> {
+fn schema_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::schema_too_large(format!(
@@ -172,10 +185,16 @@ struct SchemaBody {
     references: Vec<Value>,
 }
 
-/// Parses a request body holding a schema, on the blocking pool. Unknown fields are accepted,
-/// as Confluent's newer clients send metadata and rule sets along.
-async fn schema_from_body(body: RawBody) -> Result<Arc<Schema>, ApiError> {
-    let body = schema_bytes(body)?;
+/// Reads and parses a request body holding a schema, on the blocking pool, once a parse permit
+/// is free. Unknown fields are accepted, as Confluent's newer clients send metadata and rule
+/// sets along.
+async fn schema_from_body(app: &App, request: Request) -> Result<Arc<Schema>, ApiError> {
+    let _permit = app
+        .parsing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::store("the registry is shutting down"))?;
+    let body = schema_bytes(Bytes::from_request(request, &()).await)?;
     off_workers(move || parse_schema_body(&body).map(Arc::new)).await
 }
 
@@ -287,9 +306,9 @@ async fn referenced_by(
 async fn register(
     Extract(app): Extract<App>,
     Path(subject): Path<String>,
-    body: RawBody,
+    request: Request,
 ) -> Answer {
-    let schema = schema_from_body(body).await?;
+    let schema = schema_from_body(&app, request).await?;
     {
         // Re-registering is a read: answer without a round trip through the log.
         let state = app.read();
@@ -304,9 +323,9 @@ async fn lookup(
     Extract(app): Extract<App>,
     Path(subject): Path<String>,
     Query(params): Params,
-    body: RawBody,
+    request: Request,
 ) -> Answer {
-    let schema = schema_from_body(body).await?;
+    let schema = schema_from_body(&app, request).await?;
     let state = app.read();
     let deleted = flag(&params, "deleted");
     if !state.has_subject(&subject, deleted) {
@@ -428,10 +447,10 @@ async fn compatible_with_one(
     Extract(app): Extract<App>,
     Path((subject, version)): Path<(String, String)>,
     Query(params): Params,
-    body: RawBody,
+    request: Request,
 ) -> Answer {
     let number = parse_version(&version)?;
-    let schema = schema_from_body(body).await?;
+    let schema = schema_from_body(&app, request).await?;
     let (level, against) = {
         let state = app.read();
         if !state.has_subject(&subject, false) {
@@ -454,9 +473,9 @@ async fn compatible_with_all(
     Extract(app): Extract<App>,
     Path(subject): Path<String>,
     Query(params): Params,
-    body: RawBody,
+    request: Request,
 ) -> Answer {
-    let schema = schema_from_body(body).await?;
+    let schema = schema_from_body(&app, request).await?;
     let (level, against) = {
         let state = app.read();
         (state.level_of(&subject), state.active_schemas(&subject))
