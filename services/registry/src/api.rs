@@ -562,7 +562,13 @@ async fn put_subject_config(
 }
 
 async fn delete_subject_config(Extract(app): Extract<App>, Path(subject): Path<String>) -> Answer {
-    if app.read().subject_level(&subject).is_none() && !app.read().has_subject(&subject, true) {
+    // One guard: taking the lock twice in one expression could wait behind the applier's
+    // write while holding the first read, which that write waits for.
+    let unknown = {
+        let state = app.read();
+        state.subject_level(&subject).is_none() && !state.has_subject(&subject, true)
+    };
+    if unknown {
         return Err(ApiError::subject_not_found(&subject));
     }
     let answer = app
