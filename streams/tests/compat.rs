@@ -340,3 +340,41 @@ fn level_names_parse_in_any_case_and_unknown_ones_are_refused() {
             .contains("'sideways' is not a compatibility level")
     );
 }
+
+/// A chain of `depth` records, each using the next one twice (once defined, once by name), the
+/// last holding one field of type `leaf`: 2^depth paths through a schema of linear size.
+fn doubling_chain(depth: usize, leaf: &str) -> Schema {
+    let mut ty = format!(
+        r#"{{"type":"record","name":"T{depth}","fields":[{{"name":"x","type":"{leaf}"}}]}}"#
+    );
+    for k in (0..depth).rev() {
+        ty = format!(
+            r#"{{"type":"record","name":"T{k}","fields":[{{"name":"a","type":{ty}}},{{"name":"b","type":"T{}"}}]}}"#,
+            k + 1
+        );
+    }
+    Schema::parse(&ty).expect("valid")
+}
+
+#[test]
+fn a_type_used_along_exponentially_many_paths_is_checked_once_per_pair() {
+    // 2^40 paths: checked path by path, this would not finish.
+    let ints = doubling_chain(40, "int");
+    let longs = doubling_chain(40, "long");
+    let strings = doubling_chain(40, "string");
+    assert!(check(Level::FullTransitive, &ints, &[&ints, &ints]).is_empty());
+    assert!(check(Level::Backward, &longs, &[&ints]).is_empty());
+    let found = check(Level::Full, &strings, &[&ints]);
+    assert!(!found.is_empty());
+    // Each direction lists as many as a check may, all of the one real problem.
+    assert_eq!(found.len(), 2 * streams::avro::compat::MAX_REPORTED);
+    assert!(
+        found.iter().all(|v| v.problem.kind == Kind::TypeMismatch
+            && v.problem.location.ends_with("/fields/0/type"))
+    );
+    let first = &found[0].problem.location;
+    assert_eq!(
+        first,
+        &format!("{}/fields/0/type", "/fields/0/type".repeat(40))
+    );
+}

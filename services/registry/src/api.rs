@@ -1,11 +1,17 @@
 //! The Confluent Schema Registry REST API, served from the replicated state.
+//!
+//! Bodies are bounded ([`MAX_BODY_BYTES`]), and schemas are parsed and checked on tokio's
+//! blocking pool, so large schemas do not hold up the async workers that answer reads. At
+//! most one schema per core is parsed at a time; other requests carrying one wait with their
+//! bodies unread, so memory stays bounded however many arrive at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State as Extract};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State as Extract};
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +20,7 @@ use serde_json::{Value, json};
 use streams::avro::compat::{self, Level};
 use streams::avro::schema::Schema;
 use streams::registry::CONTENT_TYPE;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::log::Log;
@@ -26,9 +33,21 @@ pub struct App {
     pub state: Arc<RwLock<State>>,
     /// The log, for writes.
     pub log: Arc<Log>,
+    /// Permits to parse a schema, one per core.
+    pub parsing: Arc<Semaphore>,
 }
 
 impl App {
+    /// Everything the handlers share, with one parse permit per core.
+    pub fn new(state: Arc<RwLock<State>>, log: Arc<Log>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        App {
+            state,
+            log,
+            parsing: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Only the applier writes, and `State::apply` does not panic on any command.
         self.state
@@ -39,6 +58,11 @@ impl App {
 
 type Answer = Result<Response, ApiError>;
 type Params = Query<HashMap<String, String>>;
+
+/// The largest request body read, in bytes: twice what a schema can take in the log
+/// ([`crate::log::MAX_RECORD_BYTES`]), room for a pretty-printed one, and a bound on the
+/// parse work and memory one request can cost.
+pub const MAX_BODY_BYTES: usize = 2 * crate::log::MAX_RECORD_BYTES;
 
 /// The router of the whole API.
 pub fn router(app: App) -> Router {
@@ -93,6 +117,7 @@ pub fn router(app: App) -> Router {
         .route("/mode", get(get_mode).put(put_mode))
         .fallback(|uri: Uri| async move { ApiError::no_such_endpoint(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }
 
@@ -130,6 +155,27 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Resul
     })
 }
 
+/// The bytes of a body carrying a schema: one over [`MAX_BODY_BYTES`] is 42209.
+fn schema_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::schema_too_large(format!(
+                "the request body is larger than {MAX_BODY_BYTES} bytes"
+            ))
+        }
+        other => ApiError::bad_request(format!("The request body could not be read: {other}")),
+    })
+}
+
+/// Runs CPU-bound work (parsing or checking a schema) on the blocking pool.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::store(format!("the schema could not be processed: {e}")))?
+}
+
 #[derive(Deserialize)]
 struct SchemaBody {
     schema: Option<String>,
@@ -139,9 +185,20 @@ struct SchemaBody {
     references: Vec<Value>,
 }
 
-/// Parses a request body holding a schema. Unknown fields are accepted, as Confluent's newer
-/// clients send metadata and rule sets along.
-fn schema_from_body(body: &Bytes) -> Result<Schema, ApiError> {
+/// Reads and parses a request body holding a schema, on the blocking pool, once a parse permit
+/// is free. Unknown fields are accepted, as Confluent's newer clients send metadata and rule
+/// sets along.
+async fn schema_from_body(app: &App, request: Request) -> Result<Arc<Schema>, ApiError> {
+    let _permit = app
+        .parsing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::store("the registry is shutting down"))?;
+    let body = schema_bytes(Bytes::from_request(request, &()).await)?;
+    off_workers(move || parse_schema_body(&body).map(Arc::new)).await
+}
+
+fn parse_schema_body(body: &Bytes) -> Result<Schema, ApiError> {
     let body: SchemaBody = parse_body(body, "schema")?;
     if let Some(kind) = body.schema_type.as_deref()
         && !kind.eq_ignore_ascii_case("AVRO")
@@ -246,8 +303,12 @@ async fn referenced_by(
     Ok(json_response(&json!([])))
 }
 
-async fn register(Extract(app): Extract<App>, Path(subject): Path<String>, body: Bytes) -> Answer {
-    let schema = schema_from_body(&body)?;
+async fn register(
+    Extract(app): Extract<App>,
+    Path(subject): Path<String>,
+    request: Request,
+) -> Answer {
+    let schema = schema_from_body(&app, request).await?;
     {
         // Re-registering is a read: answer without a round trip through the log.
         let state = app.read();
@@ -255,23 +316,16 @@ async fn register(Extract(app): Extract<App>, Path(subject): Path<String>, body:
             return Ok(json_response(&json!({ "id": found.id })));
         }
     }
-    let answer = app
-        .log
-        .propose(Command::Register {
-            subject,
-            schema: schema.canonical().to_owned(),
-        })
-        .await?;
-    Ok(json_response(&answer))
+    Ok(json_response(&app.log.register(subject, schema).await?))
 }
 
 async fn lookup(
     Extract(app): Extract<App>,
     Path(subject): Path<String>,
     Query(params): Params,
-    body: Bytes,
+    request: Request,
 ) -> Answer {
-    let schema = schema_from_body(&body)?;
+    let schema = schema_from_body(&app, request).await?;
     let state = app.read();
     let deleted = flag(&params, "deleted");
     if !state.has_subject(&subject, deleted) {
@@ -368,65 +422,65 @@ async fn versions_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> A
     Ok(json_response(&json!(uses)))
 }
 
-fn compatibility_answer(
+/// Checks `schema` against `against` on the blocking pool; the state's lock is not held.
+async fn compatibility_answer(
     level: Level,
-    schema: &Schema,
-    against: &[(i32, Arc<Schema>)],
+    schema: Arc<Schema>,
+    against: Vec<(i32, Arc<Schema>)>,
     verbose: bool,
-) -> Response {
-    let refs: Vec<&Schema> = against.iter().map(|(_, s)| s.as_ref()).collect();
-    let versions: Vec<i32> = against.iter().map(|(v, _)| *v).collect();
-    let violations = compat::check(level, schema, &refs);
-    let mut answer = json!({ "is_compatible": violations.is_empty() });
-    if verbose {
-        answer["messages"] = json!(state::describe(&violations, &versions));
-    }
-    json_response(&answer)
+) -> Answer {
+    let answer = off_workers(move || {
+        let refs: Vec<&Schema> = against.iter().map(|(_, s)| s.as_ref()).collect();
+        let versions: Vec<i32> = against.iter().map(|(v, _)| *v).collect();
+        let violations = compat::check(level, &schema, &refs);
+        let mut answer = json!({ "is_compatible": violations.is_empty() });
+        if verbose {
+            answer["messages"] = json!(state::describe(&violations, &versions));
+        }
+        Ok(answer)
+    })
+    .await?;
+    Ok(json_response(&answer))
 }
 
 async fn compatible_with_one(
     Extract(app): Extract<App>,
     Path((subject, version)): Path<(String, String)>,
     Query(params): Params,
-    body: Bytes,
+    request: Request,
 ) -> Answer {
     let number = parse_version(&version)?;
-    let schema = schema_from_body(&body)?;
-    let state = app.read();
-    if !state.has_subject(&subject, false) {
-        return Err(ApiError::subject_not_found(&subject));
-    }
-    let found = state
-        .version(&subject, number, false)
-        .ok_or_else(|| ApiError::version_not_found(&subject, number))?;
-    let against: Vec<(i32, Arc<Schema>)> = state
-        .active_schemas(&subject)
-        .into_iter()
-        .filter(|(v, _)| *v == found.version)
-        .collect();
-    Ok(compatibility_answer(
-        state.level_of(&subject),
-        &schema,
-        &against,
-        flag(&params, "verbose"),
-    ))
+    let schema = schema_from_body(&app, request).await?;
+    let (level, against) = {
+        let state = app.read();
+        if !state.has_subject(&subject, false) {
+            return Err(ApiError::subject_not_found(&subject));
+        }
+        let found = state
+            .version(&subject, number, false)
+            .ok_or_else(|| ApiError::version_not_found(&subject, number))?;
+        let against: Vec<(i32, Arc<Schema>)> = state
+            .active_schemas(&subject)
+            .into_iter()
+            .filter(|(v, _)| *v == found.version)
+            .collect();
+        (state.level_of(&subject), against)
+    };
+    compatibility_answer(level, schema, against, flag(&params, "verbose")).await
 }
 
 async fn compatible_with_all(
     Extract(app): Extract<App>,
     Path(subject): Path<String>,
     Query(params): Params,
-    body: Bytes,
+    request: Request,
 ) -> Answer {
-    let schema = schema_from_body(&body)?;
-    let state = app.read();
-    let against = state.active_schemas(&subject);
-    Ok(compatibility_answer(
-        state.level_of(&subject),
-        &schema,
-        &against,
-        flag(&params, "verbose"),
-    ))
+    let schema = schema_from_body(&app, request).await?;
+    let (level, against) = {
+        let state = app.read();
+        (state.level_of(&subject), state.active_schemas(&subject))
+    };
+    compatibility_answer(level, schema, against, flag(&params, "verbose")).await
 }
 
 #[derive(Deserialize)]
@@ -508,7 +562,13 @@ async fn put_subject_config(
 }
 
 async fn delete_subject_config(Extract(app): Extract<App>, Path(subject): Path<String>) -> Answer {
-    if app.read().subject_level(&subject).is_none() && !app.read().has_subject(&subject, true) {
+    // One guard: taking the lock twice in one expression could wait behind the applier's
+    // write while holding the first read, which that write waits for.
+    let unknown = {
+        let state = app.read();
+        state.subject_level(&subject).is_none() && !state.has_subject(&subject, true)
+    };
+    if unknown {
         return Err(ApiError::subject_not_found(&subject));
     }
     let answer = app

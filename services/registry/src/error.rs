@@ -171,6 +171,15 @@ impl ApiError {
         )
     }
 
+    /// 42209, as Confluent's registry answers a schema its log cannot hold.
+    pub fn schema_too_large(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42209,
+            format!("Schema too large: {reason}"),
+        )
+    }
+
     /// 400 for bodies that are not JSON of the expected shape.
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, 400, reason)

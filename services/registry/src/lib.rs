@@ -231,10 +231,7 @@ pub async fn start(settings: Settings) -> Result<Running, Error> {
         addr: settings.listen,
         source,
     })?;
-    let app = api::router(api::App {
-        state,
-        log: Arc::new(log),
-    });
+    let app = api::router(api::App::new(state, Arc::new(log)));
     let mut stopped_http = stopped;
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

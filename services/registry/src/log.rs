@@ -4,17 +4,24 @@
 //! so the answer is exactly what every other instance computes for the same record. Delivery:
 //! a proposal is produced at least once (idempotent producer); applying is deterministic, so
 //! a command that reached the log is applied by every instance exactly once per replay.
+//!
+//! Records are applied on tokio's blocking pool: parsing and checking a large schema is CPU
+//! work, and on the async workers it would hold up every request, reads included. A record
+//! proposed here reuses the schema its HTTP handler parsed, and a schema known by its text is
+//! not parsed again, so neither a write nor a replay pays the parse twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use streams::avro::schema::Schema;
 use tokio::sync::{oneshot, watch};
 
 use crate::Error;
@@ -24,13 +31,28 @@ use crate::state::{Command, State};
 /// How long a proposer waits for the broker's ack and then for the record to come back.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest record the registry writes to its log, key and framing included: librdkafka's
+/// default `message.max.bytes`, set on the producer so that this check and the producer agree.
+/// Kafka's default topic limit (`max.message.bytes`, 1,048,588 bytes) is above it.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// What librdkafka adds to a record's key and payload when it sizes it against
+/// [`MAX_RECORD_BYTES`] (record batch and record headers, well under this).
+const RECORD_FRAMING_BYTES: usize = 1_024;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     request: String,
     command: Command,
 }
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, ApiError>>>>>;
+/// A proposer waiting for its record to come back, with the schema it already parsed.
+struct Waiter {
+    answer: oneshot::Sender<Result<Value, ApiError>>,
+    schema: Option<Arc<Schema>>,
+}
+
+type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
 
 /// The writing half: proposes commands and waits for their outcome.
 pub struct Log {
@@ -59,6 +81,7 @@ impl Log {
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
             .create()
             .map_err(|e| Error::kafka("creating the registry's producer", e))?;
         let consumer: StreamConsumer = ClientConfig::new()
@@ -96,9 +119,11 @@ impl Log {
                         Error::Timeout(format!("replaying {topic}: no record arrived for 30 s"))
                     })?
                     .map_err(|e| Error::kafka(format!("replaying {topic}"), e))?;
-                apply(&state, &waiters, message.payload(), message.offset());
+                let (payload, offset) = (message.payload().map(<[u8]>::to_vec), message.offset());
+                drop(message);
+                apply_off_workers(&state, &waiters, payload, offset).await;
                 applied += 1;
-                if message.offset() >= high - 1 {
+                if offset >= high - 1 {
                     break;
                 }
             }
@@ -122,19 +147,62 @@ impl Log {
     /// The command's own refusal (e.g. 409), or 50001/50002 when the log cannot be written
     /// or the record does not come back in time.
     pub async fn propose(&self, command: Command) -> Result<Value, ApiError> {
+        self.propose_with(command, None).await
+    }
+
+    /// Proposes registering `schema` under `subject`; the applier here uses this parse of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Log::propose`]; 42209 when the schema is too large for a record of the log.
+    pub async fn register(&self, subject: String, schema: Arc<Schema>) -> Result<Value, ApiError> {
+        let command = Command::Register {
+            subject,
+            schema: schema.canonical().to_owned(),
+        };
+        self.propose_with(command, Some(schema)).await
+    }
+
+    async fn propose_with(
+        &self,
+        command: Command,
+        schema: Option<Arc<Schema>>,
+    ) -> Result<Value, ApiError> {
         let request = uuid::Uuid::new_v4().to_string();
         let payload = serde_json::to_string(&Envelope {
             request: request.clone(),
             command,
         })
         .map_err(ApiError::store)?;
+        // Refused here with the reason, rather than by the producer as a store error.
+        let size = request.len() + payload.len();
+        if size + RECORD_FRAMING_BYTES > MAX_RECORD_BYTES {
+            return Err(ApiError::schema_too_large(format!(
+                "as a record of {} it takes {size} bytes, and the log holds records of at most {} bytes",
+                self.topic,
+                MAX_RECORD_BYTES - RECORD_FRAMING_BYTES
+            )));
+        }
         let (sender, receiver) = oneshot::channel();
-        lock(&self.waiters).insert(request.clone(), sender);
+        lock(&self.waiters).insert(
+            request.clone(),
+            Waiter {
+                answer: sender,
+                schema,
+            },
+        );
         let record = FutureRecord::to(&self.topic)
             .key(&request)
             .payload(&payload);
         if let Err((e, _)) = self.producer.send(record, PROPOSAL_TIMEOUT).await {
             lock(&self.waiters).remove(&request);
+            // A broker whose topic limit is below ours refuses the record itself.
+            if let KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) = e {
+                return Err(ApiError::schema_too_large(format!(
+                    "the broker refused its record in {} as too large",
+                    self.topic
+                )));
+            }
             return Err(ApiError::store(format!(
                 "cannot write to {}: {e}",
                 self.topic
@@ -167,7 +235,11 @@ async fn tail(
             // Bounded and asked again: a wake-up the async consumer misses must not stall writes.
             message = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => match message {
                 Err(_) => {}
-                Ok(Ok(message)) => apply(&state, &waiters, message.payload(), message.offset()),
+                Ok(Ok(message)) => {
+                    let (payload, offset) = (message.payload().map(<[u8]>::to_vec), message.offset());
+                    drop(message);
+                    apply_off_workers(&state, &waiters, payload, offset).await;
+                }
                 // librdkafka reconnects by itself; the error is worth a line, not a stop.
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "Reading the schema log failed; retrying");
@@ -180,6 +252,22 @@ async fn tail(
     lock(&waiters).clear();
 }
 
+/// Applies one record on the blocking pool (see the module's notes).
+async fn apply_off_workers(
+    state: &Arc<RwLock<State>>,
+    waiters: &Waiters,
+    payload: Option<Vec<u8>>,
+    offset: i64,
+) {
+    let (state, waiters) = (state.clone(), waiters.clone());
+    let applied =
+        tokio::task::spawn_blocking(move || apply(&state, &waiters, payload.as_deref(), offset));
+    if let Err(error) = applied.await {
+        // `apply` does not panic on any record; a failure here is the runtime shutting down.
+        tracing::error!(offset, %error, "Applying a record of the schema log did not finish");
+    }
+}
+
 fn apply(state: &RwLock<State>, waiters: &Waiters, payload: Option<&[u8]>, offset: i64) {
     let envelope: Envelope = match payload.map(serde_json::from_slice) {
         Some(Ok(envelope)) => envelope,
@@ -190,13 +278,21 @@ fn apply(state: &RwLock<State>, waiters: &Waiters, payload: Option<&[u8]>, offse
         }
         None => return,
     };
+    let waiter = lock(waiters).remove(&envelope.request);
+    let parsed = waiter.as_ref().and_then(|w| w.schema.clone());
+    // The costly part under the read lock, which readers share; the write lock only for the
+    // change. This applier is the only writer, so nothing changes in between.
+    let prepared = state
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .prepare(envelope.command, parsed);
     let outcome = state
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .apply(&envelope.command);
+        .commit(prepared);
     tracing::debug!(offset, request = %envelope.request, ok = outcome.is_ok(), "Applied a schema log record");
-    if let Some(waiter) = lock(waiters).remove(&envelope.request) {
-        let _ = waiter.send(outcome);
+    if let Some(waiter) = waiter {
+        let _ = waiter.answer.send(outcome);
     }
 }
 

@@ -5,6 +5,11 @@
 //! and the command (compatibility checks included), all instances that have read the same
 //! prefix of the log hold the same subjects, versions and ids, and a restart that replays the
 //! log serves the same ids as before.
+//!
+//! Applying is split in two so that readers are not held up by the costly part: [`State::prepare`]
+//! parses and checks a schema under a read lock, and [`State::commit`] makes the change under
+//! the write lock. The log's applier is the only writer and runs one record at a time, so the
+//! state a command was prepared against is still the state it is committed to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -118,6 +123,24 @@ impl SubjectState {
     }
 }
 
+/// A command whose costly part is done: its schema parsed and checked against the versions
+/// before it. Made by [`State::prepare`], applied by [`State::commit`] to the same state.
+#[derive(Debug)]
+pub struct Prepared(Step);
+
+#[derive(Debug)]
+enum Step {
+    /// The answer is known and the command changes nothing.
+    Answer(Result<Value, ApiError>),
+    /// Add a version holding this schema, which passed the compatibility check.
+    Register {
+        subject: String,
+        schema: Arc<Schema>,
+    },
+    /// A command with nothing costly to prepare.
+    Apply(Command),
+}
+
 /// Everything the registry knows.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -150,19 +173,59 @@ impl State {
     ///
     /// The registry error the proposer receives (the command then changes nothing).
     pub fn apply(&mut self, command: &Command) -> Result<Value, ApiError> {
+        let prepared = self.prepare(command.clone(), None);
+        self.commit(prepared)
+    }
+
+    /// Does the costly part of a command without changing anything: a registration's schema is
+    /// parsed (unless `parsed`, the proposer's own parse of the same text, or a schema already
+    /// known by this text is at hand) and checked against the subject's versions.
+    pub fn prepare(&self, command: Command, parsed: Option<Arc<Schema>>) -> Prepared {
+        let Command::Register {
+            subject,
+            schema: text,
+        } = command
+        else {
+            return Prepared(Step::Apply(command));
+        };
+        Prepared(
+            self.prepare_register(subject, &text, parsed)
+                .unwrap_or_else(|e| Step::Answer(Err(e))),
+        )
+    }
+
+    /// Applies a prepared command; the result is the HTTP answer for its proposer.
+    ///
+    /// # Errors
+    ///
+    /// The registry error the proposer receives (the command then changes nothing).
+    pub fn commit(&mut self, prepared: Prepared) -> Result<Value, ApiError> {
+        match prepared.0 {
+            Step::Answer(answer) => answer,
+            Step::Register { subject, schema } => Ok(self.add_version(&subject, schema)),
+            Step::Apply(command) => self.apply_cheap(command),
+        }
+    }
+
+    fn apply_cheap(&mut self, command: Command) -> Result<Value, ApiError> {
         match command {
-            Command::Register { subject, schema } => self.register(subject, schema),
+            // `prepare` keeps registrations for itself; were one handed here, it is prepared
+            // now rather than skipped.
+            register @ Command::Register { .. } => {
+                let prepared = self.prepare(register, None);
+                self.commit(prepared)
+            }
             Command::DeleteVersion {
                 subject,
                 version,
                 permanent,
-            } => self.delete_version(subject, *version, *permanent),
+            } => self.delete_version(&subject, version, permanent),
             Command::DeleteSubject { subject, permanent } => {
-                self.delete_subject(subject, *permanent)
+                self.delete_subject(&subject, permanent)
             }
-            Command::SetLevel { subject, level } => self.set_level(subject.as_deref(), *level),
+            Command::SetLevel { subject, level } => self.set_level(subject.as_deref(), level),
             Command::SetMode { mode } => {
-                self.mode = *mode;
+                self.mode = mode;
                 Ok(json!({ "mode": mode.as_str() }))
             }
         }
@@ -175,21 +238,46 @@ impl State {
         }
     }
 
-    fn register(&mut self, subject: &str, text: &str) -> Result<Value, ApiError> {
+    /// A new version to add, or the answer when the subject already holds the schema.
+    fn prepare_register(
+        &self,
+        subject: String,
+        text: &str,
+        parsed: Option<Arc<Schema>>,
+    ) -> Result<Step, ApiError> {
         self.writable()?;
-        let schema = Schema::parse(text).map_err(|e| ApiError::invalid_schema(&e))?;
-        if let Some(existing) = self.find_in_subject(subject, schema.canonical(), false) {
-            return Ok(json!({ "id": existing.id }));
+        // The log holds canonical texts, so a schema registered before (under any subject)
+        // is found by its text and not parsed again: a replay parses each schema once.
+        let known = parsed.filter(|s| s.canonical() == text).or_else(|| {
+            self.ids
+                .get(text)
+                .and_then(|id| self.schemas.get(id))
+                .map(|stored| stored.schema.clone())
+        });
+        let schema = match known {
+            Some(schema) => schema,
+            // Stored, not full, checks: a record the log holds was accepted when it was
+            // written, and must replay to the same ids (the HTTP API checks new ones in full).
+            None => Arc::new(Schema::parse_stored(text).map_err(|e| ApiError::invalid_schema(&e))?),
+        };
+        if let Some(existing) = self.find_in_subject(&subject, schema.canonical(), false) {
+            return Ok(Step::Answer(Ok(json!({ "id": existing.id }))));
         }
-        let level = self.level_of(subject);
-        let previous = self.active_schemas(subject);
+        let level = self.level_of(&subject);
+        let previous = self.active_schemas(&subject);
         let refs: Vec<&Schema> = previous.iter().map(|(_, s)| s.as_ref()).collect();
         let violations = compat::check(level, &schema, &refs);
         if !violations.is_empty() {
             let versions: Vec<i32> = previous.iter().map(|(v, _)| *v).collect();
             let details = describe(&violations, &versions);
-            return Err(ApiError::incompatible(subject, &details));
+            return Err(ApiError::incompatible(&subject, &details));
         }
+        Ok(Step::Register { subject, schema })
+    }
+
+    /// Adds a version of `subject` holding `schema`, under the schema's id (a new one for a
+    /// schema not known before).
+    fn add_version(&mut self, subject: &str, schema: Arc<Schema>) -> Value {
         let id = match self.ids.get(schema.canonical()) {
             Some(id) => *id,
             None => {
@@ -201,7 +289,7 @@ impl State {
                     id,
                     StoredSchema {
                         id,
-                        schema: Arc::new(schema),
+                        schema,
                         body: Bytes::from(body),
                         references: 0,
                     },
@@ -219,7 +307,7 @@ impl State {
             id,
             deleted: false,
         });
-        Ok(json!({ "id": id }))
+        json!({ "id": id })
     }
 
     fn delete_version(
@@ -316,6 +404,8 @@ impl State {
         subject: Option<&str>,
         level: Option<Level>,
     ) -> Result<Value, ApiError> {
+        // READONLY refuses every change but the mode itself, as Confluent's registry does.
+        self.writable()?;
         match (subject, level) {
             (None, Some(level)) => {
                 self.global_level = level;
@@ -537,6 +627,85 @@ mod tests {
             e.message
         );
         assert_eq!(state.versions("a", true).len(), 1);
+    }
+
+    #[test]
+    fn a_schema_known_by_its_text_or_parsed_by_the_proposer_is_not_parsed_again() {
+        let mut state = State::new(Level::Backward);
+        register(&mut state, "a", V1).expect("ok");
+        let stored = state.schema(1).expect("registered").schema.clone();
+        let again = state.prepare(
+            Command::Register {
+                subject: "b".into(),
+                schema: V1.into(),
+            },
+            None,
+        );
+        let Prepared(Step::Register { schema, .. }) = &again else {
+            panic!("a new version of b: {again:?}")
+        };
+        assert!(Arc::ptr_eq(schema, &stored), "parsed again");
+        let proposed = Arc::new(Schema::parse(V2).expect("valid"));
+        let prepared = state.prepare(
+            Command::Register {
+                subject: "a".into(),
+                schema: V2.into(),
+            },
+            Some(proposed.clone()),
+        );
+        let Prepared(Step::Register { schema, .. }) = &prepared else {
+            panic!("a new version of a: {prepared:?}")
+        };
+        assert!(Arc::ptr_eq(schema, &proposed), "parsed again");
+        assert_eq!(state.commit(prepared).expect("ok"), json!({"id": 2}));
+        // A parse handed over for another text is not used.
+        let other = state.prepare(
+            Command::Register {
+                subject: "c".into(),
+                schema: V2_NO_DEFAULT.into(),
+            },
+            Some(proposed.clone()),
+        );
+        let Prepared(Step::Register { schema, .. }) = &other else {
+            panic!("a new version of c: {other:?}")
+        };
+        assert_eq!(schema.canonical(), V2_NO_DEFAULT);
+    }
+
+    #[test]
+    fn a_logged_schema_that_later_checks_refuse_keeps_its_id_on_replay() {
+        // Accepted before field orders were checked; the log must replay to the same ids.
+        let old = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"sideways"}]}"#;
+        assert!(Schema::parse(old).is_err());
+        let mut state = State::new(Level::Backward);
+        assert_eq!(
+            register(&mut state, "old", old).expect("ok"),
+            json!({"id": 1})
+        );
+        assert_eq!(register(&mut state, "a", V1).expect("ok"), json!({"id": 2}));
+    }
+
+    #[test]
+    fn read_only_mode_refuses_config_changes_and_changes_nothing() {
+        let mut state = State::new(Level::Backward);
+        state
+            .apply(&Command::SetMode {
+                mode: Mode::Readonly,
+            })
+            .expect("ok");
+        for (subject, level) in [
+            (None, Some(Level::None)),
+            (None, None),
+            (Some("s".to_owned()), Some(Level::Full)),
+            (Some("s".to_owned()), None),
+        ] {
+            let e = state
+                .apply(&Command::SetLevel { subject, level })
+                .expect_err("read-only");
+            assert_eq!(e.code, 42205);
+        }
+        assert_eq!(state.global_level(), Level::Backward);
+        assert_eq!(state.subject_level("s"), None);
     }
 
     #[test]

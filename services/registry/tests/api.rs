@@ -645,3 +645,170 @@ async fn unknown_paths_and_methods_answer_in_the_error_shape() {
     assert_eq!(code(&h.call("PATCH", "/subjects", None).await), (405, 405));
     assert_eq!(h.call("GET", "/", None).await, (200, json!({})));
 }
+
+#[tokio::test]
+async fn read_only_mode_refuses_config_changes() {
+    let h = Harness::start().await;
+    h.call("PUT", "/config/s", Some(json!({"compatibility": "FULL"})))
+        .await;
+    h.call("PUT", "/mode", Some(json!({"mode": "READONLY"})))
+        .await;
+    let none = Some(json!({"compatibility": "NONE"}));
+    assert_eq!(
+        code(&h.call("PUT", "/config", none.clone()).await),
+        (422, 42205)
+    );
+    assert_eq!(
+        code(&h.call("PUT", "/config/s", none.clone()).await),
+        (422, 42205)
+    );
+    assert_eq!(code(&h.call("DELETE", "/config", None).await), (422, 42205));
+    assert_eq!(
+        code(&h.call("DELETE", "/config/s", None).await),
+        (422, 42205)
+    );
+    // Nothing changed, and the mode itself may still be changed back.
+    assert_eq!(
+        h.call("GET", "/config", None).await,
+        (200, json!({"compatibilityLevel": "BACKWARD"}))
+    );
+    assert_eq!(
+        h.call("GET", "/config/s", None).await,
+        (200, json!({"compatibilityLevel": "FULL"}))
+    );
+    h.call("PUT", "/mode", Some(json!({"mode": "READWRITE"})))
+        .await;
+    assert_eq!(h.call("PUT", "/config", none).await.0, 200);
+}
+
+/// A record of `fields` int fields named `f0`, `f1`, …: about 31 bytes of canonical text each.
+fn wide_record(fields: usize) -> String {
+    let fields: Vec<Value> = (0..fields)
+        .map(|i| json!({"name": format!("f{i}"), "type": "int"}))
+        .collect();
+    json!({"type": "record", "name": "User", "namespace": "t", "fields": fields}).to_string()
+}
+
+#[tokio::test]
+async fn a_schema_too_large_for_the_log_is_refused_with_42209_and_a_larger_body_unread() {
+    let h = Harness::start().await;
+    h.call("PUT", "/config", Some(json!({"compatibility": "NONE"})))
+        .await;
+    // Valid, and under the body limit, but too large for one record of `_schemas`.
+    let large = wide_record(36_000);
+    assert!(json!({ "schema": large }).to_string().len() < registry::api::MAX_BODY_BYTES);
+    assert!(large.len() > registry::log::MAX_RECORD_BYTES);
+    let (status, body) = h.register("s", &large).await;
+    assert_eq!((status, body["error_code"].as_i64()), (422, Some(42209)));
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most")),
+        "{body}"
+    );
+    // A body over the limit is refused before it is parsed.
+    let huge = wide_record(80_000);
+    assert!(huge.len() > registry::api::MAX_BODY_BYTES);
+    for path in [
+        "/subjects/s/versions",
+        "/subjects/s",
+        "/compatibility/subjects/s/versions",
+    ] {
+        let answer = h.call("POST", path, Some(json!({ "schema": huge }))).await;
+        assert_eq!(code(&answer), (422, 42209), "{path}");
+    }
+    // The registry goes on, and a schema that fits is registered.
+    let fits = wide_record(5_000);
+    assert_eq!(h.register("s", &fits).await, (200, json!({"id": 1})));
+    assert_eq!(h.call("GET", "/subjects", None).await, (200, json!(["s"])));
+}
+
+/// Sends one HTTP/1.1 request from a thread of its own over a plain socket, and returns once
+/// the whole request has been handed to the connection, with the response's status to come.
+async fn send_raw(addr: SocketAddr, path: &str, body: &str) -> tokio::sync::oneshot::Receiver<u16> {
+    use std::io::{Read, Write};
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (sent, is_sent) = tokio::sync::oneshot::channel();
+    let (status, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+        stream.write_all(request.as_bytes()).expect("request sent");
+        stream.flush().expect("flushed");
+        let _ = sent.send(());
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let _ = status.send(code);
+    });
+    is_sent.await.expect("the request was sent");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_answered_while_large_schemas_are_being_parsed_and_checked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let h = Harness::start().await;
+    assert_eq!(h.register("small", V1).await, (200, json!({"id": 1})));
+    let addr = h.registry.as_ref().expect("running").local_addr();
+    // Each takes the registry about a second of CPU to parse and check (in a debug build), and
+    // there are more of them than the runtime has workers: were they parsed on the workers,
+    // nothing else could be answered until some of them were done.
+    let body = json!({ "schema": wide_record(40_000) }).to_string();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut large = Vec::new();
+    for _ in 0..6 {
+        let answer = send_raw(addr, "/compatibility/subjects/small/versions", &body).await;
+        let finished = finished.clone();
+        large.push(tokio::spawn(async move {
+            let status = answer.await.expect("answered");
+            finished.fetch_add(1, Ordering::SeqCst);
+            status
+        }));
+    }
+    // Every large request is now with the registry.
+    let read = h.call("GET", "/schemas/ids/1", None).await;
+    let done_before_the_read = finished.load(Ordering::SeqCst);
+    assert_eq!(read, (200, json!({"schema": V1})));
+    assert_eq!(
+        done_before_the_read, 0,
+        "the read waited for large schemas to be parsed"
+    );
+    for request in large {
+        assert_eq!(request.await.expect("finished"), 200);
+    }
+}
+
+#[tokio::test]
+async fn schemas_the_parser_refuses_are_42201_with_the_location() {
+    let h = Harness::start().await;
+    for (schema, location) in [
+        (
+            r#"{"type":"record","name":"R","fields":[{"name":"self","type":"R"}]}"#,
+            "/fields/0/type",
+        ),
+        (r#"{"type":"enum","name":"E","symbols":[]}"#, "/symbols"),
+        (
+            r#"{"type":"bytes","logicalType":"decimal","precision":0}"#,
+            "/precision",
+        ),
+        (
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"up"}]}"#,
+            "/fields/0/order",
+        ),
+    ] {
+        let answer = h.register("s", schema).await;
+        assert_eq!(code(&answer), (422, 42201), "{schema}");
+        let message = answer.1["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("at {location}:")), "{message}");
+    }
+    assert_eq!(h.call("GET", "/subjects", None).await, (200, json!([])));
+}

@@ -6,14 +6,19 @@
 //! type names or aliases) and keeps going after the first problem, so a report lists every
 //! incompatibility with its location. Logical types resolve as their underlying types, as in
 //! Avro itself.
+//!
+//! Each pair of named types is compared once per check and its outcome reused wherever the
+//! pair recurs, so a schema that uses one type at many places (or, as an attack, a chain of
+//! records each using the next one twice, 2^depth paths) costs its size, not its paths. A check
+//! lists at most [`MAX_REPORTED`] problems per pair of types.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::avro::schema::{NamedKind, Schema, Type};
+use crate::avro::schema::{Field, NamedKind, Schema, Type};
 
 /// A compatibility level, as the Confluent registry names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -184,6 +189,11 @@ pub struct Violation {
     pub problem: Incompatibility,
 }
 
+/// The most problems listed for one pair of types (and so for one pair of schemas): enough for
+/// every real evolution, and a bound on what one check can cost when a type recurs along
+/// exponentially many paths. A list cut short still has problems, so the verdict is the same.
+pub const MAX_REPORTED: usize = 1_000;
+
 /// Checks whether `new` may follow `previous` (oldest first) at `level`, listing every problem.
 ///
 /// Non-transitive levels compare with the latest version only; transitive levels with all.
@@ -223,6 +233,7 @@ pub fn can_read(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
         reader,
         writer,
         in_progress: HashSet::new(),
+        done: HashMap::new(),
     };
     let mut location = String::new();
     checker.compare(reader.root(), writer.root(), &mut location)
@@ -234,9 +245,20 @@ struct Checker<'a> {
     /// Pairs of named types under comparison: meeting one again means a recursive type, which
     /// is compatible as far as this path goes (the pair's own check reports any problem).
     in_progress: HashSet<(usize, usize)>,
+    /// Pairs of named types already compared, with their problems' locations relative to the
+    /// pair's own. A pair met again anywhere has the same problems there. (A pair compared
+    /// while one of its enclosing pairs was in progress took that one as compatible; the
+    /// enclosing pair reports its own problems, so nothing is lost from the verdict.)
+    done: HashMap<(usize, usize), Vec<Incompatibility>>,
 }
 
-impl Checker<'_> {
+/// Cuts a list of problems to [`MAX_REPORTED`], keeping the first.
+fn bounded(mut problems: Vec<Incompatibility>) -> Vec<Incompatibility> {
+    problems.truncate(MAX_REPORTED);
+    problems
+}
+
+impl<'a> Checker<'a> {
     fn problem(&self, kind: Kind, location: &str, message: String) -> Incompatibility {
         Incompatibility {
             kind,
@@ -259,6 +281,9 @@ impl Checker<'_> {
             // Every branch the writer may have written must be readable.
             let mut problems = Vec::new();
             for (i, branch) in branches.iter().enumerate() {
+                if problems.len() >= MAX_REPORTED {
+                    break;
+                }
                 let mark = location.len();
                 location.push_str(&format!("/{i}"));
                 let found = self.compare(reader, branch, location);
@@ -281,7 +306,7 @@ impl Checker<'_> {
                 }
                 location.truncate(mark);
             }
-            return problems;
+            return bounded(problems);
         }
         if let Type::Union(branches) = reader {
             let counterpart = self.counterpart(reader, writer);
@@ -364,11 +389,51 @@ impl Checker<'_> {
     }
 
     fn compare_named(&mut self, r: usize, w: usize, location: &mut String) -> Vec<Incompatibility> {
+        if let Some(known) = self.done.get(&(r, w)) {
+            return known
+                .iter()
+                .map(|problem| Incompatibility {
+                    location: if location.is_empty() && problem.location.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        format!("{location}{}", problem.location)
+                    },
+                    ..problem.clone()
+                })
+                .collect();
+        }
         if !self.in_progress.insert((r, w)) {
             return Vec::new();
         }
-        let reader = self.reader.named(r);
-        let writer = self.writer.named(w);
+        let problems = bounded(self.compare_named_once(r, w, location));
+        self.in_progress.remove(&(r, w));
+        let relative = problems
+            .iter()
+            .map(|problem| Incompatibility {
+                location: match problem.location.strip_prefix(location.as_str()) {
+                    Some("/") if location.is_empty() => String::new(),
+                    Some(rest) => rest.to_owned(),
+                    // Every problem found under this pair lies under its location.
+                    None => problem.location.clone(),
+                },
+                ..problem.clone()
+            })
+            .collect();
+        self.done.insert((r, w), relative);
+        problems
+    }
+
+    fn compare_named_once(
+        &mut self,
+        r: usize,
+        w: usize,
+        location: &mut String,
+    ) -> Vec<Incompatibility> {
+        // Borrowed for the schemas' lifetime, not the checker's, so the fields need no copy
+        // while `compare` takes the checker mutably.
+        let (reader_schema, writer_schema): (&'a Schema, &'a Schema) = (self.reader, self.writer);
+        let reader = reader_schema.named(r);
+        let writer = writer_schema.named(w);
         let mut problems = Vec::new();
         let names_match = reader.reads_name_of(writer);
         let kinds_match = reader.same_kind(writer);
@@ -382,7 +447,6 @@ impl Checker<'_> {
                     self.writer.describe(&Type::Named(w))
                 ),
             ));
-            self.in_progress.remove(&(r, w));
             return problems;
         }
         if !names_match {
@@ -416,9 +480,11 @@ impl Checker<'_> {
                     ..
                 },
             ) => {
+                let reader_symbols: HashSet<&str> =
+                    reader_symbols.iter().map(String::as_str).collect();
                 let missing: Vec<&str> = writer_symbols
                     .iter()
-                    .filter(|s| !reader_symbols.contains(s))
+                    .filter(|s| !reader_symbols.contains(s.as_str()))
                     .map(String::as_str)
                     .collect();
                 if !missing.is_empty() && default.is_none() {
@@ -441,19 +507,30 @@ impl Checker<'_> {
                     fields: writer_fields,
                 },
             ) => {
-                let reader_fields = reader_fields.clone();
-                let writer_fields = writer_fields.clone();
+                // By name, so a record of many fields is not a scan per field.
+                let by_name: HashMap<&str, (usize, &Field)> = writer_fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.as_str(), (i, f)))
+                    .collect();
                 for (i, field) in reader_fields.iter().enumerate() {
+                    // Enough to list: the rest could not be listed, and the verdict stands.
+                    if problems.len() >= MAX_REPORTED {
+                        break;
+                    }
                     let mark = location.len();
                     location.push_str(&format!("/fields/{i}"));
-                    let counterpart = writer_fields
-                        .iter()
-                        .find(|wf| wf.name == field.name)
+                    // Failing the name, the writer's first field that one of the aliases names.
+                    let counterpart = by_name
+                        .get(field.name.as_str())
                         .or_else(|| {
-                            writer_fields
+                            field
+                                .aliases
                                 .iter()
-                                .find(|wf| field.aliases.contains(&wf.name))
-                        });
+                                .filter_map(|alias| by_name.get(alias.as_str()))
+                                .min_by_key(|(i, _)| *i)
+                        })
+                        .map(|(_, f)| *f);
                     match counterpart {
                         Some(wf) => {
                             location.push_str("/type");
@@ -474,7 +551,6 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        self.in_progress.remove(&(r, w));
         problems
     }
 }

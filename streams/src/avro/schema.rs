@@ -6,7 +6,7 @@
 //! (aliases, defaults, enum defaults) in one stable shape. Every schema accepted here is also
 //! parsed by `apache-avro`, so the codec can never be handed one it cannot use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -187,13 +187,20 @@ impl Schema {
     /// A [`SchemaError`] naming the location and the reason when the text is not JSON, not a
     /// valid Avro schema, or not accepted by `apache-avro`.
     pub fn parse(text: &str) -> Result<Schema, SchemaError> {
-        let json: Value = serde_json::from_str(text).map_err(|e| {
-            SchemaError::at(
-                &format!("line {}, column {}", e.line(), e.column()),
-                format!("not valid JSON: {}", json_reason(&e)),
-            )
-        })?;
-        Self::from_json(&json)
+        Self::from_json(&json_of(text)?)
+    }
+
+    /// As [`Schema::parse`], without the checks added once schemas were already stored: a
+    /// record that can never end, an enum without symbols, a decimal's precision and scale, a
+    /// field's `order`. A store that accepted a schema keeps reading it the same way (the
+    /// registry's log replays to the same ids); new schemas are checked in full with
+    /// [`Schema::parse`] where they arrive.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schema::parse`], less those checks.
+    pub fn parse_stored(text: &str) -> Result<Schema, SchemaError> {
+        Self::from_json_with(&json_of(text)?, Checks::Stored)
     }
 
     /// Validates a schema document that is already JSON.
@@ -202,8 +209,18 @@ impl Schema {
     ///
     /// As [`Schema::parse`].
     pub fn from_json(json: &Value) -> Result<Schema, SchemaError> {
-        let mut parser = Parser::default();
+        Self::from_json_with(json, Checks::All)
+    }
+
+    fn from_json_with(json: &Value, checks: Checks) -> Result<Schema, SchemaError> {
+        let mut parser = Parser {
+            checks,
+            ..Parser::default()
+        };
         let root = parser.parse_type(json, "", None)?;
+        if parser.checks == Checks::All {
+            parser.check_records_end()?;
+        }
         let canonical = json.to_string();
         // A second opinion: the codec uses apache-avro, so a schema it rejects is unusable
         // however valid it looks to us.
@@ -273,6 +290,15 @@ impl Schema {
     }
 }
 
+fn json_of(text: &str) -> Result<Value, SchemaError> {
+    serde_json::from_str(text).map_err(|e| {
+        SchemaError::at(
+            &format!("line {}, column {}", e.line(), e.column()),
+            format!("not valid JSON: {}", json_reason(&e)),
+        )
+    })
+}
+
 fn json_reason(e: &serde_json::Error) -> String {
     // serde_json appends " at line L column C"; the location already says that.
     let text = e.to_string();
@@ -282,10 +308,36 @@ fn json_reason(e: &serde_json::Error) -> String {
     }
 }
 
+/// Which checks a parse makes (see [`Schema::parse_stored`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Checks {
+    /// Every check: for schemas that arrive.
+    #[default]
+    All,
+    /// Those a stored schema already passed when it was stored.
+    Stored,
+}
+
 #[derive(Default)]
 struct Parser {
+    checks: Checks,
     named: Vec<Named>,
     by_name: HashMap<String, usize>,
+    /// Each record's location in the document, by its index in `named`, for errors found once
+    /// the whole schema is known.
+    record_at: HashMap<usize, String>,
+    /// Each enum's symbols as a set, by its index in `named`, so that defaults are checked
+    /// without a scan per value.
+    enum_symbols: HashMap<usize, HashSet<String>>,
+}
+
+/// What a field's type needs so that a value of it can be written in full.
+enum Needs {
+    /// Nothing: the type has a finite value of its own (a primitive, enum, fixed, array, map,
+    /// or a union with such a branch).
+    Nothing,
+    /// One of these records must have a finite value.
+    AnyOf(Vec<usize>),
 }
 
 impl Parser {
@@ -350,7 +402,7 @@ impl Parser {
             return Err(SchemaError::at(at, "a union needs at least one branch"));
         }
         let mut parsed = Vec::with_capacity(branches.len());
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::with_capacity(branches.len());
         for (i, branch) in branches.iter().enumerate() {
             let here = format!("{at}/{i}");
             let ty = self.parse_type(branch, &here, namespace)?;
@@ -374,7 +426,7 @@ impl Parser {
                     ),
                 ));
             }
-            seen.push(key);
+            seen.insert(key);
             parsed.push(ty);
         }
         Ok(Type::Union(parsed))
@@ -420,7 +472,13 @@ impl Parser {
                 Ok(Type::Map(Box::new(values)))
             }
             // Logical types annotate a primitive; resolution works on the primitive.
-            other => self.resolve(other, &type_at, namespace),
+            other => {
+                let ty = self.resolve(other, &type_at, namespace)?;
+                if ty == Type::Bytes && self.checks == Checks::All {
+                    check_decimal(object, at, None)?;
+                }
+                Ok(ty)
+            }
         }
     }
 
@@ -502,14 +560,16 @@ impl Parser {
             }
             None => return Err(SchemaError::at(at, "a record needs \"fields\"")),
         };
+        self.record_at.insert(index, at.to_owned());
         let mut fields: Vec<Field> = Vec::with_capacity(raw_fields.len());
+        let mut names: HashSet<&str> = HashSet::with_capacity(raw_fields.len());
         for (i, raw) in raw_fields.iter().enumerate() {
             let field_at = format!("{fields_at}/{i}");
             let Value::Object(raw) = raw else {
                 return Err(SchemaError::at(&field_at, "a field must be an object"));
             };
             let name = match raw.get("name") {
-                Some(Value::String(name)) => name.clone(),
+                Some(Value::String(name)) => name.as_str(),
                 Some(_) => {
                     return Err(SchemaError::at(
                         &format!("{field_at}/name"),
@@ -518,13 +578,15 @@ impl Parser {
                 }
                 None => return Err(SchemaError::at(&field_at, "a field needs a \"name\"")),
             };
-            check_simple_name(&name)
-                .map_err(|r| SchemaError::at(&format!("{field_at}/name"), r))?;
-            if fields.iter().any(|f| f.name == name) {
+            check_simple_name(name).map_err(|r| SchemaError::at(&format!("{field_at}/name"), r))?;
+            if !names.insert(name) {
                 return Err(SchemaError::at(
                     &format!("{field_at}/name"),
                     format!("the field '{name}' appears twice"),
                 ));
+            }
+            if self.checks == Checks::All {
+                check_order(raw, &field_at)?;
             }
             let raw_type = raw.get("type").ok_or_else(|| {
                 SchemaError::at(&field_at, format!("the field '{name}' needs a \"type\""))
@@ -536,7 +598,7 @@ impl Parser {
             }
             let aliases = parse_aliases(raw, &field_at, None, false)?;
             fields.push(Field {
-                name,
+                name: name.to_owned(),
                 aliases,
                 ty,
                 default,
@@ -559,14 +621,22 @@ impl Parser {
                 "an enum needs \"symbols\", an array of names",
             ));
         };
+        if raw.is_empty() && self.checks == Checks::All {
+            // A value of an enum is one of its symbols: with none, it could never be written.
+            return Err(SchemaError::at(
+                &symbols_at,
+                "an enum needs at least one symbol",
+            ));
+        }
         let mut symbols: Vec<String> = Vec::with_capacity(raw.len());
+        let mut set: HashSet<String> = HashSet::with_capacity(raw.len());
         for (i, symbol) in raw.iter().enumerate() {
             let here = format!("{symbols_at}/{i}");
             let Value::String(symbol) = symbol else {
                 return Err(SchemaError::at(&here, "an enum symbol must be a string"));
             };
             check_simple_name(symbol).map_err(|r| SchemaError::at(&here, r))?;
-            if symbols.contains(symbol) {
+            if !set.insert(symbol.clone()) {
                 return Err(SchemaError::at(
                     &here,
                     format!("the symbol {symbol} appears twice"),
@@ -576,7 +646,7 @@ impl Parser {
         }
         let default = match object.get("default") {
             None | Some(Value::Null) => None,
-            Some(Value::String(d)) if symbols.contains(d) => Some(d.clone()),
+            Some(Value::String(d)) if set.contains(d) => Some(d.clone()),
             Some(other) => {
                 return Err(SchemaError::at(
                     &format!("{at}/default"),
@@ -586,6 +656,7 @@ impl Parser {
         };
         let (index, _) =
             self.define(object, at, namespace, NamedKind::Enum { symbols, default })?;
+        self.enum_symbols.insert(index, set);
         Ok(Type::Named(index))
     }
 
@@ -605,6 +676,9 @@ impl Parser {
             }
             None => return Err(SchemaError::at(at, "a fixed type needs a \"size\"")),
         };
+        if self.checks == Checks::All {
+            check_decimal(object, at, Some(size))?;
+        }
         let (index, _) = self.define(object, at, namespace, NamedKind::Fixed { size })?;
         Ok(Type::Named(index))
     }
@@ -655,7 +729,9 @@ impl Parser {
                 })
             }
             (Type::Named(i), _) => match (&self.named[*i].kind, value) {
-                (NamedKind::Enum { symbols, .. }, Value::String(s)) if symbols.contains(s) => {
+                (NamedKind::Enum { .. }, Value::String(s))
+                    if self.enum_symbols.get(i).is_some_and(|set| set.contains(s)) =>
+                {
                     Ok(())
                 }
                 (NamedKind::Enum { .. }, _) => Err(bad("one of the enum's symbols")),
@@ -693,6 +769,189 @@ impl Parser {
             (Type::Map(_), _) => Err(bad("an object")),
         }
     }
+
+    /// What a value of `ty` needs from records before it can be written in full.
+    fn needs(&self, ty: &Type) -> Needs {
+        match ty {
+            Type::Named(i) if matches!(self.named[*i].kind, NamedKind::Record { .. }) => {
+                Needs::AnyOf(vec![*i])
+            }
+            Type::Union(branches) => {
+                let mut any = Vec::new();
+                for branch in branches {
+                    match self.needs(branch) {
+                        Needs::Nothing => return Needs::Nothing,
+                        Needs::AnyOf(records) => any.extend(records),
+                    }
+                }
+                Needs::AnyOf(any)
+            }
+            // Arrays and maps may be empty; primitives, enums and fixed are values themselves.
+            _ => Needs::Nothing,
+        }
+    }
+
+    /// Refuses a record that has no finite value: every value of it contains another value of
+    /// it, through fields with no null branch, array or map on the way (`{"name": "R",
+    /// "fields": [{"name": "next", "type": "R"}]}`). No writer could write one and a reader
+    /// would recurse until it ran out of input or stack.
+    ///
+    /// A record ends when each of its fields' types needs nothing or needs a record that ends
+    /// (for a union: any of its records). This is the least fixed point of those rules, found
+    /// in one pass over the fields with a count of unmet fields per record, so it is linear in
+    /// the schema's size whatever the shape of the recursion.
+    fn check_records_end(&self) -> Result<(), SchemaError> {
+        // For each record, how many of its fields still wait for a record that ends.
+        let mut waiting: HashMap<usize, usize> = HashMap::new();
+        // For each record, the (record, field) pairs that would be met once it ends.
+        let mut wakes: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+        let mut met: HashSet<(usize, usize)> = HashSet::new();
+        let mut ends: HashSet<usize> = HashSet::new();
+        let mut ready: Vec<usize> = Vec::new();
+        for (index, named) in self.named.iter().enumerate() {
+            let NamedKind::Record { fields } = &named.kind else {
+                continue;
+            };
+            let mut count = 0;
+            for (f, field) in fields.iter().enumerate() {
+                if let Needs::AnyOf(records) = self.needs(&field.ty) {
+                    count += 1;
+                    for record in records {
+                        wakes.entry(record).or_default().push((index, f));
+                    }
+                }
+            }
+            waiting.insert(index, count);
+            if count == 0 {
+                ends.insert(index);
+                ready.push(index);
+            }
+        }
+        while let Some(record) = ready.pop() {
+            for &(owner, field) in wakes.get(&record).into_iter().flatten() {
+                if !met.insert((owner, field)) {
+                    continue;
+                }
+                let left = waiting.entry(owner).or_default();
+                *left = left.saturating_sub(1);
+                if *left == 0 && ends.insert(owner) {
+                    ready.push(owner);
+                }
+            }
+        }
+        // The first record in the document that never ends, at its first field that waits.
+        let Some((index, NamedKind::Record { fields })) = self
+            .named
+            .iter()
+            .enumerate()
+            .map(|(i, named)| (i, &named.kind))
+            .find(|(i, _)| waiting.contains_key(i) && !ends.contains(i))
+        else {
+            return Ok(());
+        };
+        let record = &self.named[index];
+        let at = self.record_at.get(&index).map_or("", String::as_str);
+        // A record that does not end has a field that waits, so this always finds one.
+        let Some((f, field)) = fields.iter().enumerate().find(|(f, field)| {
+            !met.contains(&(index, *f)) && matches!(self.needs(&field.ty), Needs::AnyOf(_))
+        }) else {
+            return Err(SchemaError::at(
+                at,
+                format!("the record {} can never end", record.name),
+            ));
+        };
+        Err(SchemaError::at(
+            &format!("{at}/fields/{f}/type"),
+            format!(
+                "the record {} can never end: its field '{}' always holds another record, and such fields lead round in a circle; put a \"null\" branch, an array or a map on the way",
+                record.name, field.name
+            ),
+        ))
+    }
+}
+
+/// Refuses a field `order` other than the three Avro defines (it decides how records sort).
+fn check_order(field: &Map<String, Value>, at: &str) -> Result<(), SchemaError> {
+    match field.get("order") {
+        None => Ok(()),
+        Some(Value::String(order))
+            if matches!(order.as_str(), "ascending" | "descending" | "ignore") =>
+        {
+            Ok(())
+        }
+        Some(other) => Err(SchemaError::at(
+            &format!("{at}/order"),
+            format!(
+                "a field's order must be \"ascending\", \"descending\" or \"ignore\", not {}",
+                short(other)
+            ),
+        )),
+    }
+}
+
+/// Checks a decimal logical type on `bytes` (`size` is `None`) or on a fixed of `size` bytes,
+/// as Avro's Java library does: a precision of at least one digit, a scale from zero to the
+/// precision, and for a fixed, no more digits than its bytes can hold.
+fn check_decimal(
+    object: &Map<String, Value>,
+    at: &str,
+    size: Option<u64>,
+) -> Result<(), SchemaError> {
+    if object.get("logicalType").and_then(Value::as_str) != Some("decimal") {
+        return Ok(());
+    }
+    let precision = match object.get("precision") {
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|p| p >= 1) => n.as_u64().unwrap_or(1),
+        Some(other) => {
+            return Err(SchemaError::at(
+                &format!("{at}/precision"),
+                format!(
+                    "a decimal's precision must be a whole number of digits, at least 1, not {}",
+                    short(other)
+                ),
+            ));
+        }
+        None => return Err(SchemaError::at(at, "a decimal needs a \"precision\"")),
+    };
+    let scale = match object.get("scale") {
+        None => 0,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
+        Some(other) => {
+            return Err(SchemaError::at(
+                &format!("{at}/scale"),
+                format!(
+                    "a decimal's scale must be a whole number of digits, not {}",
+                    short(other)
+                ),
+            ));
+        }
+    };
+    if scale > precision {
+        return Err(SchemaError::at(
+            &format!("{at}/scale"),
+            format!("a decimal's scale ({scale}) may not exceed its precision ({precision})"),
+        ));
+    }
+    if let Some(size) = size {
+        // The largest number of decimal digits a signed two's-complement value of `size` bytes
+        // always holds: floor(log10(2^(8 size - 1) - 1)), computed as Avro's Java library does.
+        let bits = size.saturating_mul(8).saturating_sub(1);
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let digits = (bits as f64 * std::f64::consts::LOG10_2).floor() as u64;
+        if precision > digits {
+            return Err(SchemaError::at(
+                &format!("{at}/precision"),
+                format!(
+                    "a fixed of {size} bytes holds at most {digits} decimal digits, not a precision of {precision}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_aliases(
@@ -896,6 +1155,146 @@ mod tests {
                 .reason
                 .contains("not one of its symbols")
         );
+    }
+
+    #[test]
+    fn a_record_that_always_contains_itself_is_refused_where_it_recurses() {
+        let e = error(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"next","type":"R"}]}"#,
+        );
+        assert_eq!(e.location, "/fields/1/type");
+        assert!(
+            e.reason.contains("the record R can never end"),
+            "{}",
+            e.reason
+        );
+        // Through another record, and through a union with no branch that ends.
+        let e = error(
+            r#"{"type":"record","name":"A","fields":[{"name":"b","type":{"type":"record","name":"B","fields":[
+                {"name":"x","type":"string"},{"name":"a","type":["A"]}]}}]}"#,
+        );
+        assert_eq!(e.location, "/fields/0/type");
+        assert!(
+            e.reason.contains("the record A can never end"),
+            "{}",
+            e.reason
+        );
+        let e = error(
+            r#"["null",{"type":"record","name":"T","fields":[{"name":"left","type":"T"},{"name":"right","type":["T",
+                {"type":"record","name":"U","fields":[{"name":"t","type":"T"}]}]}]}]"#,
+        );
+        assert_eq!(e.location, "/1/fields/0/type");
+    }
+
+    #[test]
+    fn a_recursive_record_with_a_way_out_is_accepted() {
+        for text in [
+            r#"{"type":"record","name":"R","fields":[{"name":"next","type":["null","R"]}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"children","type":{"type":"array","items":"R"}}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"children","type":{"type":"map","values":"R"}}]}"#,
+            // B ends through its string branch, so A, which always holds a B, ends too.
+            r#"{"type":"record","name":"A","fields":[{"name":"b","type":{"type":"record","name":"B","fields":[
+                {"name":"a","type":["A","string"]}]}},{"name":"again","type":"B"}]}"#,
+        ] {
+            Schema::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_enum_without_symbols_is_refused() {
+        let e = error(
+            r#"{"type":"record","name":"R","fields":[{"name":"e","type":{"type":"enum","name":"E","symbols":[]}}]}"#,
+        );
+        assert_eq!(e.location, "/fields/0/type/symbols");
+        assert_eq!(e.reason, "an enum needs at least one symbol");
+    }
+
+    #[test]
+    fn a_decimal_needs_a_precision_of_at_least_one_and_a_scale_within_it() {
+        let decimal = |attrs: &str| {
+            format!(
+                r#"{{"type":"record","name":"R","fields":[{{"name":"d","type":{{"type":"bytes","logicalType":"decimal"{attrs}}}}}]}}"#
+            )
+        };
+        let e = error(&decimal(r#","precision":0"#));
+        assert_eq!(e.location, "/fields/0/type/precision");
+        assert!(e.reason.contains("at least 1"), "{}", e.reason);
+        let e = error(&decimal(r#","precision":4,"scale":5"#));
+        assert_eq!(e.location, "/fields/0/type/scale");
+        assert!(
+            e.reason.contains("may not exceed its precision"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(
+            error(&decimal(r#","precision":4,"scale":-1"#)).location,
+            "/fields/0/type/scale"
+        );
+        assert_eq!(error(&decimal("")).location, "/fields/0/type");
+        let e =
+            error(r#"{"type":"fixed","name":"F","size":2,"logicalType":"decimal","precision":5}"#);
+        assert_eq!(e.location, "/precision");
+        assert!(
+            e.reason.contains("at most 4 decimal digits"),
+            "{}",
+            e.reason
+        );
+        Schema::parse(&decimal(r#","precision":4,"scale":4"#)).expect("scale may equal precision");
+        Schema::parse(
+            r#"{"type":"fixed","name":"F","size":2,"logicalType":"decimal","precision":4}"#,
+        )
+        .expect("two bytes hold four digits");
+    }
+
+    #[test]
+    fn a_field_order_other_than_the_three_avro_defines_is_refused() {
+        let field = |order: &str| {
+            format!(
+                r#"{{"type":"record","name":"R","fields":[{{"name":"a","type":"int","order":{order}}}]}}"#
+            )
+        };
+        let e = error(&field(r#""sideways""#));
+        assert_eq!(e.location, "/fields/0/order");
+        assert!(
+            e.reason
+                .contains("\"ascending\", \"descending\" or \"ignore\""),
+            "{}",
+            e.reason
+        );
+        assert_eq!(error(&field("1")).location, "/fields/0/order");
+        for order in ["ascending", "descending", "ignore"] {
+            Schema::parse(&field(&format!("\"{order}\""))).expect("a valid order");
+        }
+    }
+
+    #[test]
+    fn a_stored_schema_is_read_without_the_checks_added_since() {
+        for text in [
+            r#"{"type":"record","name":"R","fields":[{"name":"next","type":"R"}]}"#,
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","order":"sideways"}]}"#,
+            r#"{"type":"bytes","logicalType":"decimal","precision":0}"#,
+        ] {
+            assert!(Schema::parse(text).is_err(), "{text}");
+            Schema::parse_stored(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_enum_default_in_a_large_array_default_is_checked_against_the_symbols() {
+        let symbols: Vec<String> = (0..2_000).map(|i| format!("S{i}")).collect();
+        let values: Vec<&String> = symbols.iter().rev().collect();
+        let schema = serde_json::json!({"type": "record", "name": "R", "fields": [
+            {"name": "e", "type": {"type": "array", "items": {"type": "enum", "name": "E", "symbols": symbols}},
+             "default": values}]});
+        Schema::from_json(&schema).expect("every default is a symbol");
+        let mut wrong = values.clone();
+        let unknown = "Nope".to_owned();
+        wrong[1_500] = &unknown;
+        let schema = serde_json::json!({"type": "record", "name": "R", "fields": [
+            {"name": "e", "type": {"type": "array", "items": {"type": "enum", "name": "E", "symbols": symbols}},
+             "default": wrong}]});
+        let e = Schema::from_json(&schema).expect_err("an unknown symbol");
+        assert_eq!(e.location, "/fields/0/default/1500");
     }
 
     #[test]
