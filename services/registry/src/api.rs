@@ -604,3 +604,44 @@ async fn put_mode(Extract(app): Extract<App>, body: Bytes) -> Answer {
         &app.log.propose(Command::SetMode { mode }).await?,
     ))
 }
+
+/// Fuzz targets (bolero) for the request bodies: under `cargo test` each runs for a second on
+/// random inputs; `cargo bolero test` runs one coverage-guided (README, "Fuzzing").
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Every body parser answers a value or a 4xx, whatever the bytes.
+    fn refused_with_a_4xx<T>(result: Result<T, ApiError>) {
+        if let Err(error) = result {
+            assert!(
+                (400..500).contains(&error.status),
+                "{} {}: {}",
+                error.status,
+                error.code,
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn request_bodies_are_read_or_refused_with_a_4xx() {
+        bolero::check!().for_each(|body: &[u8]| {
+            let body = Bytes::copy_from_slice(body);
+            refused_with_a_4xx(parse_schema_body(&body));
+            refused_with_a_4xx(level_from_body(&body));
+            refused_with_a_4xx(parse_body::<ModeBody>(&body, "mode"));
+        });
+    }
+
+    #[test]
+    fn any_schema_text_in_a_well_formed_body_is_parsed_or_refused_with_a_4xx() {
+        bolero::check!().for_each(|text: &[u8]| {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "schema": String::from_utf8_lossy(text),
+            }))
+            .expect("JSON");
+            refused_with_a_4xx(parse_schema_body(&Bytes::from(body)));
+        });
+    }
+}
