@@ -349,14 +349,21 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         .call(get.clone(), "/v1/bookings", Some("garbage"), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "malformed");
-    let forged = token::Signer::random(Duration::from_secs(60))
+    // Signed by a key auth does not publish: the gateway fetches auth's keys again, and refuses.
+    let forged = token::Issuer::random(Duration::from_secs(60))
+        .expect("key")
         .issue(&ana, token::now())
+        .expect("token")
         .0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&forged), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "signature");
-    let expired = system.tokens.issue(&ana, token::now() - 7_200).0;
+    let expired = system
+        .tokens
+        .issue(&ana, token::now() - 7_200)
+        .expect("token")
+        .0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&expired), None)
         .await;
