@@ -382,6 +382,37 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         StatusCode::UNAUTHORIZED,
         "wrong email or password",
     );
+    // Ten failures for one email, then auth throttles it; the gateway passes the 429 on with
+    // its Retry-After.
+    for i in 1..=10 {
+        let (status, _) = client
+            .call(
+                reqwest::Method::POST,
+                "/v1/sessions",
+                None,
+                Some(json!({"email": "bo@example.com", "password": format!("wrong password {i}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let throttled = client
+        .http
+        .post(format!("{}/v1/sessions", client.base))
+        .json(&json!({"email": "bo@example.com", "password": "correct horse 42"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        throttled
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s >= 1),
+        "{:?}",
+        throttled.headers()
+    );
 
     assert!(system.consistency().expect("consistency").holds());
     system.stop().await.expect("stops");
