@@ -96,9 +96,9 @@ impl Hashing {
             self.inner.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Busy);
         };
-        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting::new(&self.inner.queued);
         let place = Arc::clone(&self.inner.running).acquire_owned().await;
-        self.inner.queued.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         // The semaphore is never closed.
         let Ok(place) = place else {
             return Err(Busy);
@@ -138,8 +138,81 @@ impl Hashing {
     }
 }
 
+/// Counts one job waiting while it lives, so that a request given up while it waits (the
+/// client went away) is not counted as waiting forever.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(queued: &'a AtomicUsize) -> Self {
+        queued.fetch_add(1, Ordering::SeqCst);
+        Waiting(queued)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Default for Hashing {
     fn default() -> Self {
         Hashing::new(Limits::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    async fn until(hashing: &Hashing, done: impl Fn(Stats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(hashing.stats()) {
+            assert!(Instant::now() < deadline, "{:?}", hashing.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_given_up_while_it_waits_frees_its_place_in_the_queue() {
+        let hashing = Hashing::new(Limits {
+            running: 1,
+            queued: 1,
+        });
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let held = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.run(move || released.recv()).await }
+        });
+        until(&hashing, |s| s.running == 1).await;
+        let given_up = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.run(|| ()).await }
+        });
+        until(&hashing, |s| s.queued == 1).await;
+        assert_eq!(hashing.run(|| ()).await, Err(Busy), "the queue is full");
+        given_up.abort();
+        assert!(given_up.await.is_err(), "aborted");
+        assert_eq!(hashing.stats().queued, 0);
+        let next = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.run(|| 7).await }
+        });
+        until(&hashing, |s| s.queued == 1).await;
+        release.send(()).expect("the held job waits");
+        assert!(held.await.expect("joined").expect("ran").is_ok());
+        assert_eq!(
+            next.await.expect("joined"),
+            Ok(7),
+            "its place went to the next job"
+        );
+        let stats = hashing.stats();
+        assert_eq!(
+            (stats.runs, stats.peak, stats.refused),
+            (2, 1, 1),
+            "{stats:?}"
+        );
     }
 }
