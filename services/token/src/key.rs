@@ -327,6 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn a_key_openssl_wrote_is_read_and_published_with_its_public_half() {
+        // `openssl genpkey -algorithm ed25519`; the public half from `openssl pkey -pubout`.
+        // A key made for this test only.
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEIDy55rS/3TIaEPfeGiOI2HARqmP5T1dkesFujzW1Or7i\n\
+                   -----END PRIVATE KEY-----\n";
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("ops-2026.pem"), pem).expect("written");
+        let ring = KeyRing::from_dir(dir.path()).expect("read");
+        let jwks = serde_json::to_value(ring.jwks()).expect("json");
+        assert_eq!(
+            jwks,
+            serde_json::json!({"keys": [{
+                "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": "ops-2026",
+                "x": "W1cZ00DIOzQlHzLPEdBMxx6nr1EvUChSxhhp3aMIo5A"
+            }]})
+        );
+    }
+
+    #[test]
     fn a_file_that_is_no_key_is_refused_with_its_name() {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("k1.pem"), "not a key").expect("written");
