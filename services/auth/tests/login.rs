@@ -397,6 +397,28 @@ async fn tokens_are_jwts_checked_with_the_published_keys_across_a_key_rotation()
         Err(TokenError::Forged),
         "a retired key's tokens fail"
     );
-    assert_eq!(fresh.verify(&new, token::now()).await, Ok(user));
-    harness.stop().await;
+    assert_eq!(fresh.verify(&new, token::now()).await, Ok(user.clone()));
+
+    // With auth gone, the keys already fetched still check tokens; one naming another key
+    // cannot be checked, which is not the same as forged.
+    let Harness { auth, registry, .. } = harness;
+    auth.stop().await.expect("auth stops");
+    assert_eq!(
+        fresh.verify(&new, token::now()).await,
+        Ok(user),
+        "cached keys"
+    );
+    let stranger = Issuer::random(Duration::from_secs(60))
+        .expect("key")
+        .issue("u", token::now())
+        .expect("token")
+        .0;
+    assert!(
+        matches!(
+            fresh.verify(&stranger, token::now()).await,
+            Err(TokenError::Unavailable(_))
+        ),
+        "an unknown key while auth is away"
+    );
+    registry.stop().await.expect("registry stops");
 }

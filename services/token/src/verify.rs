@@ -147,7 +147,8 @@ impl Verifier {
         if fresh && known.is_some() {
             return Ok(known);
         }
-        let fetched = self.fetch_after(generation).await;
+        // A known key serves while another caller refreshes a stale set; an unknown one waits.
+        let fetched = self.fetch_after(generation, known.is_none()).await;
         match (self.cache().keys.get(kid).cloned(), fetched) {
             (Some(key), _) => Ok(Some(key)),
             (None, Err(e)) => Err(e),
@@ -155,12 +156,20 @@ impl Verifier {
         }
     }
 
-    /// Fetches the key set unless a fetch happened since the caller saw `generation`.
-    async fn fetch_after(&self, generation: u64) -> Result<(), TokenError> {
+    /// Fetches the key set unless a fetch happened since the caller saw `generation`, or, when
+    /// the caller need not `wait`, one is under way.
+    async fn fetch_after(&self, generation: u64, wait: bool) -> Result<(), TokenError> {
         let Source::Url { url, http } = &self.inner.source else {
             return Ok(());
         };
-        let _one = self.inner.fetching.lock().await;
+        let _one = if wait {
+            self.inner.fetching.lock().await
+        } else {
+            match self.inner.fetching.try_lock() {
+                Ok(one) => one,
+                Err(_) => return Ok(()),
+            }
+        };
         let tried_at = {
             let cache = self.cache();
             if cache.generation != generation {
