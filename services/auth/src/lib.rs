@@ -1,18 +1,26 @@
 //! The auth service: sign-up and login over HTTP. Passwords are hashed with argon2 in the
-//! service's own store; login answers a signed, expiring token (see [`token`]); a sign-up
-//! publishes `UserRegistered` on `users` through the store's outbox, so the event is never lost
-//! and never sent for a user that was not stored.
+//! service's own store, through a gate that bounds how many hashes run (see [`hashing`]); failed
+//! logins are throttled per email and per client (see [`throttle`]); login answers a JWT signed
+//! with auth's newest key, whose public halves it serves at `/.well-known/jwks.json` (see
+//! [`token`]); a sign-up publishes `UserRegistered` on `users` through the store's outbox, so
+//! the event is never lost and never sent for a user that was not stored.
+
+pub mod client;
+pub mod hashing;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, PasswordHash};
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Router, response::IntoResponse};
 use events::{UserRegistered, topics};
 use serde::{Deserialize, Serialize};
 use streams::kafka::headers::Metadata;
@@ -20,7 +28,9 @@ use streams::kafka::producer::{self, Producer};
 use streams::store::{Effects, Store};
 use web::{ApiError, Json};
 
-pub use token::Signer;
+pub use client::Proxy;
+pub use hashing::Hashing;
+pub use token::Issuer;
 
 /// A `Result` whose error defaults to the auth service's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,6 +46,9 @@ pub enum Error {
     /// The HTTP server could not start, or failed.
     #[error(transparent)]
     Http(#[from] web::ServeError),
+    /// The hash unknown emails are checked against cannot be made.
+    #[error("cannot hash the stand-in password for unknown emails: {0}")]
+    Hashing(String),
 }
 
 impl Error {
@@ -44,6 +57,7 @@ impl Error {
         match self {
             Error::Runtime(e) => e.is_retriable(),
             Error::Http(e) => e.is_retriable(),
+            Error::Hashing(_) => false,
         }
     }
 }
@@ -58,14 +72,69 @@ pub struct Settings {
     pub service: streams::service::Settings,
     /// Where to listen (port 0: any free port).
     pub listen: SocketAddr,
-    /// The token key, shared with the gateway.
-    pub tokens: Signer,
+    /// Signs tokens and publishes the public keys.
+    pub tokens: Issuer,
+    /// The gate every password hash goes through (shared with whoever clones it).
+    pub hashing: Hashing,
+    /// Failed logins allowed per email and per client address.
+    pub throttle: throttle::Limits,
+    /// Peers whose `X-Forwarded-For` names the client (the gateway); for anyone else the peer
+    /// is the client.
+    pub trusted_proxies: Vec<Proxy>,
+}
+
+impl Settings {
+    /// Settings with the default hashing gate, throttling and trusted proxies (loopback).
+    pub fn new(service: streams::service::Settings, listen: SocketAddr, tokens: Issuer) -> Self {
+        Settings {
+            service,
+            listen,
+            tokens,
+            hashing: Hashing::default(),
+            throttle: throttle::Limits::default(),
+            trusted_proxies: Proxy::loopback(),
+        }
+    }
+}
+
+/// The trusted-proxy flag of auth (`tripstream run auth` and its own binary).
+#[derive(Debug, Clone, clap::Args)]
+// No argument group: commands that flatten these flags have their own `Args` group.
+#[group(skip)]
+pub struct ProxyArgs {
+    /// A peer (address or network, `10.0.0.0/8`) whose X-Forwarded-For names the client, for
+    /// login throttling per client; repeat for more. Others are throttled by their own address
+    /// [default: 127.0.0.1 and ::1].
+    #[arg(
+        long = "trusted-proxy",
+        env = "TRIPSTREAM_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Proxy>,
+}
+
+impl ProxyArgs {
+    /// The proxies given, or loopback when none is.
+    pub fn proxies(&self) -> Vec<Proxy> {
+        if self.trusted_proxies.is_empty() {
+            Proxy::loopback()
+        } else {
+            self.trusted_proxies.clone()
+        }
+    }
 }
 
 struct Auth {
     store: Store,
     codec: streams::codec::Codec,
-    tokens: Signer,
+    tokens: Issuer,
+    hashing: Hashing,
+    /// The hash an unknown email's login is checked against, so that it costs what a known
+    /// one does and its answer time tells nothing.
+    dummy_hash: String,
+    by_email: throttle::Throttle,
+    by_address: throttle::Throttle,
+    trusted_proxies: Vec<Proxy>,
     /// Sign-ups one at a time: the email check and the insert must not interleave.
     signing_up: tokio::sync::Mutex<()>,
 }
@@ -117,15 +186,28 @@ pub async fn start(settings: Settings) -> Result<Running> {
         None,
         relay_stopped,
     ));
+    let dummy_hash = settings
+        .hashing
+        .run(|| hash(&uuid::Uuid::new_v4().to_string()))
+        .await
+        .map_err(|e| Error::Hashing(e.to_string()))?
+        .map_err(Error::Hashing)?;
+    let limits = settings.throttle;
     let auth = Arc::new(Auth {
         store,
         codec,
         tokens: settings.tokens,
+        hashing: settings.hashing,
+        dummy_hash,
+        by_email: throttle::Throttle::new(limits.per_email, limits.window, throttle::CAPACITY),
+        by_address: throttle::Throttle::new(limits.per_address, limits.window, throttle::CAPACITY),
+        trusted_proxies: settings.trusted_proxies,
         signing_up: tokio::sync::Mutex::new(()),
     });
     let router = Router::new()
         .route("/v1/users", post(sign_up))
         .route("/v1/sessions", post(log_in))
+        .route(token::JWKS_PATH, get(jwks))
         .route("/health", get(|| async { "ok" }))
         .fallback(web::not_found)
         .layer(web::body_limit())
@@ -177,8 +259,84 @@ struct UserView {
     display_name: String,
 }
 
+/// A refusal: the one JSON error shape, with `Retry-After` when waiting helps (429, 503).
+#[derive(Debug)]
+struct Refusal {
+    error: ApiError,
+    retry_after: Option<Duration>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<hashing::Busy> for Refusal {
+    fn from(busy: hashing::Busy) -> Self {
+        Refusal {
+            error: ApiError::unavailable(busy.to_string()),
+            retry_after: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: a client retrying at once would be refused again.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
+    }
+}
+
+/// 429 for `wait` more.
+fn throttled(wait: Duration) -> Refusal {
+    Refusal {
+        error: ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many failed logins; wait before trying again",
+        ),
+        retry_after: Some(wait),
+    }
+}
+
+/// Characters that make text read otherwise than it is stored: control characters and the
+/// bidirectional overrides, embeddings, isolates and marks (Trojan Source, CVE-2021-42574).
+fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// 400 naming `field` when `text` holds a [deceptive](is_deceptive) character.
+fn refuse_deceptive(field: &str, text: &str) -> Result<(), ApiError> {
+    match text.chars().find(|c| is_deceptive(*c)) {
+        Some(c) => Err(ApiError::invalid(
+            field,
+            format!(
+                "must not contain control characters or bidirectional overrides (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Checks an email address's shape (the rest is the mail system's business).
 fn check_email(email: &str) -> Result<String, ApiError> {
+    refuse_deceptive("email", email)?;
     let email = email.trim().to_ascii_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -217,9 +375,10 @@ fn check_password(password: &str) -> Result<(), ApiError> {
 }
 
 fn check_name(name: &str) -> Result<String, ApiError> {
+    refuse_deceptive("display_name", name)?;
     let name = name.trim();
     let length = name.chars().count();
-    if length == 0 || length > 100 || name.chars().any(char::is_control) {
+    if length == 0 || length > 100 {
         return Err(ApiError::invalid(
             "display_name",
             "must be 1 to 100 characters, without control characters",
@@ -228,26 +387,38 @@ fn check_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// An argon2 hash of `password` with a fresh salt (slow: run it through [`Hashing`]).
+fn hash(password: &str) -> Result<String, String> {
+    let salt =
+        SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches `hash` (slow: run it through [`Hashing`]).
+fn matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
 async fn sign_up(
     State(auth): State<Arc<Auth>>,
     Json(request): Json<SignUp>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<impl IntoResponse, Refusal> {
     let email = check_email(&request.email)?;
     check_password(&request.password)?;
     let display_name = check_name(&request.display_name)?;
     let password = request.password;
-    // Hashing is deliberately slow: off the async workers.
-    let password_hash = tokio::task::spawn_blocking(move || {
-        let salt =
-            SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(|e| e.to_string())?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let password_hash = auth
+        .hashing
+        .run(move || hash(&password))
+        .await?
+        .map_err(ApiError::internal)?;
 
     let _one_at_a_time = auth.signing_up.lock().await;
     let email_key = format!("email/{email}");
@@ -261,7 +432,8 @@ async fn sign_up(
             StatusCode::CONFLICT,
             "conflict",
             format!("email: {email} is already registered"),
-        ));
+        )
+        .into());
     }
     let user = User {
         user_id: uuid::Uuid::new_v4().to_string(),
@@ -324,42 +496,51 @@ struct Session {
 
 async fn log_in(
     State(auth): State<Arc<Auth>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<LogIn>,
-) -> Result<impl IntoResponse, ApiError> {
-    // One answer for an unknown email and a wrong password: no hint which it was.
-    let refused = || ApiError::unauthorized("wrong email or password");
-    let email = request.email.trim().to_ascii_lowercase();
-    let Some(user_id) = auth
+) -> Result<impl IntoResponse, Refusal> {
+    let email = check_email(&request.email)?;
+    let address = client::address(peer, &headers, &auth.trusted_proxies).to_string();
+    let now = Instant::now();
+    // Before any hash: a throttled guesser costs no argon2.
+    auth.by_email.check(&email, now).map_err(throttled)?;
+    auth.by_address.check(&address, now).map_err(throttled)?;
+    let user = match auth
         .store
         .get(format!("email/{email}").as_bytes())
         .map_err(ApiError::internal)?
-    else {
-        return Err(refused());
+    {
+        None => None,
+        Some(user_id) => Some(
+            auth.store
+                .get(&[b"user/".as_slice(), &user_id].concat())
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::internal("a user's email has no user"))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<User>(&bytes).map_err(|e| {
+                        ApiError::internal(format!("a stored user is unreadable: {e}"))
+                    })
+                })?,
+        ),
     };
-    let user: User = auth
-        .store
-        .get(&[b"user/".as_slice(), &user_id].concat())
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal("a user's email has no user"))
-        .and_then(|bytes| {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::internal(format!("a stored user is unreadable: {e}")))
-        })?;
-    let hash = user.password_hash.clone();
+    // An unknown email is checked against the stand-in hash: the same work, the same time.
+    let hash = user
+        .as_ref()
+        .map_or_else(|| auth.dummy_hash.clone(), |u| u.password_hash.clone());
     let password = request.password;
-    let matches = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    if !matches {
-        return Err(refused());
-    }
-    let (token, expires_at) = auth.tokens.issue(&user.user_id, token::now());
+    let matched = auth.hashing.run(move || matches(&password, &hash)).await?;
+    let Some(user) = user.filter(|_| matched) else {
+        auth.by_email.failed(&email, now);
+        auth.by_address.failed(&address, now);
+        // One answer for an unknown email and a wrong password: no hint which it was.
+        return Err(ApiError::unauthorized("wrong email or password").into());
+    };
+    auth.by_email.forget(&email);
+    let (token, expires_at) = auth
+        .tokens
+        .issue(&user.user_id, token::now())
+        .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(Session {
@@ -369,4 +550,13 @@ async fn log_in(
             user_id: user.user_id,
         }),
     ))
+}
+
+/// The public keys tokens are checked with (RFC 7517), every key that may have signed a token
+/// still alive.
+async fn jwks(State(auth): State<Arc<Auth>>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(auth.tokens.jwks()),
+    )
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The auth service: sign-up, login, signed expiring tokens.
+/// The auth service: sign-up, login, signed expiring tokens (JWT).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -17,17 +17,16 @@ struct Cli {
     listen: SocketAddr,
     #[command(flatten)]
     token: token::TokenArgs,
+    #[command(flatten)]
+    proxies: auth::ProxyArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streams::service::main_with(&cli.service, "auth", |service| async move {
-        let tokens = cli.token.signer(Path::new("."))?;
-        let settings = auth::Settings {
-            service,
-            listen: cli.listen,
-            tokens,
-        };
+        let mut settings =
+            auth::Settings::new(service, cli.listen, cli.token.issuer(Path::new("."))?);
+        settings.trusted_proxies = cli.proxies.proxies();
         auth::run(settings, streams::service::interrupted()).await?;
         anyhow::Ok(())
     })

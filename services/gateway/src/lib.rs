@@ -2,8 +2,9 @@
 //!
 //! Reads (booking status, catalog) come from views the gateway builds from the log in its own
 //! store (see [`view`]); a booking is a `BookingRequested` event, answered 202 at once. Sign-up
-//! and login are forwarded to the auth service; every other request needs a bearer token, which
-//! the gateway checks itself with the key it shares with auth. Every error has one shape:
+//! and login are forwarded to the auth service; every other request needs a bearer token (a JWT
+//! auth signed), which the gateway checks itself with the public keys auth publishes at
+//! `/.well-known/jwks.json`: it holds no key that could mint one. Every error has one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 pub mod error;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use streams::kafka::headers::Metadata;
 use streams::kafka::producer::Producer;
 use streams::store::Store;
-use token::{Signer, TokenError};
+use token::{TokenError, Verifier};
 use view::BookingView;
 use web::{ApiError, Json, Query};
 
@@ -62,7 +63,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr
 // No argument group: commands that flatten these flags have their own `Args` group.
 #[group(skip)]
 pub struct AuthUrl {
-    /// The auth service, for the gateway.
+    /// The auth service, for the gateway: sign-up and login are forwarded there, and tokens
+    /// are checked with the public keys at <URL>/.well-known/jwks.json.
     #[arg(long, env = "TRIPSTREAM_AUTH", default_value = "http://127.0.0.1:8082")]
     pub auth_url: String,
 }
@@ -74,16 +76,15 @@ pub struct Settings {
     pub service: streams::service::Settings,
     /// Where to listen (port 0: any free port).
     pub listen: SocketAddr,
-    /// The auth service's base URL.
+    /// The auth service's base URL: sign-up and login go there, and the token keys come from
+    /// its `/.well-known/jwks.json`.
     pub auth_url: String,
-    /// The token key, shared with auth.
-    pub tokens: Signer,
 }
 
 struct Gateway {
     store: Store,
     producer: Producer,
-    tokens: Signer,
+    tokens: Verifier,
     auth_url: String,
     http: reqwest::Client,
     /// Bookings accepted but not yet in the view, so that a client polling right after its 202
@@ -147,11 +148,12 @@ pub async fn start(settings: Settings) -> Result<Running> {
         })
         .await
     });
+    let auth_url = settings.auth_url.trim_end_matches('/').to_owned();
     let gateway = Arc::new(Gateway {
         store,
         producer,
-        tokens: settings.tokens,
-        auth_url: settings.auth_url.trim_end_matches('/').to_owned(),
+        tokens: Verifier::new(format!("{auth_url}{}", token::JWKS_PATH), http.clone()),
+        auth_url,
         http,
         accepted: Mutex::new(HashMap::new()),
     });
@@ -218,20 +220,23 @@ impl FromRequestParts<Arc<Gateway>> for User {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be Bearer <token>")
             })?;
-        match gateway.tokens.verify(token.trim(), token::now()) {
+        match gateway.tokens.verify(token.trim(), token::now()).await {
             Ok(user) => Ok(User(user)),
             Err(TokenError::Expired) => Err(ApiError::unauthorized(
                 "the token has expired; log in again",
             )),
+            Err(e @ TokenError::Unavailable(_)) => Err(ApiError::unavailable(e.to_string())),
             Err(e) => Err(ApiError::unauthorized(e.to_string())),
         }
     }
 }
 
-/// Sign-up and login belong to the auth service: the request goes there as it is, and its
-/// answer comes back as it is.
+/// Sign-up and login belong to the auth service: the request goes there as it is, with the
+/// client's address in `X-Forwarded-For` (replacing any the client sent) for auth's
+/// per-client throttling, and its answer comes back as it is.
 async fn forward_to_auth(
     State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -239,6 +244,7 @@ async fn forward_to_auth(
     let mut request = gateway
         .http
         .post(format!("{}{}", gateway.auth_url, uri.path()))
+        .header("x-forwarded-for", client.ip().to_canonical().to_string())
         .body(body);
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         request = request.header(header::CONTENT_TYPE, content_type);
@@ -249,6 +255,7 @@ async fn forward_to_auth(
         .map_err(|e| ApiError::unavailable(format!("the auth service is unavailable: {e}")))?;
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
     let body = answer
         .bytes()
         .await
@@ -258,6 +265,11 @@ async fn forward_to_auth(
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(retry_after) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after);
     }
     if status == StatusCode::UNAUTHORIZED {
         response
@@ -588,8 +600,6 @@ async fn list_bookings(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]
@@ -605,7 +615,6 @@ mod tests {
             ),
             listen: addr,
             auth_url: format!("http://{nowhere}"),
-            tokens: Signer::random(Duration::from_secs(60)),
         };
         let error = start(settings).await.expect_err("the address is taken");
         assert!(

@@ -1,7 +1,6 @@
 //! `tripstream-gateway`: the gateway as its own process (the same as `tripstream run gateway`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,19 +16,15 @@ struct Cli {
     listen: SocketAddr,
     #[command(flatten)]
     auth: gateway::AuthUrl,
-    #[command(flatten)]
-    token: token::TokenArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     streams::service::main_with(&cli.service, "gateway", |service| async move {
-        let tokens = cli.token.signer(Path::new("."))?;
         let settings = gateway::Settings {
             service,
             listen: cli.listen,
             auth_url: cli.auth.auth_url,
-            tokens,
         };
         gateway::run(settings, streams::service::interrupted()).await?;
         anyhow::Ok(())

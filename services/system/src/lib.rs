@@ -126,8 +126,8 @@ pub struct System {
     pub producer: Producer,
     /// The codec on the system's registry.
     pub codec: Codec,
-    /// The token key auth and the gateway share.
-    pub tokens: token::Signer,
+    /// Auth's token issuer (its signing keys): tests mint and rotate with it.
+    pub tokens: token::Issuer,
     stop: watch::Sender<bool>,
     services: Vec<(&'static str, tokio::task::JoinHandle<streams::Result<()>>)>,
     /// What each of the services above holds: (service, its positions).
@@ -249,18 +249,17 @@ impl System {
             positions.push((name, settings.positions.clone()));
             services.push((name, tokio::spawn(run_service(name, settings, until()))));
         }
-        let tokens = token::Signer::random(options.token_ttl);
-        let auth = auth::start(auth::Settings {
-            service: settings(&stores.auth),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tokens: tokens.clone(),
-        })
+        let tokens = token::Issuer::random(options.token_ttl)?;
+        let auth = auth::start(auth::Settings::new(
+            settings(&stores.auth),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            tokens.clone(),
+        ))
         .await?;
         let gateway = gateway::start(gateway::Settings {
             service: settings(&stores.gateway),
             listen: options.gateway,
             auth_url: auth.url(),
-            tokens: tokens.clone(),
         })
         .await?;
         Ok(System {

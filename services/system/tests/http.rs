@@ -349,14 +349,21 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         .call(get.clone(), "/v1/bookings", Some("garbage"), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "malformed");
-    let forged = token::Signer::random(Duration::from_secs(60))
+    // Signed by a key auth does not publish: the gateway fetches auth's keys again, and refuses.
+    let forged = token::Issuer::random(Duration::from_secs(60))
+        .expect("key")
         .issue(&ana, token::now())
+        .expect("token")
         .0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&forged), None)
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "signature");
-    let expired = system.tokens.issue(&ana, token::now() - 7_200).0;
+    let expired = system
+        .tokens
+        .issue(&ana, token::now() - 7_200)
+        .expect("token")
+        .0;
     let (status, body) = client
         .call(get.clone(), "/v1/bookings", Some(&expired), None)
         .await;
@@ -374,6 +381,37 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         &body,
         StatusCode::UNAUTHORIZED,
         "wrong email or password",
+    );
+    // Ten failures for one email, then auth throttles it; the gateway passes the 429 on with
+    // its Retry-After.
+    for i in 1..=10 {
+        let (status, _) = client
+            .call(
+                reqwest::Method::POST,
+                "/v1/sessions",
+                None,
+                Some(json!({"email": "bo@example.com", "password": format!("wrong password {i}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let throttled = client
+        .http
+        .post(format!("{}/v1/sessions", client.base))
+        .json(&json!({"email": "bo@example.com", "password": "correct horse 42"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        throttled
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s >= 1),
+        "{:?}",
+        throttled.headers()
     );
 
     assert!(system.consistency().expect("consistency").holds());

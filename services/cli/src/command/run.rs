@@ -50,6 +50,8 @@ pub struct Args {
     auth: gateway::AuthUrl,
     #[command(flatten)]
     token: token::TokenArgs,
+    #[command(flatten)]
+    proxies: auth::ProxyArgs,
 }
 
 /// Runs the service until Ctrl-C or SIGTERM.
@@ -67,15 +69,9 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         Service::Auth => {
             let listen = args.listen.unwrap_or(auth::DEFAULT_LISTEN);
             crate::note!("auth: listening on http://{listen}");
-            auth::run(
-                auth::Settings {
-                    service: settings,
-                    listen,
-                    tokens: args.token.signer(root)?,
-                },
-                shutdown,
-            )
-            .await?;
+            let mut settings = auth::Settings::new(settings, listen, args.token.issuer(root)?);
+            settings.trusted_proxies = args.proxies.proxies();
+            auth::run(settings, shutdown).await?;
         }
         Service::Gateway => {
             let listen = args.listen.unwrap_or(gateway::DEFAULT_LISTEN);
@@ -88,7 +84,6 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
                     service: settings,
                     listen,
                     auth_url: args.auth.auth_url,
-                    tokens: args.token.signer(root)?,
                 },
                 shutdown,
             )

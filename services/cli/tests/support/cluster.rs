@@ -104,12 +104,13 @@ impl Cluster {
                 &self.registry,
             ])
             .arg("--data")
-            .arg(dir.join(instance))
-            .arg("--token-key-file")
-            .arg(dir.join("token.key"));
+            .arg(dir.join(instance));
         match name {
             "auth" => {
-                command.args(["--listen", &format!("127.0.0.1:{}", self.auth_port)]);
+                command
+                    .args(["--listen", &format!("127.0.0.1:{}", self.auth_port)])
+                    .arg("--token-keys")
+                    .arg(dir.join("token-keys"));
             }
             "gateway" => {
                 command
