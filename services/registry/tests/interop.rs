@@ -1,41 +1,21 @@
 //! Confluent's Python client (`confluent-kafka` with its Avro extras) against this registry.
 //!
-//! Needs a Python with `confluent_kafka` installed: `TRIPSTREAM_PYTHON`, else `.venv/bin/python`
-//! at the repository root (what `scripts/test` creates), else `python3`. When none has it the
-//! test fails if `TRIPSTREAM_INTEROP=required` (as in `scripts/test` and CI) and otherwise says
-//! it was skipped.
+//! Needs a Python with `confluent_kafka` installed (`support/python.rs` says which and what
+//! happens without one).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 use streams::kafka::broker::EmbeddedBroker;
 
-fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [
-        std::env::var_os("TRIPSTREAM_PYTHON").map(PathBuf::from),
-        Some(root.join(".venv/bin/python")),
-        Some(PathBuf::from("python3")),
-    ];
-    candidates.into_iter().flatten().find(|python| {
-        Command::new(python)
-            .args(["-c", "import confluent_kafka.schema_registry.avro"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
+#[path = "support/python.rs"]
+mod python;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluents_python_client_registers_fetches_tests_and_round_trips_records() {
-    let Some(python) = python() else {
-        let required = std::env::var("TRIPSTREAM_INTEROP").is_ok_and(|v| v == "required");
-        assert!(
-            !required,
-            "no Python with confluent-kafka found; run scripts/test, or pip install 'confluent-kafka[avro,schemaregistry]'"
-        );
-        eprintln!("SKIPPED: no Python with confluent-kafka; run scripts/test to include this test");
+    let Some(python) = python::with_confluent_kafka() else {
         return;
     };
     let broker = EmbeddedBroker::start(1).expect("embedded broker");

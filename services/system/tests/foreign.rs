@@ -1,45 +1,23 @@
 //! Producers other than tripstream's: a `FlightScheduled` written by Confluent's own Python
 //! producer (`AvroSerializer`, topic-record subject names, none of tripstream's headers) is
-//! applied by the flight service and reaches the gateway's catalog; nothing is dead-lettered.
+//! applied by the flight service, and nothing is dead-lettered.
 //!
-//! Needs a Python with `confluent_kafka`: `TRIPSTREAM_PYTHON`, else `.venv/bin/python` at the
-//! repository root (what `scripts/test` creates), else `python3`. Without one the test fails
-//! if `TRIPSTREAM_INTEROP=required` (as in `scripts/test` and CI) and otherwise says it was
-//! skipped.
+//! Needs a Python with `confluent_kafka` (`services/registry/tests/support/python.rs` says
+//! which and what happens without one).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use system::{Options, System};
 
-fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    [
-        std::env::var_os("TRIPSTREAM_PYTHON").map(PathBuf::from),
-        Some(root.join(".venv/bin/python")),
-        Some(PathBuf::from("python3")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|python| {
-        Command::new(python)
-            .args(["-c", "import confluent_kafka.schema_registry.avro"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
+#[path = "../../registry/tests/support/python.rs"]
+mod python;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_from_confluents_python_producer_is_applied_like_our_own() {
-    let Some(python) = python() else {
-        let required = std::env::var("TRIPSTREAM_INTEROP").is_ok_and(|v| v == "required");
-        assert!(
-            !required,
-            "no Python with confluent-kafka found; run scripts/test, or pip install 'confluent-kafka[avro,schemaregistry]'"
-        );
-        eprintln!("SKIPPED: no Python with confluent-kafka; run scripts/test to include this test");
+    let Some(python) = python::with_confluent_kafka() else {
         return;
     };
     streams::telemetry::init("warn");
