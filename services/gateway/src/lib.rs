@@ -18,8 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -155,28 +154,21 @@ pub async fn start(settings: Settings) -> Result<Running> {
         http,
         accepted: Mutex::new(HashMap::new()),
     });
-    let router = Router::new()
-        .route("/v1/users", post(forward_to_auth))
-        .route("/v1/sessions", post(forward_to_auth))
-        .route("/v1/flights", get(search_flights))
-        .route("/v1/hotels", get(search_hotels))
-        .route("/v1/bookings", post(book).get(list_bookings))
-        .route("/v1/bookings/{id}", get(get_booking))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .route("/health", get(|| async { "ok" }))
-        .fallback(web::not_found)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this resource does not take that method",
+    let router = web::api(
+        Router::new()
+            .route("/v1/users", post(forward_to_auth))
+            .route("/v1/sessions", post(forward_to_auth))
+            .route("/v1/flights", get(search_flights))
+            .route("/v1/hotels", get(search_hotels))
+            .route("/v1/bookings", post(book).get(list_bookings))
+            .route("/v1/bookings/{id}", get(get_booking))
+            .route(
+                "/openapi.json",
+                get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
             )
-        })
-        .layer(web::body_limit())
-        .with_state(gateway);
+            .route("/health", get(|| async { "ok" })),
+    )
+    .with_state(gateway);
     let server = web::Server::bind(settings.listen, router).await?;
     tracing::info!(url = %server.url(), "Gateway listening");
     Ok(Running {
@@ -234,7 +226,7 @@ async fn forward_to_auth(
     State(gateway): State<Arc<Gateway>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    web::Body(body): web::Body,
 ) -> Result<Response, ApiError> {
     let mut request = gateway
         .http
@@ -547,7 +539,7 @@ fn lookup(gateway: &Gateway, booking_id: &str) -> Result<Option<BookingView>, Ap
 async fn get_booking(
     State(gateway): State<Arc<Gateway>>,
     User(user): User,
-    Path(booking_id): Path<String>,
+    web::Path(booking_id): web::Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let booking_id = BookingId::parse(booking_id).map_err(|e| ApiError::invalid("id", e))?;
     // Another user's booking answers exactly as a missing one: ids reveal nothing.
