@@ -6,6 +6,7 @@
 //! the gateway checks itself with the key it shares with auth. Every error has one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
+pub mod accepted;
 pub mod error;
 pub mod id;
 pub mod view;
@@ -87,7 +88,47 @@ struct Gateway {
     http: reqwest::Client,
     /// Bookings accepted but not yet in the view, so that a client polling right after its 202
     /// sees PENDING, not 404.
-    accepted: Mutex<HashMap<String, BookingView>>,
+    accepted: Mutex<accepted::Accepted>,
+    /// The booking ids whose `Idempotency-Key` request is being looked up and sent now: one
+    /// request per key at a time, so a second one sees what the first did.
+    claims: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A held claim on a booking id; dropping it (also when the request is broken off) lets the
+/// next request with the key go, and forgets the id once nobody waits for it.
+struct Claim {
+    gateway: Arc<Gateway>,
+    booking_id: String,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Claim {
+    async fn take(gateway: &Arc<Gateway>, booking_id: &str) -> Claim {
+        let lock = streams::sync::lock(&gateway.claims)
+            .entry(booking_id.to_owned())
+            .or_default()
+            .clone();
+        Claim {
+            gateway: gateway.clone(),
+            booking_id: booking_id.to_owned(),
+            held: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let mut claims = streams::sync::lock(&self.gateway.claims);
+        // Only the map holds it: nobody holds or waits for the claim (clones are taken under
+        // this same lock).
+        if claims
+            .get(&self.booking_id)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            claims.remove(&self.booking_id);
+        }
+    }
 }
 
 /// A running gateway.
@@ -152,7 +193,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
         tokens: settings.tokens,
         auth_url: settings.auth_url.trim_end_matches('/').to_owned(),
         http,
-        accepted: Mutex::new(HashMap::new()),
+        accepted: Mutex::new(accepted::Accepted::default()),
+        claims: Mutex::new(HashMap::new()),
     });
     let router = web::api(
         Router::new()
@@ -274,6 +316,39 @@ fn day(field: &str, text: &str) -> Result<i32, ApiError> {
     date::parse(text).ok_or_else(|| ApiError::invalid(field, "must be a date as YYYY-MM-DD"))
 }
 
+/// The longest stay booked or searched, in nights.
+pub const MAX_NIGHTS: i32 = 30;
+
+/// How many days a hotel's check-in may be from the flight's arrival day, either way.
+pub const ARRIVAL_SLACK: i32 = 1;
+
+const DAY_MILLIS: i64 = 86_400_000;
+
+/// Today (UTC), in days since 1970-01-01.
+fn today() -> i32 {
+    i32::try_from(events::now_millis().div_euclid(DAY_MILLIS)).unwrap_or(i32::MAX)
+}
+
+/// The nights of a stay, checked: `check_in` today or later, `check_out` 1 to [`MAX_NIGHTS`]
+/// nights after it.
+fn stay(check_in: &str, check_out: &str) -> Result<(i32, i32), ApiError> {
+    let (check_in, check_out) = (day("check_in", check_in)?, day("check_out", check_out)?);
+    let today = today();
+    if check_in < today {
+        return Err(ApiError::invalid(
+            "check_in",
+            format!("must be today ({}) or later", date::format(today)),
+        ));
+    }
+    if !(1..=MAX_NIGHTS).contains(&(check_out - check_in)) {
+        return Err(ApiError::invalid(
+            "check_out",
+            format!("must be 1 to {MAX_NIGHTS} nights after check_in"),
+        ));
+    }
+    Ok((check_in, check_out))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FlightSearch {
@@ -340,24 +415,31 @@ async fn search_hotels(
     if city.is_empty() || city.len() > 100 {
         return Err(ApiError::invalid("city", "must be 1 to 100 characters"));
     }
-    let check_in = search
-        .check_in
-        .as_deref()
-        .map(|d| day("check_in", d))
-        .transpose()?;
-    let check_out = search
-        .check_out
-        .as_deref()
-        .map(|d| day("check_out", d))
-        .transpose()?;
-    if let (Some(check_in), Some(check_out)) = (check_in, check_out)
-        && check_out <= check_in
-    {
-        return Err(ApiError::invalid("check_out", "must be after check_in"));
-    }
+    let nights = match (search.check_in.as_deref(), search.check_out.as_deref()) {
+        (None, None) => None,
+        (Some(check_in), Some(check_out)) => Some(stay(check_in, check_out)?),
+        (Some(_), None) => return Err(ApiError::invalid("check_out", "goes with check_in")),
+        (None, Some(_)) => return Err(ApiError::invalid("check_in", "goes with check_out")),
+    };
     let mut hotels: Vec<HotelListed> =
         view::scan(&gateway.store, "hotel/").map_err(ApiError::internal)?;
     hotels.retain(|h| h.city.eq_ignore_ascii_case(city));
+    if let Some((check_in, check_out)) = nights {
+        // Rooms free every night of the stay, as far as the view knows (confirmed bookings).
+        let mut free = Vec::with_capacity(hotels.len());
+        for hotel in hotels {
+            let mut full = false;
+            for night in check_in..check_out {
+                let booked = view::rooms_booked(&gateway.store, &hotel.hotel_id, night)
+                    .map_err(ApiError::internal)?;
+                full |= booked >= i64::from(hotel.rooms);
+            }
+            if !full {
+                free.push(hotel);
+            }
+        }
+        hotels = free;
+    }
     hotels.sort_by(|a, b| a.hotel_id.cmp(&b.hotel_id));
     Ok(axum::Json(serde_json::json!({ "hotels": hotels })))
 }
@@ -400,25 +482,29 @@ fn request(
     if !(1..=9).contains(&body.rooms) {
         return Err(ApiError::invalid("rooms", "must be 1 to 9"));
     }
-    let check_in = day("check_in", &body.check_in)?;
-    let check_out = day("check_out", &body.check_out)?;
-    if !(1..=30).contains(&(check_out - check_in)) {
+    let (check_in, check_out) = stay(&body.check_in, &body.check_out)?;
+    let Some(flight) =
+        view::read::<FlightScheduled>(&gateway.store, &view::flight_key(body.flight_id.as_str()))
+            .map_err(ApiError::internal)?
+    else {
+        return Err(ApiError::invalid("flight_id", "no such flight"));
+    };
+    let arrival = i32::try_from(flight.arrives_at.div_euclid(DAY_MILLIS)).unwrap_or(i32::MAX);
+    if (i64::from(check_in) - i64::from(arrival)).abs() > i64::from(ARRIVAL_SLACK) {
         return Err(ApiError::invalid(
-            "check_out",
-            "must be 1 to 30 nights after check_in",
+            "check_in",
+            format!(
+                "must be within {ARRIVAL_SLACK} day of the flight's arrival on {}",
+                date::format(arrival)
+            ),
         ));
     }
-    let known = |key: String| -> Result<bool, ApiError> {
-        Ok(gateway
-            .store
-            .get(key.as_bytes())
-            .map_err(ApiError::internal)?
-            .is_some())
-    };
-    if !known(view::flight_key(body.flight_id.as_str()))? {
-        return Err(ApiError::invalid("flight_id", "no such flight"));
-    }
-    if !known(view::hotel_key(body.hotel_id.as_str()))? {
+    let hotel_known = gateway
+        .store
+        .get(view::hotel_key(body.hotel_id.as_str()).as_bytes())
+        .map_err(ApiError::internal)?
+        .is_some();
+    if !hotel_known {
         return Err(ApiError::invalid("hotel_id", "no such hotel"));
     }
     if body.extras.len() > 10 {
@@ -492,23 +578,54 @@ async fn book(
         ),
     };
     let mut request = request(&gateway, user, body)?;
-    if let Some(key) = &key {
-        request.booking_id = idempotent_id(&request.user_id, key);
-        // Asked before: the first request stands, whatever this one says.
-        if let Some(existing) = lookup(&gateway, &request.booking_id)?
-            && existing.user_id == request.user_id
-        {
-            return Ok(accepted(existing));
+    let Some(key) = key else {
+        return send(&gateway, &request).await;
+    };
+    request.booking_id = idempotent_id(&request.user_id, &key);
+    // Looking up and sending are one step per key: a second request with the key waits here
+    // and then finds what the first one sent.
+    let _claim = Claim::take(&gateway, &request.booking_id).await;
+    match lookup(&gateway, &request.booking_id)? {
+        Some(existing) if existing.user_id == request.user_id => {
+            if same_request(&existing, &BookingView::pending(&request)) {
+                Ok(accepted(existing))
+            } else {
+                Err(ApiError::unprocessable(
+                    "Idempotency-Key",
+                    format!(
+                        "was used for booking {} with another request; send a new key for a new booking",
+                        existing.booking_id
+                    ),
+                ))
+            }
         }
+        _ => send(&gateway, &request).await,
     }
-    let booking_id = request.booking_id.clone();
+}
+
+/// Whether two bookings ask for the same trip (what a client sends, not when or its status).
+fn same_request(a: &BookingView, b: &BookingView) -> bool {
+    a.flight == b.flight && a.hotel == b.hotel && a.extras == b.extras
+}
+
+/// Sends `BookingRequested` and holds the pending booking until the view has it.
+async fn send(gateway: &Gateway, request: &BookingRequested) -> Result<Response, ApiError> {
     gateway
         .producer
-        .send(topics::BOOKINGS, &request, &Metadata::new(&booking_id))
+        .send(
+            topics::BOOKINGS,
+            request,
+            &Metadata::new(&request.booking_id),
+        )
         .await
         .map_err(|e| ApiError::unavailable(format!("the booking could not be sent: {e}")))?;
-    let pending = BookingView::pending(&request);
-    streams::sync::lock(&gateway.accepted).insert(booking_id, pending.clone());
+    let pending = BookingView::pending(request);
+    let store = &gateway.store;
+    streams::sync::lock(&gateway.accepted).insert(
+        pending.clone(),
+        std::time::Instant::now(),
+        |id| matches!(store.get(view::booking_key(id).as_bytes()), Ok(Some(_))),
+    );
     Ok(accepted(pending))
 }
 
