@@ -23,6 +23,20 @@ use streams::service::{Data, Settings};
 use streams::store::Store;
 use tokio::sync::watch;
 
+/// The day `ahead` days after today (UTC), in days since 1970-01-01. The gateway refuses a
+/// check-in before today, so the demo and the tests travel on days counted from today.
+pub fn day_from_today(ahead: i32) -> i32 {
+    let today = events::now_millis().div_euclid(86_400_000);
+    i32::try_from(today)
+        .unwrap_or(i32::MAX)
+        .saturating_add(ahead)
+}
+
+/// Milliseconds since the epoch at `hour`:00 UTC of `day` (days since 1970-01-01).
+pub fn millis_at(day: i32, hour: i64) -> i64 {
+    i64::from(day) * 86_400_000 + hour * 3_600_000
+}
+
 /// How the system is started.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -314,6 +328,11 @@ impl System {
     /// The gateway's base URL.
     pub fn gateway_url(&self) -> String {
         self.gateway.url()
+    }
+
+    /// The auth service's base URL.
+    pub fn auth_url(&self) -> String {
+        self.auth.url()
     }
 
     /// The registry's base URL.
