@@ -7,13 +7,13 @@
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 pub mod accepted;
+pub mod claim;
 pub mod error;
 pub mod id;
 pub mod view;
 
 pub use error::{Error, Result};
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -91,44 +91,7 @@ struct Gateway {
     accepted: Mutex<accepted::Accepted>,
     /// The booking ids whose `Idempotency-Key` request is being looked up and sent now: one
     /// request per key at a time, so a second one sees what the first did.
-    claims: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// A held claim on a booking id; dropping it (also when the request is broken off) lets the
-/// next request with the key go, and forgets the id once nobody waits for it.
-struct Claim {
-    gateway: Arc<Gateway>,
-    booking_id: String,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Claim {
-    async fn take(gateway: &Arc<Gateway>, booking_id: &str) -> Claim {
-        let lock = streams::sync::lock(&gateway.claims)
-            .entry(booking_id.to_owned())
-            .or_default()
-            .clone();
-        Claim {
-            gateway: gateway.clone(),
-            booking_id: booking_id.to_owned(),
-            held: Some(lock.lock_owned().await),
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        drop(self.held.take());
-        let mut claims = streams::sync::lock(&self.gateway.claims);
-        // Only the map holds it: nobody holds or waits for the claim (clones are taken under
-        // this same lock).
-        if claims
-            .get(&self.booking_id)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            claims.remove(&self.booking_id);
-        }
-    }
+    claims: Arc<claim::Claims>,
 }
 
 /// A running gateway.
@@ -194,7 +157,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
         auth_url: settings.auth_url.trim_end_matches('/').to_owned(),
         http,
         accepted: Mutex::new(accepted::Accepted::default()),
-        claims: Mutex::new(HashMap::new()),
+        claims: Arc::default(),
     });
     let router = web::api(
         Router::new()
@@ -584,7 +547,7 @@ async fn book(
     request.booking_id = idempotent_id(&request.user_id, &key);
     // Looking up and sending are one step per key: a second request with the key waits here
     // and then finds what the first one sent.
-    let _claim = Claim::take(&gateway, &request.booking_id).await;
+    let _claim = gateway.claims.take(&request.booking_id).await;
     match lookup(&gateway, &request.booking_id)? {
         Some(existing) if existing.user_id == request.user_id => {
             if same_request(&existing, &BookingView::pending(&request)) {
