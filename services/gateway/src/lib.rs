@@ -395,7 +395,10 @@ async fn search_hotels(
             for night in check_in..check_out {
                 let booked = view::rooms_booked(&gateway.store, &hotel.hotel_id, night)
                     .map_err(ApiError::internal)?;
-                full |= booked >= i64::from(hotel.rooms);
+                if booked >= i64::from(hotel.rooms) {
+                    full = true;
+                    break;
+                }
             }
             if !full {
                 free.push(hotel);
