@@ -204,14 +204,14 @@ pub async fn start(settings: Settings) -> Result<Running> {
         trusted_proxies: settings.trusted_proxies,
         signing_up: tokio::sync::Mutex::new(()),
     });
-    let router = Router::new()
-        .route("/v1/users", post(sign_up))
-        .route("/v1/sessions", post(log_in))
-        .route(token::JWKS_PATH, get(jwks))
-        .route("/health", get(|| async { "ok" }))
-        .fallback(web::not_found)
-        .layer(web::body_limit())
-        .with_state(auth);
+    let router = web::api(
+        Router::new()
+            .route("/v1/users", post(sign_up))
+            .route("/v1/sessions", post(log_in))
+            .route(token::JWKS_PATH, get(jwks))
+            .route("/health", get(|| async { "ok" })),
+    )
+    .with_state(auth);
     let server = web::Server::bind(settings.listen, router).await?;
     tracing::info!(url = %server.url(), "Auth service listening");
     Ok(Running {

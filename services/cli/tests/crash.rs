@@ -172,7 +172,8 @@ async fn survive(dir: tempfile::TempDir, mut broker: Broker, victims: &[&str]) -
             for i in 0..50 {
                 let body = json!({
                     "flight_id": "LH1", "seats": 1, "hotel_id": "H1",
-                    "check_in": "2026-12-01", "check_out": "2026-12-03"
+                    "check_in": events::date::format(system::day_from_today(7)),
+                    "check_out": events::date::format(system::day_from_today(9))
                 });
                 let token = &tokens[i % tokens.len()];
                 let id =

@@ -136,7 +136,8 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker, departures: Departure
                 };
                 let body = json!({
                     "flight_id": flight, "seats": 1, "hotel_id": "H1",
-                    "check_in": "2026-12-01", "check_out": "2026-12-03"
+                    "check_in": events::date::format(system::day_from_today(7)),
+                    "check_out": events::date::format(system::day_from_today(9))
                 });
                 let key = format!("failover-{i}");
                 let id = support::cluster::place(&http, &gateway, token, &body, &key).await;

@@ -7,20 +7,20 @@
 //! `/.well-known/jwks.json`: it holds no key that could mint one. Every error has one shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
+pub mod accepted;
+pub mod claim;
 pub mod error;
 pub mod id;
 pub mod view;
 
 pub use error::{Error, Result};
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -89,7 +89,10 @@ struct Gateway {
     http: reqwest::Client,
     /// Bookings accepted but not yet in the view, so that a client polling right after its 202
     /// sees PENDING, not 404.
-    accepted: Mutex<HashMap<String, BookingView>>,
+    accepted: Mutex<accepted::Accepted>,
+    /// The booking ids whose `Idempotency-Key` request is being looked up and sent now: one
+    /// request per key at a time, so a second one sees what the first did.
+    claims: Arc<claim::Claims>,
 }
 
 /// A running gateway.
@@ -155,30 +158,24 @@ pub async fn start(settings: Settings) -> Result<Running> {
         tokens: Verifier::new(format!("{auth_url}{}", token::JWKS_PATH), http.clone()),
         auth_url,
         http,
-        accepted: Mutex::new(HashMap::new()),
+        accepted: Mutex::new(accepted::Accepted::default()),
+        claims: Arc::default(),
     });
-    let router = Router::new()
-        .route("/v1/users", post(forward_to_auth))
-        .route("/v1/sessions", post(forward_to_auth))
-        .route("/v1/flights", get(search_flights))
-        .route("/v1/hotels", get(search_hotels))
-        .route("/v1/bookings", post(book).get(list_bookings))
-        .route("/v1/bookings/{id}", get(get_booking))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .route("/health", get(|| async { "ok" }))
-        .fallback(web::not_found)
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this resource does not take that method",
+    let router = web::api(
+        Router::new()
+            .route("/v1/users", post(forward_to_auth))
+            .route("/v1/sessions", post(forward_to_auth))
+            .route("/v1/flights", get(search_flights))
+            .route("/v1/hotels", get(search_hotels))
+            .route("/v1/bookings", post(book).get(list_bookings))
+            .route("/v1/bookings/{id}", get(get_booking))
+            .route(
+                "/openapi.json",
+                get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
             )
-        })
-        .layer(web::body_limit())
-        .with_state(gateway);
+            .route("/health", get(|| async { "ok" })),
+    )
+    .with_state(gateway);
     let server = web::Server::bind(settings.listen, router).await?;
     tracing::info!(url = %server.url(), "Gateway listening");
     Ok(Running {
@@ -239,7 +236,7 @@ async fn forward_to_auth(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    web::Body(body): web::Body,
 ) -> Result<Response, ApiError> {
     let mut request = gateway
         .http
@@ -292,6 +289,39 @@ fn airport(field: &str, code: &str) -> Result<String, ApiError> {
 
 fn day(field: &str, text: &str) -> Result<i32, ApiError> {
     date::parse(text).ok_or_else(|| ApiError::invalid(field, "must be a date as YYYY-MM-DD"))
+}
+
+/// The longest stay booked or searched, in nights.
+pub const MAX_NIGHTS: i32 = 30;
+
+/// How many days a hotel's check-in may be from the flight's arrival day, either way.
+pub const ARRIVAL_SLACK: i32 = 1;
+
+const DAY_MILLIS: i64 = 86_400_000;
+
+/// Today (UTC), in days since 1970-01-01.
+fn today() -> i32 {
+    i32::try_from(events::now_millis().div_euclid(DAY_MILLIS)).unwrap_or(i32::MAX)
+}
+
+/// The nights of a stay, checked: `check_in` today or later, `check_out` 1 to [`MAX_NIGHTS`]
+/// nights after it.
+fn stay(check_in: &str, check_out: &str) -> Result<(i32, i32), ApiError> {
+    let (check_in, check_out) = (day("check_in", check_in)?, day("check_out", check_out)?);
+    let today = today();
+    if check_in < today {
+        return Err(ApiError::invalid(
+            "check_in",
+            format!("must be today ({}) or later", date::format(today)),
+        ));
+    }
+    if !(1..=MAX_NIGHTS).contains(&(check_out - check_in)) {
+        return Err(ApiError::invalid(
+            "check_out",
+            format!("must be 1 to {MAX_NIGHTS} nights after check_in"),
+        ));
+    }
+    Ok((check_in, check_out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,24 +390,34 @@ async fn search_hotels(
     if city.is_empty() || city.len() > 100 {
         return Err(ApiError::invalid("city", "must be 1 to 100 characters"));
     }
-    let check_in = search
-        .check_in
-        .as_deref()
-        .map(|d| day("check_in", d))
-        .transpose()?;
-    let check_out = search
-        .check_out
-        .as_deref()
-        .map(|d| day("check_out", d))
-        .transpose()?;
-    if let (Some(check_in), Some(check_out)) = (check_in, check_out)
-        && check_out <= check_in
-    {
-        return Err(ApiError::invalid("check_out", "must be after check_in"));
-    }
+    let nights = match (search.check_in.as_deref(), search.check_out.as_deref()) {
+        (None, None) => None,
+        (Some(check_in), Some(check_out)) => Some(stay(check_in, check_out)?),
+        (Some(_), None) => return Err(ApiError::invalid("check_out", "goes with check_in")),
+        (None, Some(_)) => return Err(ApiError::invalid("check_in", "goes with check_out")),
+    };
     let mut hotels: Vec<HotelListed> =
         view::scan(&gateway.store, "hotel/").map_err(ApiError::internal)?;
     hotels.retain(|h| h.city.eq_ignore_ascii_case(city));
+    if let Some((check_in, check_out)) = nights {
+        // Rooms free every night of the stay, as far as the view knows (confirmed bookings).
+        let mut free = Vec::with_capacity(hotels.len());
+        for hotel in hotels {
+            let mut full = false;
+            for night in check_in..check_out {
+                let booked = view::rooms_booked(&gateway.store, &hotel.hotel_id, night)
+                    .map_err(ApiError::internal)?;
+                if booked >= i64::from(hotel.rooms) {
+                    full = true;
+                    break;
+                }
+            }
+            if !full {
+                free.push(hotel);
+            }
+        }
+        hotels = free;
+    }
     hotels.sort_by(|a, b| a.hotel_id.cmp(&b.hotel_id));
     Ok(axum::Json(serde_json::json!({ "hotels": hotels })))
 }
@@ -420,25 +460,29 @@ fn request(
     if !(1..=9).contains(&body.rooms) {
         return Err(ApiError::invalid("rooms", "must be 1 to 9"));
     }
-    let check_in = day("check_in", &body.check_in)?;
-    let check_out = day("check_out", &body.check_out)?;
-    if !(1..=30).contains(&(check_out - check_in)) {
+    let (check_in, check_out) = stay(&body.check_in, &body.check_out)?;
+    let Some(flight) =
+        view::read::<FlightScheduled>(&gateway.store, &view::flight_key(body.flight_id.as_str()))
+            .map_err(ApiError::internal)?
+    else {
+        return Err(ApiError::invalid("flight_id", "no such flight"));
+    };
+    let arrival = i32::try_from(flight.arrives_at.div_euclid(DAY_MILLIS)).unwrap_or(i32::MAX);
+    if (i64::from(check_in) - i64::from(arrival)).abs() > i64::from(ARRIVAL_SLACK) {
         return Err(ApiError::invalid(
-            "check_out",
-            "must be 1 to 30 nights after check_in",
+            "check_in",
+            format!(
+                "must be within {ARRIVAL_SLACK} day of the flight's arrival on {}",
+                date::format(arrival)
+            ),
         ));
     }
-    let known = |key: String| -> Result<bool, ApiError> {
-        Ok(gateway
-            .store
-            .get(key.as_bytes())
-            .map_err(ApiError::internal)?
-            .is_some())
-    };
-    if !known(view::flight_key(body.flight_id.as_str()))? {
-        return Err(ApiError::invalid("flight_id", "no such flight"));
-    }
-    if !known(view::hotel_key(body.hotel_id.as_str()))? {
+    let hotel_known = gateway
+        .store
+        .get(view::hotel_key(body.hotel_id.as_str()).as_bytes())
+        .map_err(ApiError::internal)?
+        .is_some();
+    if !hotel_known {
         return Err(ApiError::invalid("hotel_id", "no such hotel"));
     }
     if body.extras.len() > 10 {
@@ -512,23 +556,54 @@ async fn book(
         ),
     };
     let mut request = request(&gateway, user, body)?;
-    if let Some(key) = &key {
-        request.booking_id = idempotent_id(&request.user_id, key);
-        // Asked before: the first request stands, whatever this one says.
-        if let Some(existing) = lookup(&gateway, &request.booking_id)?
-            && existing.user_id == request.user_id
-        {
-            return Ok(accepted(existing));
+    let Some(key) = key else {
+        return send(&gateway, &request).await;
+    };
+    request.booking_id = idempotent_id(&request.user_id, &key);
+    // Looking up and sending are one step per key: a second request with the key waits here
+    // and then finds what the first one sent.
+    let _claim = gateway.claims.take(&request.booking_id).await;
+    match lookup(&gateway, &request.booking_id)? {
+        Some(existing) if existing.user_id == request.user_id => {
+            if same_request(&existing, &BookingView::pending(&request)) {
+                Ok(accepted(existing))
+            } else {
+                Err(ApiError::unprocessable(
+                    "Idempotency-Key",
+                    format!(
+                        "was used for booking {} with another request; send a new key for a new booking",
+                        existing.booking_id
+                    ),
+                ))
+            }
         }
+        _ => send(&gateway, &request).await,
     }
-    let booking_id = request.booking_id.clone();
+}
+
+/// Whether two bookings ask for the same trip (what a client sends, not when or its status).
+fn same_request(a: &BookingView, b: &BookingView) -> bool {
+    a.flight == b.flight && a.hotel == b.hotel && a.extras == b.extras
+}
+
+/// Sends `BookingRequested` and holds the pending booking until the view has it.
+async fn send(gateway: &Gateway, request: &BookingRequested) -> Result<Response, ApiError> {
     gateway
         .producer
-        .send(topics::BOOKINGS, &request, &Metadata::new(&booking_id))
+        .send(
+            topics::BOOKINGS,
+            request,
+            &Metadata::new(&request.booking_id),
+        )
         .await
         .map_err(|e| ApiError::unavailable(format!("the booking could not be sent: {e}")))?;
-    let pending = BookingView::pending(&request);
-    streams::sync::lock(&gateway.accepted).insert(booking_id, pending.clone());
+    let pending = BookingView::pending(request);
+    let store = &gateway.store;
+    streams::sync::lock(&gateway.accepted).insert(
+        pending.clone(),
+        std::time::Instant::now(),
+        |id| matches!(store.get(view::booking_key(id).as_bytes()), Ok(Some(_))),
+    );
     Ok(accepted(pending))
 }
 
@@ -559,7 +634,7 @@ fn lookup(gateway: &Gateway, booking_id: &str) -> Result<Option<BookingView>, Ap
 async fn get_booking(
     State(gateway): State<Arc<Gateway>>,
     User(user): User,
-    Path(booking_id): Path<String>,
+    web::Path(booking_id): web::Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let booking_id = BookingId::parse(booking_id).map_err(|e| ApiError::invalid("id", e))?;
     // Another user's booking answers exactly as a missing one: ids reveal nothing.

@@ -1,5 +1,6 @@
-//! The gateway's views, built from the log: each booking's status (from `bookings`) and the
-//! flight and hotel catalogs (from `flights` and `hotels`).
+//! The gateway's views, built from the log: each booking's status and the rooms confirmed
+//! bookings hold per hotel and night (from `bookings`), and the flight and hotel catalogs
+//! (from `flights` and `hotels`).
 
 use std::fmt;
 
@@ -149,6 +150,20 @@ pub(crate) fn user_prefix(user_id: &str) -> String {
     format!("by-user/{user_id}/")
 }
 
+/// Rooms confirmed bookings hold in a hotel on one night.
+fn night_key(hotel_id: &str, night: i32) -> String {
+    format!("night/{hotel_id}/{night}")
+}
+
+/// Rooms that confirmed bookings hold in `hotel_id` on `night` (days since 1970-01-01).
+///
+/// # Errors
+///
+/// When the store cannot be read or the count stored does not decode.
+pub(crate) fn rooms_booked(store: &Store, hotel_id: &str, night: i32) -> streams::Result<i64> {
+    Ok(read::<i64>(store, &night_key(hotel_id, night))?.unwrap_or(0))
+}
+
 pub(crate) fn flight_key(flight_id: &str) -> String {
     format!("flight/{flight_id}")
 }
@@ -178,11 +193,15 @@ impl Handler for Views {
             }
             Some(BookingConfirmed::TYPE) => {
                 let confirmed: BookingConfirmed = ctx.decode(record).await?;
-                finish(ctx, &confirmed.booking_id, |view| {
+                let (before, view) = finish(ctx, &confirmed.booking_id, |view| {
                     view.status = BookingStatus::Confirmed;
                     view.total = Some(confirmed.total.clone());
                     view.finished_at = Some(confirmed.confirmed_at);
-                })
+                })?;
+                if before != BookingStatus::Confirmed {
+                    hold_rooms(ctx, &view.hotel)?;
+                }
+                Ok(())
             }
             Some(BookingCancelled::TYPE) => {
                 let cancelled: BookingCancelled = ctx.decode(record).await?;
@@ -192,6 +211,7 @@ impl Handler for Views {
                     view.detail = Some(cancelled.detail.clone());
                     view.finished_at = Some(cancelled.cancelled_at);
                 })
+                .map(drop)
             }
             // The saga's note to itself; the outcome follows as a cancellation.
             Some(BookingTimedOut::TYPE) => Ok(()),
@@ -213,11 +233,12 @@ impl Handler for Views {
     }
 }
 
+/// Applies an outcome to a booking's view: its status before, and the view after.
 fn finish(
     ctx: &mut Context<'_>,
     booking_id: &str,
     change: impl FnOnce(&mut BookingView),
-) -> Result<(), HandlerError> {
+) -> Result<(BookingStatus, BookingView), HandlerError> {
     let key = booking_key(booking_id);
     // One booking's events share a partition, so its request is always read first.
     let Some(mut view) = ctx.get_json::<BookingView>(&key)? else {
@@ -225,8 +246,28 @@ fn finish(
             "an outcome for booking {booking_id}, whose request was never read"
         )));
     };
+    let before = view.status;
     change(&mut view);
     ctx.put_json(&key, &view)?;
+    Ok((before, view))
+}
+
+/// Counts a confirmed booking's rooms on each night of its stay, for hotel searches.
+fn hold_rooms(ctx: &mut Context<'_>, hotel: &HotelPart) -> Result<(), HandlerError> {
+    let (Some(check_in), Some(check_out)) =
+        (date::parse(&hotel.check_in), date::parse(&hotel.check_out))
+    else {
+        // Only a request from outside the gateway (years past 9999) has such dates; its booking
+        // stands, its nights are just not counted.
+        tracing::warn!(hotel = %hotel.hotel_id, check_in = %hotel.check_in, "Not counting the rooms of a stay with unreadable dates");
+        return Ok(());
+    };
+    // The gateway refuses longer stays; a request from elsewhere is counted for as many nights.
+    for night in check_in..check_out.min(check_in.saturating_add(crate::MAX_NIGHTS)) {
+        let key = night_key(&hotel.hotel_id, night);
+        let booked = ctx.get_json::<i64>(&key)?.unwrap_or(0);
+        ctx.put_json(&key, &(booked + i64::from(hotel.rooms)))?;
+    }
     Ok(())
 }
 

@@ -118,7 +118,37 @@ pub fn router(app: App) -> Router {
         .fallback(|uri: Uri| async move { ApiError::no_such_endpoint(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(confluent_shape))
         .with_state(app)
+}
+
+/// What axum answers itself (a path segment that is not UTF-8, a body over its limit) is
+/// plain text: answered again in Confluent's error shape, with axum's text as the message.
+async fn confluent_shape(response: Response) -> Response {
+    let status = response.status();
+    let ours = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == CONTENT_TYPE.as_bytes());
+    if ours || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    ApiError {
+        status: status.as_u16(),
+        code: i64::from(status.as_u16()),
+        message: if text.trim().is_empty() {
+            format!("HTTP {} {reason}", status.as_u16())
+        } else {
+            format!("HTTP {} {reason}: {}", status.as_u16(), text.trim())
+        },
+    }
+    .into_response()
 }
 
 fn json_response(value: &Value) -> Response {

@@ -12,6 +12,12 @@ use serde_json::{Value, json};
 use streams::kafka::OutgoingRecord;
 use system::{Options, System};
 
+/// The day every test flight flies, a week from today: the gateway refuses check-ins in the
+/// past, so fixed dates would stop working.
+fn travel(after: i32) -> String {
+    events::date::format(system::day_from_today(7 + after))
+}
+
 fn eur(amount: i64) -> Money {
     Money::new(Decimal::new(amount * 100, 2), "EUR")
 }
@@ -99,7 +105,7 @@ impl Client {
                 Some(token),
                 Some(json!({
                     "flight_id": flight, "seats": seats, "hotel_id": "H1",
-                    "check_in": "2026-12-01", "check_out": "2026-12-03",
+                    "check_in": travel(0), "check_out": travel(2),
                     "extras": [{"code": "LUGGAGE", "quantity": 1}]
                 })),
             )
@@ -151,8 +157,8 @@ async fn seeded() -> (System, Client) {
                 flight_id: id.into(),
                 origin: "LIS".into(),
                 destination: "FRA".into(),
-                departs_at: 1_796_100_000_000,
-                arrives_at: 1_796_110_000_000,
+                departs_at: system::millis_at(system::day_from_today(7), 5),
+                arrives_at: system::millis_at(system::day_from_today(7), 8),
                 seats,
                 seat_price: eur(100),
             })
@@ -192,7 +198,7 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
         let (status, found) = client
             .call(
                 get.clone(),
-                "/v1/flights?from=LIS&to=FRA&date=2026-12-01",
+                &format!("/v1/flights?from=LIS&to=FRA&date={}", travel(0)),
                 Some(&ana_token),
                 None,
             )
@@ -211,7 +217,11 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
     let (status, hotels) = client
         .call(
             get.clone(),
-            "/v1/hotels?city=frankfurt&check_in=2026-12-01&check_out=2026-12-03",
+            &format!(
+                "/v1/hotels?city=frankfurt&check_in={}&check_out={}",
+                travel(0),
+                travel(2)
+            ),
             Some(&ana_token),
             None,
         )
@@ -296,7 +306,7 @@ async fn a_trip_is_booked_over_http_and_failures_compensate() {
             .header("idempotency-key", key)
             .json(&json!({
                 "flight_id": "LH1", "seats": 1, "hotel_id": "H1",
-                "check_in": "2026-12-01", "check_out": "2026-12-02"
+                "check_in": travel(0), "check_out": travel(1)
             }))
             .send()
     };
@@ -468,7 +478,7 @@ async fn bad_input_gets_one_error_shape_and_garbage_on_command_topics_is_dead_le
     assert_error(status, &answer, StatusCode::CONFLICT, "already registered");
 
     // Bookings.
-    let valid = || json!({"flight_id": "LH1", "seats": 1, "hotel_id": "H1", "check_in": "2026-12-01", "check_out": "2026-12-03"});
+    let valid = || json!({"flight_id": "LH1", "seats": 1, "hotel_id": "H1", "check_in": travel(0), "check_out": travel(2)});
     let with = |field: &str, value: Value| {
         let mut body = valid();
         body[field] = value;
@@ -479,7 +489,7 @@ async fn bad_input_gets_one_error_shape_and_garbage_on_command_topics_is_dead_le
         (with("seats", json!(0)), "seats"),
         (with("seats", json!(4_000_000_000_i64)), "seats"),
         (with("check_in", json!("2026-02-30")), "check_in"),
-        (with("check_out", json!("2026-11-30")), "check_out"),
+        (with("check_out", json!(travel(-1))), "check_out"),
         (with("flight_id", json!("XX999")), "flight_id"),
         (with("flight_id", json!("x".repeat(10_000))), "flight_id"),
         (
@@ -532,7 +542,11 @@ async fn bad_input_gets_one_error_shape_and_garbage_on_command_topics_is_dead_le
     let (status, answer) = client
         .call(
             get.clone(),
-            "/v1/hotels?city=Frankfurt&check_in=2026-12-03&check_out=2026-12-01",
+            &format!(
+                "/v1/hotels?city=Frankfurt&check_in={}&check_out={}",
+                travel(2),
+                travel(0)
+            ),
             Some(&token),
             None,
         )

@@ -46,8 +46,11 @@ impl Globals {
     pub(crate) fn start(settings: &Settings, store: &Store) -> Result<Self> {
         let consumer: BaseConsumer = crate::kafka::reader_config(&settings.bootstrap, "global")
             .set("auto.offset.reset", "earliest")
-            // A catalog entry reaches the table within this of being written, not 500 ms.
-            .set("fetch.wait.max.ms", "10")
+            // A catalog entry reaches the table within this of being written, not 500 ms. On
+            // the embedded broker it is also how often an idle reader asks again (that broker
+            // answers an empty fetch only when the wait is over): 10 ms was 100 requests a
+            // second per reader, idle.
+            .set("fetch.wait.max.ms", "20")
             .create()
             .map_err(|e| Error::kafka("creating the global tables' consumer", e))?;
         let timeout = Duration::from_secs(30);

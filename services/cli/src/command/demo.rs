@@ -35,9 +35,14 @@ pub struct Args {
     serve: Option<SocketAddr>,
 }
 
-/// The route and date every demo flight flies.
-const DAY: &str = "2026-12-01";
-const DEPARTS: i64 = 1_796_112_000_000; // 2026-12-01T08:00:00Z
+/// The day every demo flight flies and every stay starts, a week after the day the demo
+/// started (the gateway refuses check-ins in the past), fixed for the whole run.
+static TRAVEL: std::sync::LazyLock<i32> = std::sync::LazyLock::new(|| system::day_from_today(7));
+
+/// `YYYY-MM-DD` of `after` days after the travel day.
+fn travel(after: i32) -> String {
+    events::date::format(TRAVEL.saturating_add(after))
+}
 
 fn eur(cents: i64) -> Money {
     Money::new(Decimal::new(cents, 2), "EUR")
@@ -298,13 +303,16 @@ pub async fn run(root: &std::path::Path, args: Args) -> anyhow::Result<ExitCode>
             "    -d '{{\"email\":\"user0@demo.tripstream.dev\",\"password\":\"demo password 0\"}}' | jq -r .token)"
         );
         crate::say!(
-            "  curl -s '{base}/v1/flights?from=LIS&to=FRA&date={DAY}' -H \"authorization: Bearer $TOKEN\""
+            "  curl -s '{base}/v1/flights?from=LIS&to=FRA&date={}' -H \"authorization: Bearer $TOKEN\"",
+            travel(0)
         );
         crate::say!(
             "  curl -s -X POST {base}/v1/bookings -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\"
         );
         crate::say!(
-            "    -d '{{\"flight_id\":\"TS100\",\"seats\":1,\"hotel_id\":\"FRA-CENTRAL\",\"check_in\":\"{DAY}\",\"check_out\":\"2026-12-03\"}}'"
+            "    -d '{{\"flight_id\":\"TS100\",\"seats\":1,\"hotel_id\":\"FRA-CENTRAL\",\"check_in\":\"{}\",\"check_out\":\"{}\"}}'",
+            travel(0),
+            travel(2)
         );
         crate::say!("  curl -s {base}/v1/bookings -H \"authorization: Bearer $TOKEN\"");
         crate::say!("  curl -s {base}/openapi.json");
@@ -488,7 +496,7 @@ async fn seed_catalog(system: &System, catalog: &Catalog) -> anyhow::Result<()> 
         .map(|id| (id.as_str(), "OPO", "BER", FLIGHT_SEATS));
     for (i, (id, from, to, seats)) in lis_fra.chain(opo_ber).enumerate() {
         // Hourly from 08:00 to 19:00, all on the one day the demo's bookings travel.
-        let departs_at = DEPARTS + (i % 12) as i64 * 3_600_000;
+        let departs_at = system::millis_at(*TRAVEL, 8 + (i % 12) as i64);
         system
             .flight(&FlightScheduled {
                 flight_id: id.into(),
@@ -583,12 +591,12 @@ async fn wait_for_catalog(demo: &Demo, token: &str, catalog: &Catalog) -> anyhow
     let deadline = Instant::now() + Duration::from_secs(60);
     let searches = [
         (
-            format!("/v1/flights?from=LIS&to=FRA&date={DAY}"),
+            format!("/v1/flights?from=LIS&to=FRA&date={}", travel(0)),
             "flights",
             catalog.lis_fra.len() + 1,
         ),
         (
-            format!("/v1/flights?from=OPO&to=BER&date={DAY}"),
+            format!("/v1/flights?from=OPO&to=BER&date={}", travel(0)),
             "flights",
             catalog.opo_ber.len(),
         ),
@@ -629,7 +637,7 @@ async fn place(demo: &Demo, catalog: &Catalog, token: &str, i: usize) -> anyhow:
     };
     let body = json!({
         "flight_id": flight, "seats": seats_of(i), "hotel_id": hotel,
-        "check_in": DAY, "check_out": "2026-12-03", "rooms": 1, "extras": extras
+        "check_in": travel(0), "check_out": travel(2), "rooms": 1, "extras": extras
     });
     let started = Instant::now();
     let (status, booking) = demo.post("/v1/bookings", Some(token), body).await?;

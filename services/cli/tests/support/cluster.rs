@@ -464,8 +464,9 @@ pub async fn seed_catalog(producer: &streams::kafka::producer::Producer, flights
             flight_id: (*id).into(),
             origin: "LIS".into(),
             destination: "FRA".into(),
-            departs_at: 1_796_100_000_000,
-            arrives_at: 1_796_110_000_000,
+            // A week from today: the gateway refuses check-ins in the past.
+            departs_at: system::millis_at(system::day_from_today(7), 5),
+            arrives_at: system::millis_at(system::day_from_today(7), 8),
             seats: *seats,
             seat_price: eur(100),
         };
