@@ -18,7 +18,9 @@ const SCHEMAS: [&str; 4] = [
 /// `SCHEMAS[pick]` with each `(position, byte)` written over it: mostly invalid JSON or Avro,
 /// sometimes a schema that differs from the original in one place.
 fn edited(pick: u8, edits: &[(u16, u8)]) -> String {
-    let mut text = SCHEMAS[usize::from(pick) % SCHEMAS.len()].as_bytes().to_vec();
+    let mut text = SCHEMAS[usize::from(pick) % SCHEMAS.len()]
+        .as_bytes()
+        .to_vec();
     for (position, byte) in edits {
         let at = usize::from(*position) % text.len();
         text[at] = *byte;

@@ -20,7 +20,11 @@ fn decode<E: Event + PartialEq + std::fmt::Debug>(body: &[u8]) {
     if let Ok(event) = &ours {
         let mut again = Vec::new();
         program.encode(event, &mut again).expect("re-encodes");
-        assert_eq!(&program.decode::<E>(&again).expect("decodes"), event, "{name}");
+        assert_eq!(
+            &program.decode::<E>(&again).expect("decodes"),
+            event,
+            "{name}"
+        );
         if let Ok(other) = &theirs {
             assert_eq!(event, other, "{name}: both decoders read {body:?}");
         }

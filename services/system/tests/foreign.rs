@@ -68,7 +68,11 @@ async fn an_event_from_confluents_python_producer_is_applied_like_our_own() {
         let (low, high) = consumer
             .fetch_watermarks("flights.dlq", partition, Duration::from_secs(5))
             .expect("watermarks");
-        assert_eq!(high - low, 0, "nothing dead-lettered on partition {partition}");
+        assert_eq!(
+            high - low,
+            0,
+            "nothing dead-lettered on partition {partition}"
+        );
     }
     system.stop().await.expect("stopped");
 }

@@ -313,14 +313,25 @@ mod tests {
             partition: 2,
             offset,
         };
-        let first = foreign(None, &at(7), Some(b"LH1"), "tripstream.flight.FlightScheduled".into());
+        let first = foreign(
+            None,
+            &at(7),
+            Some(b"LH1"),
+            "tripstream.flight.FlightScheduled".into(),
+        );
         let again = foreign(None, &at(7), Some(b"LH1"), "x".into());
         let next = foreign(None, &at(8), Some(b"LH1"), "x".into());
         assert_eq!(first.event_id, again.event_id, "the same on every read");
         assert_ne!(first.event_id, next.event_id);
         assert_eq!(first.correlation_id, "LH1");
-        assert_eq!(first.event_type.as_deref(), Some("tripstream.flight.FlightScheduled"));
+        assert_eq!(
+            first.event_type.as_deref(),
+            Some("tripstream.flight.FlightScheduled")
+        );
         let own = Metadata::new("b1");
-        assert_eq!(foreign(Some(&own), &at(7), None, "x".into()).event_id, own.event_id);
+        assert_eq!(
+            foreign(Some(&own), &at(7), None, "x".into()).event_id,
+            own.event_id
+        );
     }
 }
