@@ -378,3 +378,120 @@ fn a_type_used_along_exponentially_many_paths_is_checked_once_per_pair() {
         &format!("{}/fields/0/type", "/fields/0/type".repeat(40))
     );
 }
+
+/// A chain of `length` records `{prefix}0` … each holding the next in a field (the last an
+/// int), defined one after another as fields of a root record, so the JSON stays shallow
+/// however long the chain.
+fn chain(prefix: &str, length: usize) -> String {
+    let mut fields = vec![format!(
+        r#"{{"name":"f0","type":{{"type":"record","name":"{prefix}0","fields":[{{"name":"x","type":"int"}}]}}}}"#
+    )];
+    for k in 1..length {
+        fields.push(format!(
+            r#"{{"name":"f{k}","type":{{"type":"record","name":"{prefix}{k}","fields":[{{"name":"x","type":"{prefix}{}"}}]}}}}"#,
+            k - 1
+        ));
+    }
+    format!(
+        r#"{{"type":"record","name":"Root","fields":[{}]}}"#,
+        fields.join(",")
+    )
+}
+
+#[test]
+fn types_nested_deeper_than_the_limit_are_refused_however_shallow_the_json() {
+    let limit = streams::avro::schema::MAX_NESTING;
+    assert!(Schema::parse(&chain("C", limit - 2)).is_ok());
+    let error = Schema::parse(&chain("C", limit + 1)).expect_err("too deep");
+    assert!(error.reason.contains("nest more than 64"), "{error}");
+    // A few hundred kilobytes: a checker or reader recursing along it would overflow a stack.
+    assert!(Schema::parse(&chain("C", 5_000)).is_err());
+}
+
+#[test]
+fn a_check_gives_up_past_its_depth_and_answers_incompatible_rather_than_overflow() {
+    // Stored before the nesting limit, a 5,000-record chain still reaches the checker (the
+    // registry's log replays with `parse_stored`). The chain is defined as the branches of a
+    // union in one field and used by its last record in another, crosswise in reader and
+    // writer, so the check meets the deep end first. On a 2 MiB stack, as tokio's blocking
+    // pool runs it, it must answer.
+    let n = 5_000;
+    let definitions = {
+        let mut records = vec![
+            r#"{"type":"record","name":"R0","fields":[{"name":"f","type":"int"}]}"#.to_owned(),
+        ];
+        for k in 1..=n {
+            records.push(format!(
+                r#"{{"type":"record","name":"R{k}","fields":[{{"name":"f","type":"R{}"}}]}}"#,
+                k - 1
+            ));
+        }
+        format!(r#"["null",{}]"#, records.join(","))
+    };
+    let writer = format!(
+        r#"{{"type":"record","name":"Top","fields":[{{"name":"b","type":{definitions}}},{{"name":"a","type":"R{n}"}}]}}"#
+    );
+    let reader = format!(
+        r#"{{"type":"record","name":"Top","fields":[{{"name":"a","type":{definitions}}},{{"name":"b","type":["null","R{n}"]}}]}}"#
+    );
+    assert!(
+        Schema::parse(&writer).is_err(),
+        "new schemas that deep are refused"
+    );
+    let writer = Schema::parse_stored(&writer).expect("stored schemas are read");
+    let reader = Schema::parse_stored(&reader).expect("stored schemas are read");
+    let answer = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || can_read(&reader, &writer))
+        .expect("thread")
+        .join()
+        .expect("no overflow");
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0].kind, Kind::TooComplexToCheck);
+}
+
+/// A cycle of `length` records `{prefix}0` → `{prefix}1` → … → `{prefix}0`, each holding the
+/// next in an array (so values end).
+fn cycle(prefix: &str, length: usize) -> String {
+    let mut ty = format!(
+        r#"{{"type":"record","name":"{prefix}{}","fields":[{{"name":"next","type":{{"type":"array","items":"{prefix}0"}}}}]}}"#,
+        length - 1
+    );
+    for k in (0..length - 1).rev() {
+        ty = format!(
+            r#"{{"type":"record","name":"{prefix}{k}","fields":[{{"name":"next","type":{{"type":"array","items":{ty}}}}}]}}"#
+        );
+    }
+    ty
+}
+
+#[test]
+fn two_recursive_types_that_lead_a_check_round_and_round_are_bounded() {
+    // Cycles of 17 and 19 records: the pairs repeat only after 323 steps, each step a record
+    // and an array deeper.
+    let reader = schema(&cycle("R", 17));
+    let writer = schema(&cycle("W", 19));
+    let found = can_read(&reader, &writer);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].kind, Kind::TooComplexToCheck);
+    assert_eq!(found[0].location, "/");
+}
+
+#[test]
+fn a_named_writer_branch_is_compared_with_its_counterpart_only() {
+    // Two unions of 2,000 records with other names: every writer branch is missing, found
+    // without comparing it to every reader branch.
+    let union = |prefix: &str| {
+        let branches: Vec<String> = (0..2_000)
+            .map(|k| {
+                format!(
+                    r#"{{"type":"record","name":"{prefix}{k}","fields":[{{"name":"x","type":"int"}}]}}"#
+                )
+            })
+            .collect();
+        schema(&format!("[{}]", branches.join(",")))
+    };
+    let found = can_read(&union("A"), &union("B"));
+    assert_eq!(found.len(), streams::avro::compat::MAX_REPORTED);
+    assert!(found.iter().all(|p| p.kind == Kind::MissingUnionBranch));
+}

@@ -9,8 +9,12 @@
 //!
 //! Each pair of named types is compared once per check and its outcome reused wherever the
 //! pair recurs, so a schema that uses one type at many places (or, as an attack, a chain of
-//! records each using the next one twice, 2^depth paths) costs its size, not its paths. A check
-//! lists at most [`MAX_REPORTED`] problems per pair of types.
+//! records each using the next one twice, 2^depth paths) does not cost its paths. A check
+//! lists at most [`MAX_REPORTED`] problems per pair of types, and gives up past [`MAX_WORK`]
+//! comparisons or [`MAX_DEPTH`] levels, answering incompatible: pairs of schemas a few
+//! kilobytes large can otherwise ask for minutes and gigabytes (every reader type against
+//! every writer type of two large unions, or two chains of records laid out crosswise), and
+//! the registry runs this check on every write it applies.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -127,6 +131,8 @@ pub enum Kind {
     TypeMismatch,
     /// A type the writer may write has no branch in the reader's union.
     MissingUnionBranch,
+    /// The check gave up: more than [`MAX_WORK`] comparisons or [`MAX_DEPTH`] levels.
+    TooComplexToCheck,
 }
 
 impl Kind {
@@ -139,6 +145,7 @@ impl Kind {
             Kind::ReaderFieldMissingDefaultValue => "READER_FIELD_MISSING_DEFAULT_VALUE",
             Kind::TypeMismatch => "TYPE_MISMATCH",
             Kind::MissingUnionBranch => "MISSING_UNION_BRANCH",
+            Kind::TooComplexToCheck => "TOO_COMPLEX_TO_CHECK",
         }
     }
 }
@@ -194,6 +201,15 @@ pub struct Violation {
 /// exponentially many paths. A list cut short still has problems, so the verdict is the same.
 pub const MAX_REPORTED: usize = 1_000;
 
+/// The most type comparisons one reader–writer check makes: the contract's schemas take a few
+/// dozen, a 40,000-field record about as many as it has fields.
+pub const MAX_WORK: usize = 200_000;
+
+/// The deepest one reader–writer check descends (the parser refuses types nested deeper than
+/// [`crate::avro::schema::MAX_NESTING`], but two recursive types can lead a check round and
+/// round); also what keeps the check's recursion within a thread's stack.
+pub const MAX_DEPTH: usize = 256;
+
 /// Checks whether `new` may follow `previous` (oldest first) at `level`, listing every problem.
 ///
 /// Non-transitive levels compare with the latest version only; transitive levels with all.
@@ -234,9 +250,22 @@ pub fn can_read(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
         writer,
         in_progress: HashSet::new(),
         done: HashMap::new(),
+        work: 0,
+        depth: 0,
+        exhausted: false,
     };
     let mut location = String::new();
-    checker.compare(reader.root(), writer.root(), &mut location)
+    let problems = checker.compare(reader.root(), writer.root(), &mut location);
+    if checker.exhausted {
+        return vec![checker.problem(
+            Kind::TooComplexToCheck,
+            "",
+            format!(
+                "the schemas are too large or too deeply nested to check (more than {MAX_WORK} type comparisons or {MAX_DEPTH} levels); they are taken as incompatible"
+            ),
+        )];
+    }
+    problems
 }
 
 struct Checker<'a> {
@@ -250,6 +279,12 @@ struct Checker<'a> {
     /// while one of its enclosing pairs was in progress took that one as compatible; the
     /// enclosing pair reports its own problems, so nothing is lost from the verdict.)
     done: HashMap<(usize, usize), Vec<Incompatibility>>,
+    /// Comparisons made so far, against [`MAX_WORK`].
+    work: usize,
+    /// How deep the comparison in progress is, against [`MAX_DEPTH`].
+    depth: usize,
+    /// Set once either bound is passed: every comparison after it answers at once.
+    exhausted: bool,
 }
 
 /// Cuts a list of problems to [`MAX_REPORTED`], keeping the first.
@@ -272,6 +307,23 @@ impl<'a> Checker<'a> {
     }
 
     fn compare(
+        &mut self,
+        reader: &Type,
+        writer: &Type,
+        location: &mut String,
+    ) -> Vec<Incompatibility> {
+        self.work += 1;
+        if self.exhausted || self.work > MAX_WORK || self.depth >= MAX_DEPTH {
+            self.exhausted = true;
+            return Vec::new();
+        }
+        self.depth += 1;
+        let problems = self.compare_within_bounds(reader, writer, location);
+        self.depth -= 1;
+        problems
+    }
+
+    fn compare_within_bounds(
         &mut self,
         reader: &Type,
         writer: &Type,
@@ -318,9 +370,13 @@ impl<'a> Checker<'a> {
                 }
             }
             // Otherwise the first branch that can read the writer's type (by promotion) wins.
-            for (i, branch) in branches.iter().enumerate() {
-                if Some(i) != counterpart && self.compare(branch, writer, location).is_empty() {
-                    return Vec::new();
+            // Only unnamed types promote: a named writer type is read by its counterpart or
+            // not at all, so other branches need no comparison.
+            if !matches!(writer, Type::Named(_)) {
+                for (i, branch) in branches.iter().enumerate() {
+                    if Some(i) != counterpart && self.compare(branch, writer, location).is_empty() {
+                        return Vec::new();
+                    }
                 }
             }
             if counterpart.is_some() {

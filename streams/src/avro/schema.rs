@@ -163,6 +163,12 @@ pub struct Field {
     pub default: Option<Value>,
 }
 
+/// How deep types may nest, counting records, arrays, maps and unions on the way down (a
+/// recursive type counts once round): readers and checkers recurse along the nesting, so a
+/// chain of thousands of records, a few hundred kilobytes of schema, would overflow a thread's
+/// stack. The contract's schemas nest 4 deep.
+pub const MAX_NESTING: usize = 64;
+
 /// A parsed, validated Avro schema.
 #[derive(Debug, Clone)]
 pub struct Schema {
@@ -220,6 +226,7 @@ impl Schema {
         let root = parser.parse_type(json, "", None)?;
         if parser.checks == Checks::All {
             parser.check_records_end()?;
+            parser.check_nesting(&root)?;
         }
         let canonical = json.to_string();
         // A second opinion: the codec uses apache-avro, so a schema it rejects is unusable
@@ -867,6 +874,72 @@ impl Parser {
                 record.name, field.name
             ),
         ))
+    }
+}
+
+impl Parser {
+    /// Refuses types nested deeper than [`MAX_NESTING`].
+    fn check_nesting(&self, root: &Type) -> Result<(), SchemaError> {
+        let mut heights = HashMap::new();
+        let mut open = HashSet::new();
+        self.height(root, 0, &mut heights, &mut open).map(|_| ())
+    }
+
+    /// How deep `ty`, met `level` deep, nests below itself; a named type already open on the
+    /// way down (recursion) counts as a leaf. Stops at [`MAX_NESTING`], so its own recursion
+    /// is bounded too.
+    fn height(
+        &self,
+        ty: &Type,
+        level: usize,
+        heights: &mut HashMap<usize, usize>,
+        open: &mut HashSet<usize>,
+    ) -> Result<usize, SchemaError> {
+        let too_deep = || {
+            SchemaError::at(
+                "",
+                format!(
+                    "types nest more than {MAX_NESTING} deep (records, arrays, maps and unions inside each other); readers would recurse that deep"
+                ),
+            )
+        };
+        if level > MAX_NESTING {
+            return Err(too_deep());
+        }
+        let below = match ty {
+            Type::Array(inner) | Type::Map(inner) => {
+                self.height(inner, level + 1, heights, open)?
+            }
+            Type::Union(branches) => {
+                let mut most = 0;
+                for branch in branches {
+                    most = most.max(self.height(branch, level + 1, heights, open)?);
+                }
+                most
+            }
+            Type::Named(i) => {
+                if let Some(&known) = heights.get(i) {
+                    if level + known > MAX_NESTING {
+                        return Err(too_deep());
+                    }
+                    return Ok(known);
+                }
+                if !open.insert(*i) {
+                    return Ok(0);
+                }
+                let mut most = 0;
+                if let NamedKind::Record { fields } = &self.named[*i].kind {
+                    for field in fields {
+                        most = most.max(self.height(&field.ty, level + 1, heights, open)?);
+                    }
+                }
+                open.remove(i);
+                heights.insert(*i, most + 1);
+                return Ok(most + 1);
+            }
+            _ => return Ok(0),
+        };
+        Ok(below + 1)
     }
 }
 
