@@ -197,13 +197,28 @@ fn schema_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> 
     })
 }
 
-/// Runs CPU-bound work (parsing or checking a schema) on the blocking pool.
+/// How long a client may take to send a body carrying a schema.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs CPU-bound work (parsing or checking a schema) on the blocking pool once one of the
+/// per-core permits is free. The permit goes with the work, so a client that hangs up does not
+/// free it while the work still runs.
 async fn off_workers<T: Send + 'static>(
+    app: &App,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
+    let permit = app
+        .parsing
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::store(format!("the schema could not be processed: {e}")))?
+        .map_err(|_| ApiError::store("the registry is shutting down"))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::store(format!("the schema could not be processed: {e}")))?
 }
 
 #[derive(Deserialize)]
@@ -215,17 +230,16 @@ struct SchemaBody {
     references: Vec<Value>,
 }
 
-/// Reads and parses a request body holding a schema, on the blocking pool, once a parse permit
-/// is free. Unknown fields are accepted, as Confluent's newer clients send metadata and rule
-/// sets along.
+/// Reads a request body holding a schema (within [`BODY_TIMEOUT`], before any permit is taken:
+/// a client sending slowly holds its own connection only) and parses it on the blocking pool
+/// once a parse permit is free. Unknown fields are accepted, as Confluent's newer clients send
+/// metadata and rule sets along.
 async fn schema_from_body(app: &App, request: Request) -> Result<Arc<Schema>, ApiError> {
-    let _permit = app
-        .parsing
-        .acquire()
+    let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &()))
         .await
-        .map_err(|_| ApiError::store("the registry is shutting down"))?;
-    let body = schema_bytes(Bytes::from_request(request, &()).await)?;
-    off_workers(move || parse_schema_body(&body).map(Arc::new)).await
+        .map_err(|_| ApiError::body_timeout(BODY_TIMEOUT))?;
+    let body = schema_bytes(body)?;
+    off_workers(app, move || parse_schema_body(&body).map(Arc::new)).await
 }
 
 fn parse_schema_body(body: &Bytes) -> Result<Schema, ApiError> {
@@ -454,12 +468,13 @@ async fn versions_by_id(Extract(app): Extract<App>, Path(id): Path<String>) -> A
 
 /// Checks `schema` against `against` on the blocking pool; the state's lock is not held.
 async fn compatibility_answer(
+    app: &App,
     level: Level,
     schema: Arc<Schema>,
     against: Vec<(i32, Arc<Schema>)>,
     verbose: bool,
 ) -> Answer {
-    let answer = off_workers(move || {
+    let answer = off_workers(app, move || {
         let refs: Vec<&Schema> = against.iter().map(|(_, s)| s.as_ref()).collect();
         let versions: Vec<i32> = against.iter().map(|(v, _)| *v).collect();
         let violations = compat::check(level, &schema, &refs);
@@ -496,7 +511,7 @@ async fn compatible_with_one(
             .collect();
         (state.level_of(&subject), against)
     };
-    compatibility_answer(level, schema, against, flag(&params, "verbose")).await
+    compatibility_answer(&app, level, schema, against, flag(&params, "verbose")).await
 }
 
 async fn compatible_with_all(
@@ -510,7 +525,7 @@ async fn compatible_with_all(
         let state = app.read();
         (state.level_of(&subject), state.active_schemas(&subject))
     };
-    compatibility_answer(level, schema, against, flag(&params, "verbose")).await
+    compatibility_answer(&app, level, schema, against, flag(&params, "verbose")).await
 }
 
 #[derive(Deserialize)]
@@ -535,27 +550,26 @@ async fn get_global_config(Extract(app): Extract<App>) -> Answer {
     ))
 }
 
-async fn put_global_config(Extract(app): Extract<App>, body: Bytes) -> Answer {
-    let level = level_from_body(&body)?;
+/// Proposes a config change. READONLY refuses it here, before it reaches the log, not where
+/// the log is applied: a log written before this check replays as it did.
+async fn set_level(app: &App, subject: Option<String>, level: Option<Level>) -> Answer {
+    if app.read().mode() == Mode::Readonly {
+        return Err(ApiError::read_only());
+    }
     Ok(json_response(
         &app.log
-            .propose(Command::SetLevel {
-                subject: None,
-                level: Some(level),
-            })
+            .propose(Command::SetLevel { subject, level })
             .await?,
     ))
 }
 
+async fn put_global_config(Extract(app): Extract<App>, body: Bytes) -> Answer {
+    let level = level_from_body(&body)?;
+    set_level(&app, None, Some(level)).await
+}
+
 async fn delete_global_config(Extract(app): Extract<App>) -> Answer {
-    Ok(json_response(
-        &app.log
-            .propose(Command::SetLevel {
-                subject: None,
-                level: None,
-            })
-            .await?,
-    ))
+    set_level(&app, None, None).await
 }
 
 async fn get_subject_config(
@@ -581,14 +595,7 @@ async fn put_subject_config(
     body: Bytes,
 ) -> Answer {
     let level = level_from_body(&body)?;
-    let answer = app
-        .log
-        .propose(Command::SetLevel {
-            subject: Some(subject),
-            level: Some(level),
-        })
-        .await?;
-    Ok(json_response(&answer))
+    set_level(&app, Some(subject), Some(level)).await
 }
 
 async fn delete_subject_config(Extract(app): Extract<App>, Path(subject): Path<String>) -> Answer {
@@ -601,14 +608,7 @@ async fn delete_subject_config(Extract(app): Extract<App>, Path(subject): Path<S
     if unknown {
         return Err(ApiError::subject_not_found(&subject));
     }
-    let answer = app
-        .log
-        .propose(Command::SetLevel {
-            subject: Some(subject),
-            level: None,
-        })
-        .await?;
-    Ok(json_response(&answer))
+    set_level(&app, Some(subject), None).await
 }
 
 async fn get_mode(Extract(app): Extract<App>) -> Answer {

@@ -180,6 +180,15 @@ impl ApiError {
         )
     }
 
+    /// 408 for a body not sent in full within `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            408,
+            format!("The request body was not sent within {} s", limit.as_secs()),
+        )
+    }
+
     /// 400 for bodies that are not JSON of the expected shape.
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, 400, reason)
