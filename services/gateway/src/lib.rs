@@ -705,3 +705,38 @@ mod tests {
         );
     }
 }
+
+/// Fuzz targets (bolero) for the gateway's request parsing: under `cargo test` each runs for a
+/// second on random inputs; `cargo bolero test` runs one coverage-guided (README, "Fuzzing").
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    fn refused_with_a_4xx<T>(result: Result<T, ApiError>) {
+        if let Err(error) = result {
+            assert!(error.status.is_client_error(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn booking_bodies_are_read_or_refused_with_a_4xx() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            let parsed = web::parse::<BookingBody>(bytes);
+            if let Ok(body) = &parsed {
+                refused_with_a_4xx(stay(&body.check_in, &body.check_out));
+            }
+            refused_with_a_4xx(parsed);
+        });
+    }
+
+    #[test]
+    fn search_parameters_are_read_or_refused_with_a_4xx() {
+        bolero::check!()
+            .with_type::<(String, String)>()
+            .for_each(|(a, b)| {
+                refused_with_a_4xx(airport("from", a));
+                refused_with_a_4xx(day("date", a));
+                refused_with_a_4xx(stay(a, b));
+            });
+    }
+}
