@@ -190,7 +190,8 @@ pub fn now() -> i64 {
 pub struct TokenArgs {
     /// Auth's token signing keys: a directory of Ed25519 keys as PKCS#8 PEM files named
     /// `<kid>.pem` (what `openssl genpkey -algorithm ed25519` writes); created with one key when
-    /// empty. Auth signs with the last by name and publishes them all at
+    /// empty. Auth signs with the newest file (by modification time; `touch` one to make it
+    /// sign) and publishes them all at
     /// /.well-known/jwks.json. The gateway needs no key.
     #[arg(long, env = "TRIPSTREAM_TOKEN_KEYS", default_value = DEFAULT_KEY_DIR)]
     pub token_keys: PathBuf,
@@ -215,6 +216,13 @@ impl TokenArgs {
         if self.rotate_token_key {
             KeyRing::add_to_dir(&dir)?;
         }
-        Ok(Issuer::new(KeyRing::from_dir(&dir)?, DEFAULT_TTL))
+        let keys = KeyRing::from_dir(&dir)?;
+        tracing::info!(
+            kid = keys.newest().kid(),
+            keys = keys.kids().len(),
+            dir = %dir.display(),
+            "token key that signs"
+        );
+        Ok(Issuer::new(keys, DEFAULT_TTL))
     }
 }
