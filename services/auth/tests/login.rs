@@ -135,6 +135,7 @@ async fn until(hashing: &Hashing, what: &str, done: impl Fn(auth::hashing::Stats
 fn lenient(settings: &mut auth::Settings) {
     settings.throttle.per_email = 1_000;
     settings.throttle.per_address = 1_000;
+    settings.throttle.sign_ups_per_address = 1_000;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -294,6 +295,123 @@ async fn repeated_wrong_logins_get_429_per_email_and_per_client() {
         )
         .await;
     assert_eq!(behind.status, StatusCode::UNAUTHORIZED, "{behind:?}");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_logins_for_one_email_get_no_more_answers_than_the_limit() {
+    const LIMIT: u32 = 3;
+    const SENT: usize = 12;
+    let harness = Harness::start(|settings| {
+        lenient(settings);
+        settings.throttle.per_email = LIMIT;
+        settings.hashing = Hashing::new(Limits {
+            running: 1,
+            queued: 64,
+        });
+    })
+    .await;
+    harness.sign_up("ana@example.com").await;
+    // No hash ends until every login is either waiting for one or answered: every check
+    // happens before any failure is known, the worst case for the limit.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = tokio::spawn({
+        let hashing = harness.hashing.clone();
+        async move { hashing.run(move || released.recv()).await }
+    });
+    until(&harness.hashing, "the held job runs", |s| s.running == 1).await;
+    let logins: Vec<_> = (0..SENT)
+        .map(|i| {
+            let http = harness.http.clone();
+            let url = format!("{}/v1/sessions", harness.auth.url());
+            tokio::spawn(async move {
+                http.post(url)
+                    .json(&json!({"email": "ana@example.com", "password": format!("wrong {i}")}))
+                    .send()
+                    .await
+                    .expect("auth answers")
+                    .status()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answered = logins.iter().filter(|l| l.is_finished()).count();
+        if harness.hashing.stats().queued + answered == SENT {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", harness.hashing.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).expect("the held job waits");
+    assert!(held.await.expect("joined").expect("ran").is_ok());
+    let mut passed = 0;
+    for login in logins {
+        let status = login.await.expect("joined");
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, LIMIT, "at most {LIMIT} guesses get an answer");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_ups_are_throttled_per_client_and_a_taken_email_costs_no_hash() {
+    let harness = Harness::start(|settings| {
+        settings.throttle.sign_ups_per_address = 3;
+    })
+    .await;
+    harness.sign_up("ana@example.com").await;
+    let runs = harness.hashing.stats().runs;
+    let taken = harness
+        .post(
+            "/v1/users",
+            json!({"email": "ana@example.com", "password": PASSWORD, "display_name": "Ana"}),
+            None,
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{taken:?}");
+    assert_eq!(taken.body["error"]["code"], "conflict");
+    assert_eq!(
+        harness.hashing.stats().runs,
+        runs,
+        "a taken email is refused before its hash"
+    );
+    harness.sign_up("bo@example.com").await;
+    let runs = harness.hashing.stats().runs;
+    let throttled = harness
+        .post(
+            "/v1/users",
+            json!({"email": "cy@example.com", "password": PASSWORD, "display_name": "Cy"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        throttled.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{throttled:?}"
+    );
+    assert_eq!(throttled.body["error"]["code"], "too_many_requests");
+    assert!(
+        throttled.retry_after.is_some_and(|s| s >= 1),
+        "{throttled:?}"
+    );
+    assert_eq!(harness.hashing.stats().runs, runs, "no hash is run");
+    // Another client behind the gateway still signs up; logins are not held.
+    let behind = harness
+        .post(
+            "/v1/users",
+            json!({"email": "cy@example.com", "password": PASSWORD, "display_name": "Cy"}),
+            Some("203.0.113.7"),
+        )
+        .await;
+    assert_eq!(behind.status, StatusCode::CREATED, "{behind:?}");
+    assert_eq!(
+        harness.log_in("ana@example.com", PASSWORD).await.status,
+        StatusCode::CREATED
+    );
     harness.stop().await;
 }
 
