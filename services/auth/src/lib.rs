@@ -329,14 +329,20 @@ fn too_many_sign_ups(wait: Duration) -> Refusal {
     }
 }
 
-/// Characters that make text read otherwise than it is stored: control characters and the
-/// bidirectional overrides, embeddings, isolates and marks (Trojan Source, CVE-2021-42574).
+/// Characters that make text read otherwise than it is stored: controls (Cc), format
+/// characters (Cf: the bidirectional overrides, embeddings, isolates and marks of Trojan Source,
+/// CVE-2021-42574, and the invisible ones, zero-width spaces and joiners, the word joiner, the
+/// byte order mark, the soft hyphen) and the line and paragraph separators (Zl, Zp). By general
+/// category rather than a list, so that every such character is refused, not just the known.
 fn is_deceptive(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// 400 naming `field` when `text` holds a [deceptive](is_deceptive) character.
@@ -345,7 +351,8 @@ fn refuse_deceptive(field: &str, text: &str) -> Result<(), ApiError> {
         Some(c) => Err(ApiError::invalid(
             field,
             format!(
-                "must not contain control characters or bidirectional overrides (found U+{:04X})",
+                "must not contain control, invisible or bidirectional formatting characters \
+                 (found U+{:04X})",
                 u32::from(c)
             ),
         )),
@@ -353,10 +360,13 @@ fn refuse_deceptive(field: &str, text: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks an email address's shape (the rest is the mail system's business).
+/// Checks an email address's shape (the rest is the mail system's business) and gives its one
+/// spelling: NFC, so that an `é` typed as one character or as `e` and a combining accent is one
+/// address, not two accounts that look the same.
 fn check_email(email: &str) -> Result<String, ApiError> {
+    use unicode_normalization::UnicodeNormalization as _;
     refuse_deceptive("email", email)?;
-    let email = email.trim().to_ascii_lowercase();
+    let email = email.trim().nfc().collect::<String>().to_ascii_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()

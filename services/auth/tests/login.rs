@@ -416,7 +416,7 @@ async fn sign_ups_are_throttled_per_client_and_a_taken_email_costs_no_hash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
+async fn control_invisible_and_bidi_characters_are_refused_naming_the_field() {
     let harness = Harness::start(lenient).await;
     for (email, name, field) in [
         ("ana\u{202E}moc.elpmaxe@evil.com", "Ana", "email"),
@@ -426,6 +426,14 @@ async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
         ("ana@example.com", "Ana\u{2066}x\u{2069}", "display_name"),
         ("ana@example.com", "Ana\u{0000}", "display_name"),
         ("ana@example.com", "\u{001B}[31mAna", "display_name"),
+        ("ana\u{200B}@example.com", "Ana", "email"),
+        ("ana@exa\u{00AD}mple.com", "Ana", "email"),
+        ("\u{FEFF}ana@example.com", "Ana", "email"),
+        ("ana@example.com", "A\u{200D}na", "display_name"),
+        ("ana@example.com", "Ana\u{2060}", "display_name"),
+        ("ana@example.com", "Ana\u{2028}Admin", "display_name"),
+        ("ana@example.com", "Ana\u{2029}", "display_name"),
+        ("ana@example.com", "An\u{2064}a", "display_name"),
     ] {
         let answer = harness
             .post(
@@ -441,6 +449,27 @@ async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
     let answer = harness.log_in("ana\u{202E}@example.com", PASSWORD).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
     harness.sign_up("ana@example.com").await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_email_is_one_account_however_its_accents_are_composed() {
+    let harness = Harness::start(lenient).await;
+    // "josé": the é as one character (NFC), then as e and a combining acute accent (NFD).
+    let composed = "jos\u{00E9}@example.com";
+    let decomposed = "jose\u{0301}@example.com";
+    let user_id = harness.sign_up(composed).await;
+    let again = harness
+        .post(
+            "/v1/users",
+            json!({"email": decomposed, "password": PASSWORD, "display_name": "Jose"}),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    let session = harness.log_in(decomposed, PASSWORD).await;
+    assert_eq!(session.status, StatusCode::CREATED, "{session:?}");
+    assert_eq!(session.body["user_id"], user_id.as_str());
     harness.stop().await;
 }
 
