@@ -41,7 +41,8 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
-    /// Not a JWT: not three base64url parts, no `kid`, or claims that do not parse.
+    /// Not a JWT: not three base64url parts, no `kid`, or claims that do not parse, among them
+    /// claims lacking `sub`, `iss`, `aud`, `iat` or `exp`.
     #[error("the token is malformed")]
     Malformed,
     /// The signature does not match, or names a key the issuer does not publish.
@@ -54,7 +55,8 @@ pub enum TokenError {
     /// future.
     #[error("the token's lifetime exceeds the issuer's maximum of {} s", MAX_TTL.as_secs())]
     Lifetime,
-    /// A claim other than the expiry is wrong or missing (`iss`, `aud`, `sub`, `iat`).
+    /// A claim present but wrong: `iss` or `aud` not ours, or `sub` empty (`iat` and `exp` are
+    /// [`TokenError::Lifetime`] and [`TokenError::Expired`]).
     #[error("the token's {0} claim is invalid")]
     Claim(&'static str),
     /// The issuer's public keys cannot be fetched, so the token cannot be checked now.

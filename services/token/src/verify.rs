@@ -120,6 +120,8 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
+        // Not reached while `Claims` needs every field (a token lacking one does not parse), but
+        // it keeps them required should a field of `Claims` ever become optional.
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Expiry and lifetime are checked below against the caller's clock.
         validation.validate_exp = false;
@@ -166,7 +168,11 @@ impl Verifier {
     async fn key(&self, kid: &str) -> Result<Option<DecodingKey>, TokenError> {
         let (known, fresh, generation) = {
             let cache = self.cache();
-            (cache.keys.get(kid).cloned(), cache.is_fresh(), cache.generation)
+            (
+                cache.keys.get(kid).cloned(),
+                cache.is_fresh(),
+                cache.generation,
+            )
         };
         if fresh && known.is_some() {
             return Ok(known);
@@ -259,18 +265,15 @@ fn check_times(claims: &Claims, now: i64) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// What a `jsonwebtoken` error means for the caller. A missing claim is no `Claim` error:
+/// [`Claims`] needs them all, so a token without one fails to parse (`Malformed`) before the
+/// library looks for required claims.
 fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::Forged,
         ErrorKind::InvalidIssuer => TokenError::Claim("iss"),
         ErrorKind::InvalidAudience => TokenError::Claim("aud"),
-        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-            "exp" => TokenError::Claim("exp"),
-            "iss" => TokenError::Claim("iss"),
-            "aud" => TokenError::Claim("aud"),
-            _ => TokenError::Claim("sub"),
-        },
         _ => TokenError::Malformed,
     }
 }
@@ -424,6 +427,26 @@ mod tests {
                 serde_json::json!({"sub": "u", "aud": AUDIENCE, "iat": now, "exp": now + 60}),
                 TokenError::Malformed,
             ),
+            (
+                serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "iat": now, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "iat": now}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}),
+                TokenError::Claim("sub"),
+            ),
         ] {
             assert_eq!(
                 verifier.verify(&signed(&issuer, &claims), now).await,
@@ -455,7 +478,10 @@ mod tests {
         let seen = verifier.cache().generation;
         // Another caller's fetch fails while this one waits for it.
         let first = verifier.fetch_after(seen, true).await;
-        assert!(matches!(first, Err(TokenError::Unavailable(_))), "{first:?}");
+        assert!(
+            matches!(first, Err(TokenError::Unavailable(_))),
+            "{first:?}"
+        );
         let waited = verifier.fetch_after(seen, true).await;
         assert!(
             matches!(waited, Err(TokenError::Unavailable(_))),
@@ -464,14 +490,20 @@ mod tests {
         assert_eq!(verifier.cache().generation, seen + 1, "no second fetch");
 
         let (token, _) = issuer().issue("u", 1_000).expect("token");
-        let answers =
-            verify_at_once(&verifier, &token, 8).await;
+        let answers = verify_at_once(&verifier, &token, 8).await;
         for answer in answers {
-            assert!(matches!(answer, Err(TokenError::Unavailable(_))), "{answer:?}");
+            assert!(
+                matches!(answer, Err(TokenError::Unavailable(_))),
+                "{answer:?}"
+            );
         }
     }
 
-    async fn verify_at_once(verifier: &Verifier, token: &str, n: usize) -> Vec<Result<String, TokenError>> {
+    async fn verify_at_once(
+        verifier: &Verifier,
+        token: &str,
+        n: usize,
+    ) -> Vec<Result<String, TokenError>> {
         let calls: Vec<_> = (0..n)
             .map(|_| {
                 let verifier = verifier.clone();
