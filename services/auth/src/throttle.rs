@@ -194,7 +194,10 @@ mod tests {
             throttle.reserve("a", later).map(drop),
             Err(Duration::from_secs(40))
         );
-        assert!(throttle.reserve("b", later).is_ok(), "other keys are not held");
+        assert!(
+            throttle.reserve("b", later).is_ok(),
+            "other keys are not held"
+        );
         let after = start + Duration::from_secs(60);
         throttle.reserve("a", after).expect("a new window").failed();
         assert!(throttle.reserve("a", after).is_ok(), "a new window starts");
@@ -216,7 +219,9 @@ mod tests {
         );
         let mut in_flight = in_flight.into_iter();
         drop(in_flight.next());
-        let fourth = throttle.reserve("a", now).expect("a success frees its place");
+        let fourth = throttle
+            .reserve("a", now)
+            .expect("a success frees its place");
         for attempt in in_flight.chain([fourth]) {
             attempt.failed();
         }
