@@ -134,6 +134,8 @@ struct Auth {
     dummy_hash: String,
     by_email: throttle::Throttle,
     by_address: throttle::Throttle,
+    /// Sign-ups per client address.
+    sign_ups: throttle::Throttle,
     trusted_proxies: Vec<Proxy>,
     /// Sign-ups one at a time: the email check and the insert must not interleave.
     signing_up: tokio::sync::Mutex<()>,
@@ -201,6 +203,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
         dummy_hash,
         by_email: throttle::Throttle::new(limits.per_email, limits.window, throttle::CAPACITY),
         by_address: throttle::Throttle::new(limits.per_address, limits.window, throttle::CAPACITY),
+        sign_ups: throttle::Throttle::new(
+            limits.sign_ups_per_address,
+            limits.window,
+            throttle::CAPACITY,
+        ),
         trusted_proxies: settings.trusted_proxies,
         signing_up: tokio::sync::Mutex::new(()),
     });
@@ -310,14 +317,32 @@ fn throttled(wait: Duration) -> Refusal {
     }
 }
 
-/// Characters that make text read otherwise than it is stored: control characters and the
-/// bidirectional overrides, embeddings, isolates and marks (Trojan Source, CVE-2021-42574).
+/// 429 for `wait` more, for a client that signed up too often.
+fn too_many_sign_ups(wait: Duration) -> Refusal {
+    Refusal {
+        error: ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many sign-ups from this client; wait before trying again",
+        ),
+        retry_after: Some(wait),
+    }
+}
+
+/// Characters that make text read otherwise than it is stored: controls (Cc), format
+/// characters (Cf: the bidirectional overrides, embeddings, isolates and marks of Trojan Source,
+/// CVE-2021-42574, and the invisible ones, zero-width spaces and joiners, the word joiner, the
+/// byte order mark, the soft hyphen) and the line and paragraph separators (Zl, Zp). By general
+/// category rather than a list, so that every such character is refused, not just the known.
 fn is_deceptive(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// 400 naming `field` when `text` holds a [deceptive](is_deceptive) character.
@@ -326,7 +351,8 @@ fn refuse_deceptive(field: &str, text: &str) -> Result<(), ApiError> {
         Some(c) => Err(ApiError::invalid(
             field,
             format!(
-                "must not contain control characters or bidirectional overrides (found U+{:04X})",
+                "must not contain control, invisible or bidirectional formatting characters \
+                 (found U+{:04X})",
                 u32::from(c)
             ),
         )),
@@ -334,10 +360,13 @@ fn refuse_deceptive(field: &str, text: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks an email address's shape (the rest is the mail system's business).
+/// Checks an email address's shape (the rest is the mail system's business) and gives its one
+/// spelling: NFC, so that an `é` typed as one character or as `e` and a combining accent is one
+/// address, not two accounts that look the same.
 fn check_email(email: &str) -> Result<String, ApiError> {
+    use unicode_normalization::UnicodeNormalization as _;
     refuse_deceptive("email", email)?;
-    let email = email.trim().to_ascii_lowercase();
+    let email = email.trim().nfc().collect::<String>().to_ascii_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -408,11 +437,30 @@ fn matches(password: &str, hash: &str) -> bool {
 
 async fn sign_up(
     State(auth): State<Arc<Auth>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(request): Json<SignUp>,
 ) -> Result<impl IntoResponse, Refusal> {
     let email = check_email(&request.email)?;
     check_password(&request.password)?;
     let display_name = check_name(&request.display_name)?;
+    // Every sign-up costs a hash, so each counts against its client whatever its outcome:
+    // one client cannot fill the hashing gate with sign-ups and starve everyone's logins.
+    let address = client::address(peer, &headers, &auth.trusted_proxies).to_string();
+    auth.sign_ups
+        .reserve(&address, Instant::now())
+        .map_err(too_many_sign_ups)?
+        .failed();
+    let email_key = format!("email/{email}");
+    // Checked before the hash too (and again below, in turn): a taken email costs no argon2.
+    if auth
+        .store
+        .get(email_key.as_bytes())
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(registered(&email).into());
+    }
     let password = request.password;
     let password_hash = auth
         .hashing
@@ -421,19 +469,13 @@ async fn sign_up(
         .map_err(ApiError::internal)?;
 
     let _one_at_a_time = auth.signing_up.lock().await;
-    let email_key = format!("email/{email}");
     if auth
         .store
         .get(email_key.as_bytes())
         .map_err(ApiError::internal)?
         .is_some()
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("email: {email} is already registered"),
-        )
-        .into());
+        return Err(registered(&email).into());
     }
     let user = User {
         user_id: uuid::Uuid::new_v4().to_string(),
@@ -477,6 +519,15 @@ async fn sign_up(
     ))
 }
 
+/// 409: `email` belongs to a user already.
+fn registered(email: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("email: {email} is already registered"),
+    )
+}
+
 /// A login.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,9 +554,11 @@ async fn log_in(
     let email = check_email(&request.email)?;
     let address = client::address(peer, &headers, &auth.trusted_proxies).to_string();
     let now = Instant::now();
-    // Before any hash: a throttled guesser costs no argon2.
-    auth.by_email.check(&email, now).map_err(throttled)?;
-    auth.by_address.check(&address, now).map_err(throttled)?;
+    // Before any hash: a throttled guesser costs no argon2. Each attempt counts from here, so
+    // guesses in flight at once cannot pass the limit; a success or a refusal before the
+    // outcome (503, a dropped request) takes its attempt back.
+    let by_email = auth.by_email.reserve(&email, now).map_err(throttled)?;
+    let by_address = auth.by_address.reserve(&address, now).map_err(throttled)?;
     let user = match auth
         .store
         .get(format!("email/{email}").as_bytes())
@@ -531,11 +584,12 @@ async fn log_in(
     let password = request.password;
     let matched = auth.hashing.run(move || matches(&password, &hash)).await?;
     let Some(user) = user.filter(|_| matched) else {
-        auth.by_email.failed(&email, now);
-        auth.by_address.failed(&address, now);
+        by_email.failed();
+        by_address.failed();
         // One answer for an unknown email and a wrong password: no hint which it was.
         return Err(ApiError::unauthorized("wrong email or password").into());
     };
+    drop((by_email, by_address));
     auth.by_email.forget(&email);
     let (token, expires_at) = auth
         .tokens

@@ -1,6 +1,7 @@
-//! Login throttling: failed logins are counted per email and per client address over a fixed
-//! window; past the limit that email or address is refused (429) until its window ends, before
-//! any hash is run. Each table holds at most a fixed number of entries.
+//! Login and sign-up throttling: attempts are counted per key (email, client address) over a
+//! fixed window as they start, atomically with the check; past the limit the key is refused
+//! (429) until its window ends, before any hash is run. Each table holds at most a fixed number
+//! of entries.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,13 +10,15 @@ use std::time::{Duration, Instant};
 /// Entries a table holds at most: about 100 bytes each.
 pub const CAPACITY: usize = 10_000;
 
-/// How many failed logins are allowed within a window.
+/// How many failed logins and sign-ups are allowed within a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Failures per email.
     pub per_email: u32,
     /// Failures per client address (many users may share one).
     pub per_address: u32,
+    /// Sign-ups per client address, whatever their outcome (each costs a hash).
+    pub sign_ups_per_address: u32,
     /// The window a count covers, from its first failure.
     pub window: Duration,
 }
@@ -25,6 +28,7 @@ impl Default for Limits {
         Limits {
             per_email: 10,
             per_address: 50,
+            sign_ups_per_address: 100,
             window: Duration::from_secs(300),
         }
     }
@@ -56,19 +60,13 @@ impl Throttle {
         }
     }
 
-    /// `Err(how long until it may try again)` when `key` has used up its failures.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        match self.lock().get(key) {
-            Some(entry) if entry.failures >= self.limit => {
-                let ends = entry.since + self.window;
-                if ends > now { Err(ends - now) } else { Ok(()) }
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failure of `key`.
-    pub fn failed(&self, key: &str, now: Instant) {
+    /// Counts an attempt of `key` at once, or `Err(how long until it may try again)` when its
+    /// window's attempts are used up. Counting as it checks, under one lock, is what makes the
+    /// limit hold for concurrent attempts: a check now and a count after the hash would let
+    /// every request in flight pass the check before the first one counts. The attempt stays
+    /// counted once [`Attempt::failed`]; dropped without (it succeeded, or was given up before
+    /// its outcome), it is taken back.
+    pub fn reserve(&self, key: &str, now: Instant) -> Result<Attempt<'_>, Duration> {
         let mut table = self.lock();
         if let Some(entry) = table.get_mut(key) {
             if now.duration_since(entry.since) >= self.window {
@@ -76,10 +74,13 @@ impl Throttle {
                     failures: 1,
                     since: now,
                 };
+            } else if entry.failures >= self.limit {
+                return Err(entry.since + self.window - now);
             } else {
-                entry.failures = entry.failures.saturating_add(1);
+                entry.failures += 1;
             }
-            return;
+            let since = entry.since;
+            return Ok(self.attempt(key, since));
         }
         if table.len() >= self.capacity {
             table.retain(|_, e| now.duration_since(e.since) < self.window);
@@ -102,6 +103,28 @@ impl Throttle {
                 since: now,
             },
         );
+        Ok(self.attempt(key, now))
+    }
+
+    fn attempt(&self, key: &str, since: Instant) -> Attempt<'_> {
+        Attempt {
+            throttle: self,
+            key: key.to_owned(),
+            since,
+            kept: false,
+        }
+    }
+
+    /// Takes back one attempt of `key` counted in the window that began at `since` (not one of
+    /// a later window, nor of an entry evicted since).
+    fn release(&self, key: &str, since: Instant) {
+        let mut table = self.lock();
+        if let Some(entry) = table.get_mut(key).filter(|e| e.since == since) {
+            entry.failures = entry.failures.saturating_sub(1);
+            if entry.failures == 0 {
+                table.remove(key);
+            }
+        }
     }
 
     /// Forgets `key`'s failures (after a successful login).
@@ -128,6 +151,33 @@ impl Throttle {
     }
 }
 
+/// One attempt counted by [`Throttle::reserve`]: kept by [`Attempt::failed`], taken back when
+/// dropped otherwise.
+#[derive(Debug)]
+#[must_use = "an attempt dropped at once is taken back"]
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    key: String,
+    since: Instant,
+    kept: bool,
+}
+
+impl Attempt<'_> {
+    /// Keeps the attempt counted: it failed (or, for attempts limited whatever their outcome,
+    /// it was made).
+    pub fn failed(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.throttle.release(&self.key, self.since);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,22 +187,45 @@ mod tests {
         let throttle = Throttle::new(3, Duration::from_secs(60), 100);
         let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(throttle.check("a", start), Ok(()));
-            throttle.failed("a", start);
+            throttle.reserve("a", start).expect("allowed").failed();
         }
         let later = start + Duration::from_secs(20);
-        assert_eq!(throttle.check("a", later), Err(Duration::from_secs(40)));
         assert_eq!(
-            throttle.check("b", later),
-            Ok(()),
+            throttle.reserve("a", later).map(drop),
+            Err(Duration::from_secs(40))
+        );
+        assert!(
+            throttle.reserve("b", later).is_ok(),
             "other keys are not held"
         );
         let after = start + Duration::from_secs(60);
-        assert_eq!(throttle.check("a", after), Ok(()));
-        throttle.failed("a", after);
-        assert_eq!(throttle.check("a", after), Ok(()), "a new window starts");
+        throttle.reserve("a", after).expect("a new window").failed();
+        assert!(throttle.reserve("a", after).is_ok(), "a new window starts");
         throttle.forget("a");
+        throttle.forget("b");
         assert!(throttle.is_empty());
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_their_outcome_and_a_success_is_taken_back() {
+        let throttle = Throttle::new(3, Duration::from_secs(60), 100);
+        let now = Instant::now();
+        let in_flight: Vec<_> = (0..3)
+            .map(|_| throttle.reserve("a", now).expect("allowed"))
+            .collect();
+        assert!(
+            throttle.reserve("a", now).is_err(),
+            "three attempts in flight use up the window"
+        );
+        let mut in_flight = in_flight.into_iter();
+        drop(in_flight.next());
+        let fourth = throttle
+            .reserve("a", now)
+            .expect("a success frees its place");
+        for attempt in in_flight.chain([fourth]) {
+            attempt.failed();
+        }
+        assert!(throttle.reserve("a", now).is_err(), "failures stay counted");
     }
 
     #[test]
@@ -160,16 +233,22 @@ mod tests {
         let throttle = Throttle::new(3, Duration::from_secs(60), 100);
         let start = Instant::now();
         for i in 0..1_000 {
-            throttle.failed(&format!("key{i}"), start + Duration::from_millis(i));
+            throttle
+                .reserve(&format!("key{i}"), start + Duration::from_millis(i))
+                .expect("allowed")
+                .failed();
             assert!(throttle.len() <= 100);
         }
         assert_eq!(throttle.len(), 100);
-        for _ in 0..3 {
-            throttle.failed("key999", start + Duration::from_secs(1));
+        for _ in 0..2 {
+            throttle
+                .reserve("key999", start + Duration::from_secs(1))
+                .expect("allowed")
+                .failed();
         }
         assert!(
             throttle
-                .check("key999", start + Duration::from_secs(2))
+                .reserve("key999", start + Duration::from_secs(2))
                 .is_err(),
             "the newest keys are kept"
         );

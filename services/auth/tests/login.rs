@@ -135,6 +135,7 @@ async fn until(hashing: &Hashing, what: &str, done: impl Fn(auth::hashing::Stats
 fn lenient(settings: &mut auth::Settings) {
     settings.throttle.per_email = 1_000;
     settings.throttle.per_address = 1_000;
+    settings.throttle.sign_ups_per_address = 1_000;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -298,7 +299,124 @@ async fn repeated_wrong_logins_get_429_per_email_and_per_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
+async fn concurrent_wrong_logins_for_one_email_get_no_more_answers_than_the_limit() {
+    const LIMIT: u32 = 3;
+    const SENT: usize = 12;
+    let harness = Harness::start(|settings| {
+        lenient(settings);
+        settings.throttle.per_email = LIMIT;
+        settings.hashing = Hashing::new(Limits {
+            running: 1,
+            queued: 64,
+        });
+    })
+    .await;
+    harness.sign_up("ana@example.com").await;
+    // No hash ends until every login is either waiting for one or answered: every check
+    // happens before any failure is known, the worst case for the limit.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = tokio::spawn({
+        let hashing = harness.hashing.clone();
+        async move { hashing.run(move || released.recv()).await }
+    });
+    until(&harness.hashing, "the held job runs", |s| s.running == 1).await;
+    let logins: Vec<_> = (0..SENT)
+        .map(|i| {
+            let http = harness.http.clone();
+            let url = format!("{}/v1/sessions", harness.auth.url());
+            tokio::spawn(async move {
+                http.post(url)
+                    .json(&json!({"email": "ana@example.com", "password": format!("wrong {i}")}))
+                    .send()
+                    .await
+                    .expect("auth answers")
+                    .status()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answered = logins.iter().filter(|l| l.is_finished()).count();
+        if harness.hashing.stats().queued + answered == SENT {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", harness.hashing.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).expect("the held job waits");
+    assert!(held.await.expect("joined").expect("ran").is_ok());
+    let mut passed = 0;
+    for login in logins {
+        let status = login.await.expect("joined");
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            passed += 1;
+        }
+    }
+    assert_eq!(passed, LIMIT, "at most {LIMIT} guesses get an answer");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_ups_are_throttled_per_client_and_a_taken_email_costs_no_hash() {
+    let harness = Harness::start(|settings| {
+        settings.throttle.sign_ups_per_address = 3;
+    })
+    .await;
+    harness.sign_up("ana@example.com").await;
+    let runs = harness.hashing.stats().runs;
+    let taken = harness
+        .post(
+            "/v1/users",
+            json!({"email": "ana@example.com", "password": PASSWORD, "display_name": "Ana"}),
+            None,
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{taken:?}");
+    assert_eq!(taken.body["error"]["code"], "conflict");
+    assert_eq!(
+        harness.hashing.stats().runs,
+        runs,
+        "a taken email is refused before its hash"
+    );
+    harness.sign_up("bo@example.com").await;
+    let runs = harness.hashing.stats().runs;
+    let throttled = harness
+        .post(
+            "/v1/users",
+            json!({"email": "cy@example.com", "password": PASSWORD, "display_name": "Cy"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        throttled.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{throttled:?}"
+    );
+    assert_eq!(throttled.body["error"]["code"], "too_many_requests");
+    assert!(
+        throttled.retry_after.is_some_and(|s| s >= 1),
+        "{throttled:?}"
+    );
+    assert_eq!(harness.hashing.stats().runs, runs, "no hash is run");
+    // Another client behind the gateway still signs up; logins are not held.
+    let behind = harness
+        .post(
+            "/v1/users",
+            json!({"email": "cy@example.com", "password": PASSWORD, "display_name": "Cy"}),
+            Some("203.0.113.7"),
+        )
+        .await;
+    assert_eq!(behind.status, StatusCode::CREATED, "{behind:?}");
+    assert_eq!(
+        harness.log_in("ana@example.com", PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_invisible_and_bidi_characters_are_refused_naming_the_field() {
     let harness = Harness::start(lenient).await;
     for (email, name, field) in [
         ("ana\u{202E}moc.elpmaxe@evil.com", "Ana", "email"),
@@ -308,6 +426,14 @@ async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
         ("ana@example.com", "Ana\u{2066}x\u{2069}", "display_name"),
         ("ana@example.com", "Ana\u{0000}", "display_name"),
         ("ana@example.com", "\u{001B}[31mAna", "display_name"),
+        ("ana\u{200B}@example.com", "Ana", "email"),
+        ("ana@exa\u{00AD}mple.com", "Ana", "email"),
+        ("\u{FEFF}ana@example.com", "Ana", "email"),
+        ("ana@example.com", "A\u{200D}na", "display_name"),
+        ("ana@example.com", "Ana\u{2060}", "display_name"),
+        ("ana@example.com", "Ana\u{2028}Admin", "display_name"),
+        ("ana@example.com", "Ana\u{2029}", "display_name"),
+        ("ana@example.com", "An\u{2064}a", "display_name"),
     ] {
         let answer = harness
             .post(
@@ -323,6 +449,27 @@ async fn control_characters_and_bidi_overrides_are_refused_naming_the_field() {
     let answer = harness.log_in("ana\u{202E}@example.com", PASSWORD).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
     harness.sign_up("ana@example.com").await;
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_email_is_one_account_however_its_accents_are_composed() {
+    let harness = Harness::start(lenient).await;
+    // "josé": the é as one character (NFC), then as e and a combining acute accent (NFD).
+    let composed = "jos\u{00E9}@example.com";
+    let decomposed = "jose\u{0301}@example.com";
+    let user_id = harness.sign_up(composed).await;
+    let again = harness
+        .post(
+            "/v1/users",
+            json!({"email": decomposed, "password": PASSWORD, "display_name": "Jose"}),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    let session = harness.log_in(decomposed, PASSWORD).await;
+    assert_eq!(session.status, StatusCode::CREATED, "{session:?}");
+    assert_eq!(session.body["user_id"], user_id.as_str());
     harness.stop().await;
 }
 

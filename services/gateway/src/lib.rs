@@ -200,30 +200,41 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 struct User(String);
 
 impl FromRequestParts<Arc<Gateway>> for User {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
         gateway: &Arc<Gateway>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("send Authorization: Bearer <token>").into_response()
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be Bearer <token>")
+                    .into_response()
             })?;
         match gateway.tokens.verify(token.trim(), token::now()).await {
             Ok(user) => Ok(User(user)),
-            Err(TokenError::Expired) => Err(ApiError::unauthorized(
-                "the token has expired; log in again",
-            )),
-            Err(e @ TokenError::Unavailable(_)) => Err(ApiError::unavailable(e.to_string())),
-            Err(e) => Err(ApiError::unauthorized(e.to_string())),
+            Err(TokenError::Expired) => {
+                Err(ApiError::unauthorized("the token has expired; log in again").into_response())
+            }
+            Err(TokenError::Unavailable(detail)) => {
+                // The detail names auth's internal address and the transport's error: for the
+                // log (the verifier warns once per failed fetch), not for the client.
+                tracing::debug!(%detail, "A token cannot be checked");
+                let mut response =
+                    ApiError::unavailable("the token cannot be checked now; retry later")
+                        .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(response)
+            }
+            Err(e) => Err(ApiError::unauthorized(e.to_string()).into_response()),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Auth's token signing keys: Ed25519 keys with ids (`kid`), kept as PKCS#8 PEM files in one
-//! directory, the newest signing and all of them published as a JWKS.
+//! directory, the newest file signing and all of them published as a JWKS.
 
 use std::path::{Path, PathBuf};
 
@@ -153,8 +153,10 @@ impl KeyRing {
         })
     }
 
-    /// The keys in `dir` (every `<kid>.pem`, in name order, so the last by name signs); when it
-    /// holds none, one fresh key is written there first (mode 0600).
+    /// The keys in `dir` (every `<kid>.pem`), oldest first by the file's modification time, so
+    /// the newest file signs (names break ties); when it holds none, one fresh key is written
+    /// there first (mode 0600). By time, not name: an operator's key (`ops-2026.pem`) sorts
+    /// after every generated id by name and would keep signing after a rotation.
     ///
     /// # Errors
     ///
@@ -176,9 +178,9 @@ impl KeyRing {
         Ok(KeyRing { keys })
     }
 
-    /// Writes a fresh key to `dir` (created when missing) as `<kid>.pem`, mode 0600; returns
-    /// its id, which sorts after the ids made before, so the key signs from the
-    /// next start on.
+    /// Writes a fresh key to `dir` (created when missing) as `<kid>.pem`, mode 0600, its file
+    /// newer than every key file there (even under a coarse or stepped-back clock), so the key
+    /// signs from the next start on; returns its id.
     ///
     /// # Errors
     ///
@@ -205,7 +207,15 @@ impl KeyRing {
         let written = options
             .open(&draft)
             .and_then(|mut file| std::io::Write::write_all(&mut file, pem.as_bytes()));
-        let linked = written.and_then(|()| std::fs::hard_link(&draft, &path));
+        let newest = newest_stamp(dir)?;
+        // Stamped explicitly: the kernel's own stamp is coarse (a clock tick), so a key written
+        // right after another could share its time; a second past the newest survives file
+        // systems that keep whole seconds.
+        let stamp = newest.map_or_else(std::time::SystemTime::now, |newest| {
+            std::time::SystemTime::now().max(newest + std::time::Duration::from_secs(1))
+        });
+        let stamped = written.and_then(|()| set_modified(&draft, stamp));
+        let linked = stamped.and_then(|()| std::fs::hard_link(&draft, &path));
         let _ = std::fs::remove_file(&draft);
         linked.map_err(io(&path))?;
         Ok(kid)
@@ -245,7 +255,20 @@ impl KeyRing {
     }
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<SigningKey>, KeyError> {
+fn set_modified(path: &Path, at: std::time::SystemTime) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_modified(at)
+}
+
+/// The latest modification time of the key files in `dir`.
+fn newest_stamp(dir: &Path) -> Result<Option<std::time::SystemTime>, KeyError> {
+    Ok(key_files(dir)?.into_iter().map(|(stamp, _)| stamp).max())
+}
+
+/// The key files in `dir` with their modification times, oldest first (names break ties).
+fn key_files(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>, KeyError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -265,11 +288,24 @@ fn read_dir(dir: &Path) -> Result<Vec<SigningKey>, KeyError> {
             })?
             .path();
         if path.extension().is_some_and(|e| e == "pem") {
-            paths.push(path);
+            let stamp = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(|cause| KeyError::Io {
+                    path: path.clone(),
+                    cause,
+                })?;
+            paths.push((stamp, path));
         }
     }
     paths.sort();
-    paths.into_iter().map(|path| read_key(&path)).collect()
+    Ok(paths)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<SigningKey>, KeyError> {
+    key_files(dir)?
+        .into_iter()
+        .map(|(_, path)| read_key(&path))
+        .collect()
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
@@ -344,6 +380,26 @@ mod tests {
                 "x": "W1cZ00DIOzQlHzLPEdBMxx6nr1EvUChSxhhp3aMIo5A"
             }]})
         );
+    }
+
+    #[test]
+    fn rotating_beside_an_operator_named_key_makes_the_new_key_sign() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pem = fresh()
+            .expect("key")
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .expect("pem");
+        // Named by an operator, so it sorts after every generated id by name.
+        std::fs::write(dir.path().join("ops-2026.pem"), pem.as_bytes()).expect("written");
+        let before = KeyRing::from_dir(dir.path()).expect("read");
+        assert_eq!(before.newest().kid(), "ops-2026");
+        let added = KeyRing::add_to_dir(dir.path()).expect("added");
+        let rotated = KeyRing::from_dir(dir.path()).expect("read");
+        assert_eq!(rotated.kids(), ["ops-2026", added.as_str()]);
+        assert_eq!(rotated.newest().kid(), added, "the added key signs");
+        let again = KeyRing::add_to_dir(dir.path()).expect("added");
+        let twice = KeyRing::from_dir(dir.path()).expect("read");
+        assert_eq!(twice.newest().kid(), again, "each rotation's key signs");
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
-    /// Not a JWT: not three base64url parts, no `kid`, or claims that do not parse.
+    /// Not a JWT: not three base64url parts, no `kid`, or claims that do not parse, among them
+    /// claims lacking `sub`, `iss`, `aud`, `iat` or `exp`.
     #[error("the token is malformed")]
     Malformed,
     /// The signature does not match, or names a key the issuer does not publish.
@@ -54,7 +55,8 @@ pub enum TokenError {
     /// future.
     #[error("the token's lifetime exceeds the issuer's maximum of {} s", MAX_TTL.as_secs())]
     Lifetime,
-    /// A claim other than the expiry is wrong or missing (`iss`, `aud`, `sub`, `iat`).
+    /// A claim present but wrong: `iss` or `aud` not ours, or `sub` empty (`iat` and `exp` are
+    /// [`TokenError::Lifetime`] and [`TokenError::Expired`]).
     #[error("the token's {0} claim is invalid")]
     Claim(&'static str),
     /// The issuer's public keys cannot be fetched, so the token cannot be checked now.
@@ -190,7 +192,8 @@ pub fn now() -> i64 {
 pub struct TokenArgs {
     /// Auth's token signing keys: a directory of Ed25519 keys as PKCS#8 PEM files named
     /// `<kid>.pem` (what `openssl genpkey -algorithm ed25519` writes); created with one key when
-    /// empty. Auth signs with the last by name and publishes them all at
+    /// empty. Auth signs with the newest file (by modification time; `touch` one to make it
+    /// sign) and publishes them all at
     /// /.well-known/jwks.json. The gateway needs no key.
     #[arg(long, env = "TRIPSTREAM_TOKEN_KEYS", default_value = DEFAULT_KEY_DIR)]
     pub token_keys: PathBuf,
@@ -215,6 +218,13 @@ impl TokenArgs {
         if self.rotate_token_key {
             KeyRing::add_to_dir(&dir)?;
         }
-        Ok(Issuer::new(KeyRing::from_dir(&dir)?, DEFAULT_TTL))
+        let keys = KeyRing::from_dir(&dir)?;
+        tracing::info!(
+            kid = keys.newest().kid(),
+            keys = keys.kids().len(),
+            dir = %dir.display(),
+            "token key that signs"
+        );
+        Ok(Issuer::new(keys, DEFAULT_TTL))
     }
 }

@@ -57,13 +57,36 @@ enum Source {
     Fixed,
 }
 
-#[derive(Default)]
 struct Cache {
     keys: HashMap<String, DecodingKey>,
     /// Fetches tried so far: a caller that saw generation `g` and waited for the lock knows a
-    /// fetch happened meanwhile when it finds another.
+    /// fetch happened meanwhile when it finds another, and takes that fetch's [`Cache::last`].
     generation: u64,
+    /// When keys last arrived: they are fresh for [`MAX_AGE`] from then. A failed fetch leaves
+    /// it, so stale keys stay stale and are tried again (at most every [`MIN_INTERVAL`]).
+    fetched_at: Option<Instant>,
+    /// When a fetch was last tried, whatever its outcome.
     tried_at: Option<Instant>,
+    /// The last fetch's outcome, for the callers that waited for it.
+    last: Result<(), TokenError>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            keys: HashMap::new(),
+            generation: 0,
+            fetched_at: None,
+            tried_at: None,
+            last: Ok(()),
+        }
+    }
+}
+
+impl Cache {
+    fn is_fresh(&self) -> bool {
+        self.fetched_at.is_some_and(|t| t.elapsed() < MAX_AGE)
+    }
 }
 
 impl Verifier {
@@ -86,7 +109,9 @@ impl Verifier {
             Cache {
                 keys: decoding_keys(jwks),
                 generation: 1,
+                fetched_at: Some(Instant::now()),
                 tried_at: Some(Instant::now()),
+                last: Ok(()),
             },
         )
     }
@@ -95,6 +120,8 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
+        // Not reached while `Claims` needs every field (a token lacking one does not parse), but
+        // it keeps them required should a field of `Claims` ever become optional.
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Expiry and lifetime are checked below against the caller's clock.
         validation.validate_exp = false;
@@ -141,8 +168,11 @@ impl Verifier {
     async fn key(&self, kid: &str) -> Result<Option<DecodingKey>, TokenError> {
         let (known, fresh, generation) = {
             let cache = self.cache();
-            let fresh = cache.tried_at.is_some_and(|t| t.elapsed() < MAX_AGE);
-            (cache.keys.get(kid).cloned(), fresh, cache.generation)
+            (
+                cache.keys.get(kid).cloned(),
+                cache.is_fresh(),
+                cache.generation,
+            )
         };
         if fresh && known.is_some() {
             return Ok(known);
@@ -156,8 +186,9 @@ impl Verifier {
         }
     }
 
-    /// Fetches the key set unless a fetch happened since the caller saw `generation`, or, when
-    /// the caller need not `wait`, one is under way.
+    /// Fetches the key set unless a fetch happened since the caller saw `generation` (then that
+    /// fetch's outcome is the caller's), or, when the caller need not `wait`, one is under way or
+    /// was tried within [`MIN_INTERVAL`].
     async fn fetch_after(&self, generation: u64, wait: bool) -> Result<(), TokenError> {
         let Source::Url { url, http } = &self.inner.source else {
             return Ok(());
@@ -173,20 +204,25 @@ impl Verifier {
         let tried_at = {
             let cache = self.cache();
             if cache.generation != generation {
-                return Ok(());
+                return cache.last.clone();
             }
             cache.tried_at
         };
-        if let Some(wait) = tried_at.and_then(|t| MIN_INTERVAL.checked_sub(t.elapsed())) {
-            tokio::time::sleep(wait).await;
+        if let Some(pause) = tried_at.and_then(|t| MIN_INTERVAL.checked_sub(t.elapsed())) {
+            if !wait {
+                // A known key serves; the next caller after the pause tries again.
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
         }
         let fetched = fetch(http, url).await;
         let mut cache = self.cache_mut();
         cache.generation += 1;
         cache.tried_at = Some(Instant::now());
-        match fetched {
+        cache.last = match fetched {
             Ok(jwks) => {
                 cache.keys = decoding_keys(&jwks);
+                cache.fetched_at = cache.tried_at;
                 tracing::debug!(keys = cache.keys.len(), %url, "Token keys fetched");
                 Ok(())
             }
@@ -194,7 +230,8 @@ impl Verifier {
                 tracing::warn!(%error, %url, "Token keys cannot be fetched");
                 Err(TokenError::Unavailable(error))
             }
-        }
+        };
+        cache.last.clone()
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
@@ -228,18 +265,15 @@ fn check_times(claims: &Claims, now: i64) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// What a `jsonwebtoken` error means for the caller. A missing claim is no `Claim` error:
+/// [`Claims`] needs them all, so a token without one fails to parse (`Malformed`) before the
+/// library looks for required claims.
 fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::Forged,
         ErrorKind::InvalidIssuer => TokenError::Claim("iss"),
         ErrorKind::InvalidAudience => TokenError::Claim("aud"),
-        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-            "exp" => TokenError::Claim("exp"),
-            "iss" => TokenError::Claim("iss"),
-            "aud" => TokenError::Claim("aud"),
-            _ => TokenError::Claim("sub"),
-        },
         _ => TokenError::Malformed,
     }
 }
@@ -393,6 +427,26 @@ mod tests {
                 serde_json::json!({"sub": "u", "aud": AUDIENCE, "iat": now, "exp": now + 60}),
                 TokenError::Malformed,
             ),
+            (
+                serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "iat": now, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 60}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "iat": now}),
+                TokenError::Malformed,
+            ),
+            (
+                serde_json::json!({"sub": "", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 60}),
+                TokenError::Claim("sub"),
+            ),
         ] {
             assert_eq!(
                 verifier.verify(&signed(&issuer, &claims), now).await,
@@ -404,6 +458,85 @@ mod tests {
         assert_eq!(
             verifier.verify(&signed(&issuer, &fine), now).await,
             Ok("u".into())
+        );
+    }
+
+    /// A verifier whose issuer does not answer: nothing listens at its address.
+    fn unreachable() -> Verifier {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bound");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        Verifier::new(
+            format!("http://{address}{}", crate::JWKS_PATH),
+            reqwest::Client::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn callers_that_waited_for_a_failed_fetch_are_told_it_failed() {
+        let verifier = unreachable();
+        let seen = verifier.cache().generation;
+        // Another caller's fetch fails while this one waits for it.
+        let first = verifier.fetch_after(seen, true).await;
+        assert!(
+            matches!(first, Err(TokenError::Unavailable(_))),
+            "{first:?}"
+        );
+        let waited = verifier.fetch_after(seen, true).await;
+        assert!(
+            matches!(waited, Err(TokenError::Unavailable(_))),
+            "{waited:?}"
+        );
+        assert_eq!(verifier.cache().generation, seen + 1, "no second fetch");
+
+        let (token, _) = issuer().issue("u", 1_000).expect("token");
+        let answers = verify_at_once(&verifier, &token, 8).await;
+        for answer in answers {
+            assert!(
+                matches!(answer, Err(TokenError::Unavailable(_))),
+                "{answer:?}"
+            );
+        }
+    }
+
+    async fn verify_at_once(
+        verifier: &Verifier,
+        token: &str,
+        n: usize,
+    ) -> Vec<Result<String, TokenError>> {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let verifier = verifier.clone();
+                let token = token.to_owned();
+                tokio::spawn(async move { verifier.verify(&token, 1_000).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.expect("joined"));
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_leaves_stale_keys_stale_and_they_still_serve() {
+        let issuer = issuer();
+        let verifier = unreachable();
+        {
+            let mut cache = verifier.cache_mut();
+            cache.keys = decoding_keys(&issuer.jwks());
+            cache.generation = 1;
+            // Fetched longer ago than MAX_AGE (when the clock has run that long).
+            cache.fetched_at = Instant::now().checked_sub(MAX_AGE + Duration::from_secs(1));
+            cache.tried_at = cache.fetched_at;
+        }
+        let (token, _) = issuer.issue("u", 1_000).expect("token");
+        assert_eq!(verifier.verify(&token, 1_000).await, Ok("u".into()));
+        let cache = verifier.cache();
+        assert_eq!(cache.generation, 2, "a fetch was tried");
+        assert!(
+            !cache.is_fresh(),
+            "a failed fetch does not make the keys fresh for another {MAX_AGE:?}"
         );
     }
 
