@@ -102,32 +102,14 @@ impl Accepted {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(id: &str) -> BookingView {
-        BookingView::pending(&events::BookingRequested {
-            booking_id: id.into(),
-            user_id: "u".into(),
-            flight: events::FlightSelection {
-                flight_id: "LH1".into(),
-                seats: 1,
-            },
-            hotel: events::HotelSelection {
-                hotel_id: "H1".into(),
-                check_in: 20_000,
-                check_out: 20_002,
-                rooms: 1,
-            },
-            extras: vec![],
-            requested_at: 7,
-        })
-    }
+    use crate::view::tests::pending_booking;
 
     #[test]
     fn bookings_nobody_reads_are_held_up_to_the_capacity_then_the_oldest_go() {
         let mut accepted = Accepted::new(100, MAX_AGE);
         let now = Instant::now();
         for i in 0..1_000 {
-            accepted.insert(view(&format!("b-{i}")), now, |_| false);
+            accepted.insert(pending_booking(&format!("b-{i}")), now, |_| false);
             assert!(accepted.len() <= 100, "{} held", accepted.len());
             assert!(accepted.order.len() <= 100, "{} ids", accepted.order.len());
         }
@@ -139,10 +121,10 @@ mod tests {
     fn bookings_the_view_has_are_dropped_as_new_ones_arrive_though_nobody_read_them() {
         let mut accepted = Accepted::new(100, MAX_AGE);
         let now = Instant::now();
-        accepted.insert(view("b-1"), now, |_| false);
-        accepted.insert(view("b-2"), now, |_| false);
+        accepted.insert(pending_booking("b-1"), now, |_| false);
+        accepted.insert(pending_booking("b-2"), now, |_| false);
         // The view has read b-1 and b-2 back by the time b-3 is accepted.
-        accepted.insert(view("b-3"), now, |id| id != "b-3");
+        accepted.insert(pending_booking("b-3"), now, |id| id != "b-3");
         assert_eq!(accepted.len(), 1);
         assert!(accepted.get("b-3").is_some());
     }
@@ -151,9 +133,17 @@ mod tests {
     fn bookings_older_than_the_maximum_age_are_dropped() {
         let mut accepted = Accepted::new(100, Duration::from_secs(60));
         let start = Instant::now();
-        accepted.insert(view("old"), start, |_| false);
-        accepted.insert(view("young"), start + Duration::from_secs(30), |_| false);
-        accepted.insert(view("new"), start + Duration::from_secs(61), |_| false);
+        accepted.insert(pending_booking("old"), start, |_| false);
+        accepted.insert(
+            pending_booking("young"),
+            start + Duration::from_secs(30),
+            |_| false,
+        );
+        accepted.insert(
+            pending_booking("new"),
+            start + Duration::from_secs(61),
+            |_| false,
+        );
         assert!(accepted.get("old").is_none());
         assert!(accepted.get("young").is_some() && accepted.get("new").is_some());
     }
@@ -162,10 +152,10 @@ mod tests {
     fn ids_taken_out_by_reads_do_not_pile_up_behind_one_that_stays() {
         let mut accepted = Accepted::new(10, MAX_AGE);
         let now = Instant::now();
-        accepted.insert(view("stuck"), now, |_| false);
+        accepted.insert(pending_booking("stuck"), now, |_| false);
         for i in 0..1_000 {
             let id = format!("b-{i}");
-            accepted.insert(view(&id), now, |_| false);
+            accepted.insert(pending_booking(&id), now, |_| false);
             accepted.remove(&id);
             assert!(accepted.order.len() <= 20, "{} ids", accepted.order.len());
         }

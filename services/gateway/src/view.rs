@@ -308,16 +308,17 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> streams::R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn store_with(entries: &[(&str, &[u8])]) -> Store {
         Store::temporary_with(entries.iter().copied()).expect("store")
     }
 
-    fn pending() -> BookingView {
+    /// The view of a new booking `id` of LH1 and H1: what the gateway's tests start from.
+    pub(crate) fn pending_booking(id: &str) -> BookingView {
         BookingView::pending(&BookingRequested {
-            booking_id: "b-1".into(),
+            booking_id: id.into(),
             user_id: "u".into(),
             flight: events::FlightSelection {
                 flight_id: "LH1".into(),
@@ -336,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_view_on_the_wire_spells_status_and_reason_as_the_api_always_has() {
-        let mut view = pending();
+        let mut view = pending_booking("b-1");
         let json = serde_json::to_string(&view).expect("encodes");
         assert!(json.contains(r#""status":"PENDING""#), "{json}");
         assert!(json.contains(r#""reason":null"#), "{json}");
