@@ -453,12 +453,7 @@ async fn sign_up(
         .failed();
     let email_key = format!("email/{email}");
     // Checked before the hash too (and again below, in turn): a taken email costs no argon2.
-    if auth
-        .store
-        .get(email_key.as_bytes())
-        .map_err(ApiError::internal)?
-        .is_some()
-    {
+    if taken(&auth.store, &email_key)? {
         return Err(registered(&email).into());
     }
     let password = request.password;
@@ -469,12 +464,7 @@ async fn sign_up(
         .map_err(ApiError::internal)?;
 
     let _one_at_a_time = auth.signing_up.lock().await;
-    if auth
-        .store
-        .get(email_key.as_bytes())
-        .map_err(ApiError::internal)?
-        .is_some()
-    {
+    if taken(&auth.store, &email_key)? {
         return Err(registered(&email).into());
     }
     let user = User {
@@ -517,6 +507,14 @@ async fn sign_up(
             display_name: user.display_name,
         }),
     ))
+}
+
+/// Whether the user key `email_key` is taken.
+fn taken(store: &Store, email_key: &str) -> Result<bool, ApiError> {
+    Ok(store
+        .get(email_key.as_bytes())
+        .map_err(ApiError::internal)?
+        .is_some())
 }
 
 /// 409: `email` belongs to a user already.

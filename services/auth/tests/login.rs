@@ -132,6 +132,33 @@ async fn until(hashing: &Hashing, what: &str, done: impl Fn(auth::hashing::Stats
     }
 }
 
+/// A job holding one of the gate's places to run until released.
+struct Held {
+    release: std::sync::mpsc::Sender<()>,
+    job: tokio::task::JoinHandle<
+        Result<Result<(), std::sync::mpsc::RecvError>, auth::hashing::Busy>,
+    >,
+}
+
+impl Held {
+    /// Starts the job and waits until it runs.
+    async fn start(hashing: &Hashing) -> Held {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.run(move || released.recv()).await }
+        });
+        until(hashing, "the held job runs", |s| s.running == 1).await;
+        Held { release, job }
+    }
+
+    /// Lets the job end, and checks it ran.
+    async fn release(self) {
+        self.release.send(()).expect("the held job waits");
+        assert!(self.job.await.expect("joined").expect("ran").is_ok());
+    }
+}
+
 fn lenient(settings: &mut auth::Settings) {
     settings.throttle.per_email = 1_000;
     settings.throttle.per_address = 1_000;
@@ -181,12 +208,7 @@ async fn a_login_past_the_hashing_queue_is_refused_503_with_retry_after() {
     .await;
     harness.sign_up("ana@example.com").await;
     // The one place to run is taken by a job that ends when told.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let held = tokio::spawn({
-        let hashing = harness.hashing.clone();
-        async move { hashing.run(move || released.recv()).await }
-    });
-    until(&harness.hashing, "the held job runs", |s| s.running == 1).await;
+    let held = Held::start(&harness.hashing).await;
     let queued = tokio::spawn({
         let http = harness.http.clone();
         let url = format!("{}/v1/sessions", harness.auth.url());
@@ -210,8 +232,7 @@ async fn a_login_past_the_hashing_queue_is_refused_503_with_retry_after() {
     assert_eq!(refused.body["error"]["code"], "unavailable", "{refused:?}");
     assert!(refused.retry_after.is_some_and(|s| s >= 1), "{refused:?}");
 
-    release.send(()).expect("the held job waits");
-    assert!(held.await.expect("joined").expect("ran").is_ok());
+    held.release().await;
     assert_eq!(queued.await.expect("joined"), StatusCode::UNAUTHORIZED);
     let stats = harness.hashing.stats();
     assert_eq!(stats.peak, 1, "{stats:?}");
@@ -314,12 +335,7 @@ async fn concurrent_wrong_logins_for_one_email_get_no_more_answers_than_the_limi
     harness.sign_up("ana@example.com").await;
     // No hash ends until every login is either waiting for one or answered: every check
     // happens before any failure is known, the worst case for the limit.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let held = tokio::spawn({
-        let hashing = harness.hashing.clone();
-        async move { hashing.run(move || released.recv()).await }
-    });
-    until(&harness.hashing, "the held job runs", |s| s.running == 1).await;
+    let held = Held::start(&harness.hashing).await;
     let logins: Vec<_> = (0..SENT)
         .map(|i| {
             let http = harness.http.clone();
@@ -343,8 +359,7 @@ async fn concurrent_wrong_logins_for_one_email_get_no_more_answers_than_the_limi
         assert!(Instant::now() < deadline, "{:?}", harness.hashing.stats());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    release.send(()).expect("the held job waits");
-    assert!(held.await.expect("joined").expect("ran").is_ok());
+    held.release().await;
     let mut passed = 0;
     for login in logins {
         let status = login.await.expect("joined");
