@@ -389,6 +389,89 @@ async fn a_processor_that_stops_mid_stream_is_taken_over_and_every_record_applie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_processor_stops_fetching_and_records_from_here_or_from_any_client_still_reach_it()
+{
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let store = Store::temporary().expect("store");
+    let running = h.start(
+        h.settings("counter", "bookings"),
+        &store,
+        RouteCounter { emit_to: None },
+    );
+    h.book(0, 10).await;
+    let idle_within = Duration::from_secs(20);
+    wait_for("the first 10 bookings", Duration::from_secs(30), || {
+        total(&store, "route/") == 10
+    })
+    .await;
+    wait_for("the processor to go idle", idle_within, || {
+        running.positions.is_idle()
+    })
+    .await;
+
+    // A plain rdkafka producer, as a writer in another process would be: nothing here tells
+    // the idle processor, which finds the records when it next looks.
+    let plain: rdkafka::producer::FutureProducer =
+        streams::kafka::producer::client_config(h.broker.bootstrap_servers(), &[])
+            .create()
+            .expect("producer");
+    for i in 10..20 {
+        let booked = Booked {
+            booking_id: format!("b{i:05}"),
+            route: "LIS-OPO".into(),
+        };
+        let record = streams::kafka::producer::record(
+            &h.codec,
+            "bookings",
+            &booked,
+            &Metadata::new(&booked.booking_id),
+        )
+        .await
+        .expect("encoded");
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value),
+            });
+        }
+        plain
+            .send(
+                rdkafka::producer::FutureRecord::to("bookings")
+                    .key(&record.key)
+                    .payload(record.payload.as_deref().unwrap_or_default())
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("sent");
+    }
+    wait_for(
+        "the 10 bookings of a plain client",
+        Duration::from_secs(30),
+        || total(&store, "route/") == 20,
+    )
+    .await;
+
+    // Idle again, then woken by a write through this process's producer.
+    wait_for("the processor to go idle again", idle_within, || {
+        running.positions.is_idle()
+    })
+    .await;
+    h.book(20, 10).await;
+    wait_for(
+        "the 10 bookings sent from here",
+        Duration::from_secs(30),
+        || total(&store, "route/") == 30,
+    )
+    .await;
+    assert_eq!(running.applied(), 30, "every booking applied once");
+    running.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid_stream() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;

@@ -22,6 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use streams::avro::schema::Schema;
+use streams::kafka::idle::{self, Quiet};
 use tokio::sync::{oneshot, watch};
 
 use crate::Error;
@@ -59,6 +60,9 @@ pub struct Log {
     producer: FutureProducer,
     topic: String,
     waiters: Waiters,
+    /// Whether the broker runs in this process, whose idle readers a write wakes
+    /// (`streams::kafka::idle`).
+    local: bool,
 }
 
 impl Log {
@@ -129,12 +133,14 @@ impl Log {
             }
         }
         tracing::info!(topic, applied, "Schema log replayed");
-        let tail = tokio::spawn(tail(consumer, state, waiters.clone(), stop));
+        let quiet = Quiet::new(bootstrap);
+        let tail = tokio::spawn(tail(consumer, quiet, state, waiters.clone(), stop));
         Ok((
             Log {
                 producer,
                 topic: topic.to_owned(),
                 waiters,
+                local: idle::is_local(bootstrap),
             },
             tail,
         ))
@@ -208,6 +214,9 @@ impl Log {
                 self.topic
             )));
         }
+        if self.local {
+            idle::wrote();
+        }
         match tokio::time::timeout(PROPOSAL_TIMEOUT, receiver).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ApiError::store("the registry is shutting down")),
@@ -225,17 +234,34 @@ impl Log {
 
 async fn tail(
     consumer: StreamConsumer,
+    mut quiet: Quiet,
     state: Arc<RwLock<State>>,
     waiters: Waiters,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut paused = false;
     loop {
+        // Idle on an embedded broker of this process: stop fetching until a write here (this
+        // registry's own, for one) or a look for other processes' writes.
+        let idle = quiet.is_idle();
+        if idle != paused {
+            idle::set_paused(&consumer, idle);
+            paused = idle;
+        }
+        // Bounded and asked again: a wake-up the async consumer misses must not stall writes.
+        // Idle, the wait for a write or a look ends first.
+        let recv_for = if idle {
+            idle::LOOK_EVERY * 2
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             _ = stop.changed() => break,
-            // Bounded and asked again: a wake-up the async consumer misses must not stall writes.
-            message = tokio::time::timeout(Duration::from_millis(250), consumer.recv()) => match message {
+            () = quiet.wait(), if idle => {}
+            message = tokio::time::timeout(recv_for, consumer.recv()) => match message {
                 Err(_) => {}
                 Ok(Ok(message)) => {
+                    quiet.heard();
                     let (payload, offset) = (message.payload().map(<[u8]>::to_vec), message.offset());
                     drop(message);
                     apply_off_workers(&state, &waiters, payload, offset).await;

@@ -167,6 +167,7 @@ impl EmbeddedBroker {
             .ok_or_else(|| Error::Embedded("librdkafka did not create a mock cluster".into()))?
             .bootstrap_servers();
         tracing::info!(%bootstrap, brokers, "Embedded broker started");
+        super::idle::started(&bootstrap);
         Ok(EmbeddedBroker {
             host,
             bootstrap,
@@ -329,6 +330,7 @@ impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         // Nothing is sent through the host client, but flush so librdkafka shuts down quietly.
         let _ = self.host.flush(Duration::from_millis(100));
+        super::idle::stopped(&self.bootstrap);
         tracing::debug!(bootstrap = %self.bootstrap, "Embedded broker stopped");
     }
 }

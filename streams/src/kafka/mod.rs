@@ -1,11 +1,13 @@
 //! Kafka through librdkafka: embedded broker, topic specs, producer and record headers.
 //!
 //! The embedded broker ([`broker`]), topic specs and their provisioning ([`topic`]), the
-//! producer ([`producer`]) with the headers every record carries ([`headers`]), and the
-//! settings of consumers that assign partitions themselves ([`reader_config`]).
+//! producer ([`producer`]) with the headers every record carries ([`headers`]), idle
+//! consumers of an embedded broker in their own process ([`idle`]), and the settings of
+//! consumers that assign partitions themselves ([`reader_config`]).
 
 pub mod broker;
 pub mod headers;
+pub mod idle;
 pub mod producer;
 pub mod topic;
 

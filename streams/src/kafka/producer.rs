@@ -101,19 +101,6 @@ fn outgoing_record(entry: &OutgoingRecord) -> FutureRecord<'_, [u8], [u8]> {
     record
 }
 
-/// The broker's answer as the producer's result.
-fn delivered(
-    topic: &str,
-    answer: std::result::Result<rdkafka::producer::future_producer::Delivery, KafkaError>,
-) -> Result<Delivery> {
-    answer
-        .map(|delivery| Delivery {
-            partition: delivery.partition,
-            offset: delivery.offset,
-        })
-        .map_err(|e| Error::kafka(format!("sending to {topic}"), e))
-}
-
 /// Waits for a queued record's delivery report.
 async fn acked(
     delivery: DeliveryFuture,
@@ -144,6 +131,9 @@ pub struct Delivery {
 pub struct Producer {
     inner: FutureProducer,
     codec: Codec,
+    /// Whether the broker runs in this process, whose idle consumers each delivery wakes
+    /// ([`crate::kafka::idle`]).
+    local: bool,
 }
 
 impl std::fmt::Debug for Producer {
@@ -178,7 +168,11 @@ impl Producer {
         let inner = client_config(bootstrap, overrides)
             .create()
             .map_err(|e| Error::kafka("creating a producer", e))?;
-        Ok(Producer { inner, codec })
+        Ok(Producer {
+            inner,
+            codec,
+            local: super::idle::is_local(bootstrap),
+        })
     }
 
     /// The codec.
@@ -216,7 +210,7 @@ impl Producer {
             None => Queued::NotYet,
         };
         match delivery {
-            Queued::Sent(delivery) => delivered(topic, acked(delivery).await),
+            Queued::Sent(delivery) => self.delivered(topic, acked(delivery).await),
             Queued::Failed(e) => Err(Error::kafka(format!("sending to {topic}"), e)),
             // A full queue, or the first send of the type to this topic (registers the schema).
             Queued::NotYet => Box::pin(self.send_waiting(topic, event, metadata)).await,
@@ -236,7 +230,7 @@ impl Producer {
         let headers = metadata.header_bytes(&event_type);
         let key = event.key();
         let record = future_record(topic, key.as_bytes(), &payload, headers);
-        delivered(
+        self.delivered(
             topic,
             self.inner
                 .send(record, QUEUE_TIMEOUT)
@@ -252,13 +246,31 @@ impl Producer {
     /// [`Error::Kafka`] when the broker did not take it within the message timeout.
     pub async fn send_record(&self, entry: &OutgoingRecord) -> Result<Delivery> {
         match self.queue(outgoing_record(entry)) {
-            Queued::Sent(delivery) => delivered(&entry.topic, acked(delivery).await),
+            Queued::Sent(delivery) => self.delivered(&entry.topic, acked(delivery).await),
             Queued::Failed(e) => Err(Error::kafka(format!("sending to {}", entry.topic), e)),
             Queued::NotYet => {
                 let sent = Box::pin(self.inner.send(outgoing_record(entry), QUEUE_TIMEOUT)).await;
-                delivered(&entry.topic, sent.map_err(|(e, _)| e))
+                self.delivered(&entry.topic, sent.map_err(|(e, _)| e))
             }
         }
+    }
+
+    /// The broker's answer as the producer's result; a local broker's idle consumers are told.
+    fn delivered(
+        &self,
+        topic: &str,
+        answer: std::result::Result<rdkafka::producer::future_producer::Delivery, KafkaError>,
+    ) -> Result<Delivery> {
+        let delivery = answer
+            .map(|delivery| Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            })
+            .map_err(|e| Error::kafka(format!("sending to {topic}"), e))?;
+        if self.local {
+            super::idle::wrote();
+        }
+        Ok(delivery)
     }
 
     /// Hands a record to librdkafka without waiting for room in its queue.

@@ -104,6 +104,11 @@ impl Globals {
         })
     }
 
+    /// Pauses (or resumes) reading the tables, while the processor is idle.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        crate::kafka::idle::set_paused(&self.consumer, paused);
+    }
+
     /// Reads every global table to its end now, before task records are applied: a catalog
     /// entry written before a command was sent is then seen by the command, as it would be
     /// if both were read by one consumer. Asks the broker for each partition's end (a round

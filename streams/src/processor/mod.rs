@@ -46,6 +46,7 @@ use rebalance::{ProcessorContext, commit_from_store, record_position};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::kafka::Producer;
+use crate::kafka::idle::{self, Quiet};
 use crate::kafka::topic::TopicSpec;
 use crate::outbox::{self, Gate};
 use crate::store::{Batch, Changelog, Committed, MAX_TASK, Scope, Store, Writers};
@@ -241,6 +242,7 @@ pub async fn run<H: Handler>(
         }
         globals = Some(reader);
     }
+    let mut quiet = Quiet::new(&settings.bootstrap);
     if settings.topics.is_empty() {
         // Only global tables: keep up with them until shutdown.
         if let Some(reader) = &mut globals {
@@ -248,11 +250,18 @@ pub async fn run<H: Handler>(
                 .step(&apply, &settings, &producer, &mut shutdown)
                 .await
             {
-                if taken == 0 {
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(RECV_RETRY) => {}
-                    }
+                if taken > 0 {
+                    quiet.heard();
+                    continue;
+                }
+                let idle = quiet.is_idle();
+                if idle {
+                    set_idle(None, Some(reader), &positions, true);
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = quiet.wait(), if idle => set_idle(None, Some(reader), &positions, false),
+                    () = tokio::time::sleep(RECV_RETRY), if !idle => {}
                 }
             }
         }
@@ -313,22 +322,43 @@ pub async fn run<H: Handler>(
 
     let mut last_commit = Instant::now();
     loop {
-        if let Some(reader) = &mut globals
-            && reader
+        if let Some(reader) = &mut globals {
+            match reader
                 .step(&apply, &settings, &producer, &mut shutdown)
                 .await
-                .is_none()
-        {
-            break;
+            {
+                None => break,
+                Some(0) => {}
+                Some(_) => quiet.heard(),
+            }
         }
-        let message = tokio::select! {
-            () = &mut shutdown => break,
-            // Bounded, then asked again: a wake-up from librdkafka that the async consumer misses
-            // (seen after rebalances on a busy machine) costs at most this long, never a stall.
-            message = tokio::time::timeout(RECV_RETRY, consumer.recv()) => match message {
-                Ok(message) => message,
-                Err(_) => continue,
-            },
+        let message = if quiet.is_idle() {
+            // Nothing heard for a while from an embedded broker of this process: stop fetching
+            // until a write here, or a look for other processes' writes (see `kafka::idle`).
+            set_idle(Some(&consumer), globals.as_ref(), &positions, true);
+            let woken = tokio::select! {
+                () = &mut shutdown => break,
+                () = quiet.wait() => None,
+                // Still polled while paused: rebalances are served, and a record fetched
+                // before the pause is taken.
+                message = consumer.recv() => Some(message),
+            };
+            set_idle(Some(&consumer), globals.as_ref(), &positions, false);
+            match woken {
+                Some(message) => message,
+                None => continue,
+            }
+        } else {
+            tokio::select! {
+                () = &mut shutdown => break,
+                // Bounded, then asked again: a wake-up from librdkafka that the async consumer
+                // misses (seen after rebalances on a busy machine) costs at most this long,
+                // never a stall.
+                message = tokio::time::timeout(RECV_RETRY, consumer.recv()) => match message {
+                    Ok(message) => message,
+                    Err(_) => continue,
+                },
+            }
         };
         let message = match message {
             Ok(message) => message,
@@ -337,6 +367,7 @@ pub async fn run<H: Handler>(
                 continue;
             }
         };
+        quiet.heard();
         // Records already waiting are applied together, in one sled transaction (a
         // transaction costs ~40 µs here, most of a record's cost): under load the processor
         // catches up in batches, while a lone record is committed at once.
@@ -557,6 +588,22 @@ fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) 
         )));
     }
     Ok(())
+}
+
+/// Stops (or restarts) fetching the tasks' and the global tables' records while idle.
+fn set_idle(
+    tasks: Option<&StreamConsumer<ProcessorContext>>,
+    globals: Option<&global::Globals>,
+    positions: &Positions,
+    idle: bool,
+) {
+    if let Some(consumer) = tasks {
+        idle::set_paused(consumer, idle);
+    }
+    if let Some(reader) = globals {
+        reader.set_paused(idle);
+    }
+    positions.set_idle(idle);
 }
 
 /// Waits `backoff` (then doubles it, up to 5 s); false if `shutdown` came first.

@@ -6,7 +6,7 @@
 //! up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -39,22 +39,35 @@ impl PartitionPosition {
 }
 
 /// Per-partition positions of a running processor, for metrics and tests: the partitions it
-/// holds (from assignment on) and, once records flow, how far it is.
+/// holds (from assignment on) and, once records flow, how far it is; and whether it is idle.
 #[derive(Debug, Clone, Default)]
-pub struct Positions(Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>);
+pub struct Positions {
+    held: Arc<Mutex<BTreeMap<(String, i32), PartitionPosition>>>,
+    idle: Arc<AtomicBool>,
+}
 
 impl Positions {
     /// A snapshot: (topic, partition) → position.
     pub fn snapshot(&self) -> BTreeMap<(String, i32), PartitionPosition> {
-        crate::sync::lock(&self.0).clone()
+        crate::sync::lock(&self.held).clone()
+    }
+
+    /// Whether the processor has stopped fetching for now, idle on an embedded broker of its
+    /// own process ([`crate::kafka::idle`]).
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
     }
 
     pub(crate) fn set(&self, topic: &str, partition: i32, position: PartitionPosition) {
-        crate::sync::lock(&self.0).insert((topic.to_owned(), partition), position);
+        crate::sync::lock(&self.held).insert((topic.to_owned(), partition), position);
     }
 
     pub(crate) fn remove(&self, topic: &str, partition: i32) {
-        crate::sync::lock(&self.0).remove(&(topic.to_owned(), partition));
+        crate::sync::lock(&self.held).remove(&(topic.to_owned(), partition));
+    }
+
+    pub(crate) fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::SeqCst);
     }
 }
 
