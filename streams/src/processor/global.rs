@@ -47,10 +47,10 @@ impl Globals {
         let consumer: BaseConsumer = crate::kafka::reader_config(&settings.bootstrap, "global")
             .set("auto.offset.reset", "earliest")
             // A catalog entry reaches the table within this of being written, not 500 ms. On
-            // the embedded broker it is also how often an idle reader asks again (that broker
-            // answers an empty fetch only when the wait is over): 10 ms was 100 requests a
-            // second per reader, idle.
-            .set("fetch.wait.max.ms", "20")
+            // the embedded broker it is also how often a reader with nothing to do asks again
+            // (that broker answers an empty fetch only when the wait is over), unless it is
+            // idle and paused (`kafka::idle`).
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|e| Error::kafka("creating the global tables' consumer", e))?;
         let timeout = Duration::from_secs(30);
