@@ -4,8 +4,9 @@
 //! (it never wakes a waiting fetch when records arrive), so an idle consumer asks again every
 //! wait, and the short waits that keep a saga's latency low cost the idle one-process system
 //! a tenth of a core. A consumer of a broker started in this process pauses its partitions
-//! once it has heard nothing for [`QUIET`]: no record, and no write acknowledged by that
-//! broker to any producer of this process. It resumes at the next such write, or after
+//! once it has heard nothing for [`QUIET`]: no record, and no write acknowledged to any
+//! producer of this process by a broker of this process (one count for them all, so a write
+//! to another keeps it awake for nothing). It resumes at the next such write, or after
 //! [`LOOK_EVERY`] to see what writers in other processes sent. A consumer of any other broker
 //! never pauses: a real broker answers a waiting fetch as soon as a record arrives.
 
@@ -96,7 +97,7 @@ impl Quiet {
     }
 
     /// Whether the consumer should pause now: it reads a local broker and has heard nothing,
-    /// not even a write to that broker, for [`QUIET`]. A write it has not seen yet restarts
+    /// not even a write to a local broker, for [`QUIET`]. A write it has not seen yet restarts
     /// the quiet time, so a record written before the pause was fetched for that long first.
     pub fn is_idle(&mut self) -> bool {
         if !self.local {
