@@ -2,8 +2,9 @@
 //!
 //! Bodies are bounded ([`MAX_BODY_BYTES`]), and schemas are parsed and checked on tokio's
 //! blocking pool, so large schemas do not hold up the async workers that answer reads. At
-//! most one schema per core is parsed at a time; other requests carrying one wait with their
-//! bodies unread, so memory stays bounded however many arrive at once.
+//! most [`MAX_BODIES`] schema bodies are read or held at once and one schema per core is
+//! parsed at a time; other requests carrying one wait with their bodies unread, so memory
+//! stays bounded however many arrive at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -35,6 +36,8 @@ pub struct App {
     pub log: Arc<Log>,
     /// Permits to parse a schema, one per core.
     pub parsing: Arc<Semaphore>,
+    /// Places for a schema body being read or held, [`MAX_BODIES`].
+    pub bodies: Arc<Semaphore>,
 }
 
 impl App {
@@ -45,6 +48,7 @@ impl App {
             state,
             log,
             parsing: Arc::new(Semaphore::new(cores)),
+            bodies: Arc::new(Semaphore::new(MAX_BODIES)),
         }
     }
 
@@ -63,6 +67,10 @@ type Params = Query<HashMap<String, String>>;
 /// ([`crate::log::MAX_RECORD_BYTES`]), room for a pretty-printed one, and a bound on the
 /// parse work and memory one request can cost.
 pub const MAX_BODY_BYTES: usize = 2 * crate::log::MAX_RECORD_BYTES;
+
+/// Schema bodies read or held at once at most: with [`MAX_BODY_BYTES`] each, 128 MB, however
+/// many connections send one.
+pub const MAX_BODIES: usize = 64;
 
 /// The router of the whole API.
 pub fn router(app: App) -> Router {
@@ -235,11 +243,34 @@ struct SchemaBody {
 /// once a parse permit is free. Unknown fields are accepted, as Confluent's newer clients send
 /// metadata and rule sets along.
 async fn schema_from_body(app: &App, request: Request) -> Result<Arc<Schema>, ApiError> {
+    let (place, body) = read_schema_body(&app.bodies, request, BODY_TIMEOUT).await?;
+    off_workers(app, move || {
+        let _place = place;
+        parse_schema_body(&body).map(Arc::new)
+    })
+    .await
+}
+
+/// Reads a schema body once one of the `bodies` places is free: waits `wait` for a place
+/// (then 503) and [`BODY_TIMEOUT`] for the body (then 408). The place goes with the body.
+async fn read_schema_body(
+    bodies: &Arc<Semaphore>,
+    request: Request,
+    wait: std::time::Duration,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Bytes), ApiError> {
+    let place = tokio::time::timeout(wait, bodies.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::busy(format!(
+                "Every place for a schema body was taken for {} s; try again",
+                wait.as_secs()
+            ))
+        })?
+        .map_err(|_| ApiError::store("the registry is shutting down"))?;
     let body = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, &()))
         .await
         .map_err(|_| ApiError::body_timeout(BODY_TIMEOUT))?;
-    let body = schema_bytes(body)?;
-    off_workers(app, move || parse_schema_body(&body).map(Arc::new)).await
+    Ok((place, schema_bytes(body)?))
 }
 
 fn parse_schema_body(body: &Bytes) -> Result<Schema, ApiError> {
@@ -637,6 +668,57 @@ async fn put_mode(Extract(app): Extract<App>, body: Bytes) -> Answer {
 
 /// Fuzz targets (bolero) for the request bodies: under `cargo test` each runs for a second on
 /// random inputs; `cargo bolero test` runs one coverage-guided (README, "Fuzzing").
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Body) -> Request {
+        Request::builder()
+            .method("POST")
+            .uri("/subjects/s/versions")
+            .body(body)
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_schema_body_waits_for_a_place_and_is_refused_with_503_when_none_frees_in_time() {
+        let bodies = Arc::new(Semaphore::new(1));
+        let wait = std::time::Duration::from_millis(100);
+        // A client that has sent its headers and not yet its body holds the one place.
+        let (send, sent) = tokio::sync::oneshot::channel::<&'static [u8]>();
+        let slow = Body::from_stream(futures::stream::once(async move {
+            sent.await.map(Bytes::from_static)
+        }));
+        let first = tokio::spawn({
+            let bodies = bodies.clone();
+            async move { read_schema_body(&bodies, request(slow), wait).await }
+        });
+        while bodies.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+
+        let refused = read_schema_body(&bodies, request(Body::from("{}")), wait)
+            .await
+            .expect_err("no place is free");
+        assert_eq!(
+            (refused.status, refused.code),
+            (503, 503),
+            "{}",
+            refused.message
+        );
+
+        send.send(b"{\"schema\": \"\\\"int\\\"\"}")
+            .expect("the reader waits");
+        let (place, body) = first.await.expect("joined").expect("read");
+        assert!(body.starts_with(b"{"));
+        drop(place);
+        let (_place, body) = read_schema_body(&bodies, request(Body::from("{}")), wait)
+            .await
+            .expect("a place is free again");
+        assert_eq!(&body[..], b"{}");
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     use super::*;

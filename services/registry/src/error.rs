@@ -189,6 +189,11 @@ impl ApiError {
         )
     }
 
+    /// 503 when every place for a schema body is taken for longer than a request waits.
+    pub fn busy(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, 503, reason)
+    }
+
     /// 400 for bodies that are not JSON of the expected shape.
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, 400, reason)
