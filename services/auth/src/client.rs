@@ -96,9 +96,36 @@ pub fn address(peer: SocketAddr, headers: &HeaderMap, trusted: &[Proxy]) -> IpAd
         .map_or(peer, |a| a.to_canonical())
 }
 
+/// What a client is counted as when throttled: its IPv4 address, or its IPv6 /64 network
+/// (one subscriber line or host is usually given a whole /64, so counting single addresses
+/// would give it 2^64 fresh counts).
+pub fn throttle_key(client: IpAddr) -> String {
+    match client.to_canonical() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => {
+            let network = Ipv6Addr::from(u128::from(ip) & (u128::MAX << 64));
+            format!("{network}/64")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_ipv4_clients_per_address() {
+        let key = |ip: &str| throttle_key(ip.parse().expect("ip"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:1:2:3"), key("2001:db8:1:2::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(
+            key("::ffff:203.0.113.7"),
+            "203.0.113.7",
+            "a mapped IPv4 is IPv4"
+        );
+    }
 
     #[test]
     fn only_a_trusted_peer_names_the_client() {

@@ -132,6 +132,7 @@ struct Auth {
     /// The hash an unknown email's login is checked against, so that it costs what a known
     /// one does and its answer time tells nothing.
     dummy_hash: String,
+    by_email_and_address: throttle::Throttle,
     by_email: throttle::Throttle,
     by_address: throttle::Throttle,
     /// Sign-ups per client address.
@@ -201,6 +202,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
         tokens: settings.tokens,
         hashing: settings.hashing,
         dummy_hash,
+        by_email_and_address: throttle::Throttle::new(
+            limits.per_email_and_address,
+            limits.window,
+            throttle::CAPACITY,
+        ),
         by_email: throttle::Throttle::new(limits.per_email, limits.window, throttle::CAPACITY),
         by_address: throttle::Throttle::new(limits.per_address, limits.window, throttle::CAPACITY),
         sign_ups: throttle::Throttle::new(
@@ -446,7 +452,7 @@ async fn sign_up(
     let display_name = check_name(&request.display_name)?;
     // Every sign-up costs a hash, so each counts against its client whatever its outcome:
     // one client cannot fill the hashing gate with sign-ups and starve everyone's logins.
-    let address = client::address(peer, &headers, &auth.trusted_proxies).to_string();
+    let address = client::throttle_key(client::address(peer, &headers, &auth.trusted_proxies));
     auth.sign_ups
         .reserve(&address, Instant::now())
         .map_err(too_many_sign_ups)?
@@ -550,11 +556,16 @@ async fn log_in(
     Json(request): Json<LogIn>,
 ) -> Result<impl IntoResponse, Refusal> {
     let email = check_email(&request.email)?;
-    let address = client::address(peer, &headers, &auth.trusted_proxies).to_string();
+    let address = client::throttle_key(client::address(peer, &headers, &auth.trusted_proxies));
+    let pair = format!("{email} {address}");
     let now = Instant::now();
     // Before any hash: a throttled guesser costs no argon2. Each attempt counts from here, so
     // guesses in flight at once cannot pass the limit; a success or a refusal before the
     // outcome (503, a dropped request) takes its attempt back.
+    let by_pair = auth
+        .by_email_and_address
+        .reserve(&pair, now)
+        .map_err(throttled)?;
     let by_email = auth.by_email.reserve(&email, now).map_err(throttled)?;
     let by_address = auth.by_address.reserve(&address, now).map_err(throttled)?;
     let user = match auth
@@ -582,12 +593,14 @@ async fn log_in(
     let password = request.password;
     let matched = auth.hashing.run(move || matches(&password, &hash)).await?;
     let Some(user) = user.filter(|_| matched) else {
+        by_pair.failed();
         by_email.failed();
         by_address.failed();
         // One answer for an unknown email and a wrong password: no hint which it was.
         return Err(ApiError::unauthorized("wrong email or password").into());
     };
-    drop((by_email, by_address));
+    drop((by_pair, by_email, by_address));
+    auth.by_email_and_address.forget(&pair);
     auth.by_email.forget(&email);
     let (token, expires_at) = auth
         .tokens

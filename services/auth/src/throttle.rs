@@ -1,5 +1,5 @@
-//! Login and sign-up throttling: attempts are counted per key (email, client address) over a
-//! fixed window as they start, atomically with the check; past the limit the key is refused
+//! Login and sign-up throttling: attempts are counted per key (email and client address,
+//! email, client address) over a fixed window as they start, atomically with the check; past the limit the key is refused
 //! (429) until its window ends, before any hash is run. Each table holds at most a fixed number
 //! of entries.
 
@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 pub const CAPACITY: usize = 10_000;
 
 /// How many failed logins and sign-ups are allowed within a window.
+///
+/// A guesser at one address is stopped by the count of an email from that address, so it
+/// cannot lock the email's owner out elsewhere; the count of an email from every address,
+/// higher, stops guessing spread over many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Failures per email.
+    /// Failures per email from one client address.
+    pub per_email_and_address: u32,
+    /// Failures per email from every address together.
     pub per_email: u32,
     /// Failures per client address (many users may share one).
     pub per_address: u32,
@@ -26,7 +32,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            per_email: 10,
+            per_email_and_address: 10,
+            per_email: 100,
             per_address: 50,
             sign_ups_per_address: 100,
             window: Duration::from_secs(300),

@@ -160,6 +160,7 @@ impl Held {
 }
 
 fn lenient(settings: &mut auth::Settings) {
+    settings.throttle.per_email_and_address = 1_000;
     settings.throttle.per_email = 1_000;
     settings.throttle.per_address = 1_000;
     settings.throttle.sign_ups_per_address = 1_000;
@@ -316,6 +317,71 @@ async fn repeated_wrong_logins_get_429_per_email_and_per_client() {
         )
         .await;
     assert_eq!(behind.status, StatusCode::UNAUTHORIZED, "{behind:?}");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guesser_at_one_address_cannot_lock_an_email_out_elsewhere_but_many_addresses_together_can()
+ {
+    let harness = Harness::start(|settings| {
+        settings.throttle.per_email_and_address = 3;
+        settings.throttle.per_email = 5;
+        settings.throttle.per_address = 100;
+    })
+    .await;
+    harness.sign_up("ana@example.com").await;
+    let log_in_from = |address: &'static str, password: String| {
+        let harness = &harness;
+        async move {
+            harness
+                .post(
+                    "/v1/sessions",
+                    json!({"email": "ana@example.com", "password": password}),
+                    Some(address),
+                )
+                .await
+        }
+    };
+    // Behind the gateway (a trusted proxy, here loopback): a guesser at one address.
+    for i in 0..3 {
+        let answer = log_in_from("203.0.113.7", format!("wrong {i}")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+    }
+    let stopped = log_in_from("203.0.113.7", PASSWORD.into()).await;
+    assert_eq!(stopped.status, StatusCode::TOO_MANY_REQUESTS, "{stopped:?}");
+    // The owner, elsewhere, still gets in, and that clears the email's count.
+    let owner = log_in_from("198.51.100.1", PASSWORD.into()).await;
+    assert_eq!(owner.status, StatusCode::CREATED, "{owner:?}");
+
+    // Guesses spread over addresses are stopped by the email's count from all of them, and
+    // an IPv6 client is one client across its /64.
+    let addresses = [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2::3",
+        "198.51.100.2",
+        "198.51.100.3",
+    ];
+    for (i, address) in addresses.into_iter().enumerate() {
+        let answer = log_in_from(address, format!("wrong {i}")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{address}: {answer:?}"
+        );
+    }
+    let same_64 = log_in_from("2001:db8:1:2::99", PASSWORD.into()).await;
+    assert_eq!(
+        same_64.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "three failures from one /64: {same_64:?}"
+    );
+    let spread = log_in_from("198.51.100.4", PASSWORD.into()).await;
+    assert_eq!(
+        spread.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "five failures for the email from any address: {spread:?}"
+    );
     harness.stop().await;
 }
 
