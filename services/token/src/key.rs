@@ -155,7 +155,7 @@ impl KeyRing {
 
     /// The keys in `dir` (every `<kid>.pem`), oldest first by the file's modification time, so
     /// the newest file signs (names break ties); when it holds none, one fresh key is written
-    /// there first (mode 0600). By time, not name: an operator's key (`ops-2026.pem`) sorts
+    /// there first (`first.pem`, mode 0600). By time, not name: an operator's key (`ops-2026.pem`) sorts
     /// after every generated id by name and would keep signing after a rotation.
     ///
     /// # Errors
@@ -166,7 +166,10 @@ impl KeyRing {
     pub fn from_dir(dir: &Path) -> Result<Self, KeyError> {
         let mut keys = read_dir(dir)?;
         if keys.is_empty() {
-            KeyRing::add_to_dir(dir)?;
+            // Under one name, so that instances starting together on an empty directory make
+            // one key between them: the first link wins and the others read it. With a key
+            // each, each would sign with a key the others do not publish.
+            write_key(dir, FIRST_KID)?;
             keys = read_dir(dir)?;
         }
         if keys.is_empty() {
@@ -187,37 +190,8 @@ impl KeyRing {
     /// [`KeyError::Io`] when the file cannot be written, [`KeyError::Random`] without
     /// randomness.
     pub fn add_to_dir(dir: &Path) -> Result<String, KeyError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |cause| KeyError::Io { path, cause }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let pem = fresh()?
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map_err(|e| KeyError::Sign(e.to_string()))?;
         let kid = new_kid()?;
-        let path = dir.join(format!("{kid}.pem"));
-        // Written whole under a private name, then linked into place: a process reading the
-        // directory at the same moment sees no key or a complete one, never a partial file.
-        let draft = dir.join(format!(".{kid}.draft"));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = options
-            .open(&draft)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, pem.as_bytes()));
-        let newest = newest_stamp(dir)?;
-        // Stamped explicitly: the kernel's own stamp is coarse (a clock tick), so a key written
-        // right after another could share its time; a second past the newest survives file
-        // systems that keep whole seconds.
-        let stamp = newest.map_or_else(std::time::SystemTime::now, |newest| {
-            std::time::SystemTime::now().max(newest + std::time::Duration::from_secs(1))
-        });
-        let stamped = written.and_then(|()| set_modified(&draft, stamp));
-        let linked = stamped.and_then(|()| std::fs::hard_link(&draft, &path));
-        let _ = std::fs::remove_file(&draft);
-        linked.map_err(io(&path))?;
+        write_key(dir, &kid)?;
         Ok(kid)
     }
 
@@ -253,6 +227,49 @@ impl KeyRing {
         self.keys.retain(|k| k.kid != kid || k.kid == newest);
         self.keys.len() < before
     }
+}
+
+/// The id of the key a directory gets when it has none.
+const FIRST_KID: &str = "first";
+
+/// Writes a fresh key to `dir` (created when missing) as `<kid>.pem`, mode 0600, newer than
+/// every key file there. A file of that name already there is left as it is (another process
+/// wrote it first).
+fn write_key(dir: &Path, kid: &str) -> Result<(), KeyError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |cause| KeyError::Io { path, cause }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let pem = fresh()?
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| KeyError::Sign(e.to_string()))?;
+    let path = dir.join(format!("{kid}.pem"));
+    // A draft name of its own per writer, so two writers of one kid do not meet before the link.
+    let draft = dir.join(format!(".{kid}.{}.draft", new_kid()?));
+    // Written whole under a private name, then linked into place: a process reading the
+    // directory at the same moment sees no key or a complete one, never a partial file.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options
+        .open(&draft)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, pem.as_bytes()));
+    let newest = newest_stamp(dir)?;
+    // Stamped explicitly: the kernel's own stamp is coarse (a clock tick), so a key written
+    // right after another could share its time; a second past the newest survives file
+    // systems that keep whole seconds.
+    let stamp = newest.map_or_else(std::time::SystemTime::now, |newest| {
+        std::time::SystemTime::now().max(newest + std::time::Duration::from_secs(1))
+    });
+    let stamped = written.and_then(|()| set_modified(&draft, stamp));
+    let linked = stamped.and_then(|()| match std::fs::hard_link(&draft, &path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = std::fs::remove_file(&draft);
+    linked.map_err(io(&path))
 }
 
 fn set_modified(path: &Path, at: std::time::SystemTime) -> std::io::Result<()> {
@@ -360,6 +377,35 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "only the owner reads a key");
         }
+    }
+
+    #[test]
+    fn instances_starting_together_on_an_empty_directory_share_one_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = dir.path().join("keys");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let rings: Vec<_> = (0..8)
+            .map(|_| {
+                let (keys, start) = (keys.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    KeyRing::from_dir(&keys).expect("made or read")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("joined"))
+            .collect();
+        for ring in &rings {
+            assert_eq!(
+                ring.kids(),
+                vec![FIRST_KID],
+                "every instance signs with the one key"
+            );
+            assert_eq!(ring.jwks(), rings[0].jwks());
+        }
+        let files: Vec<_> = std::fs::read_dir(&keys).expect("dir").collect();
+        assert_eq!(files.len(), 1, "one key file and no draft: {files:?}");
     }
 
     #[test]
