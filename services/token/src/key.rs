@@ -155,8 +155,9 @@ impl KeyRing {
 
     /// The keys in `dir` (every `<kid>.pem`), oldest first by the file's modification time, so
     /// the newest file signs (names break ties); when it holds none, one fresh key is written
-    /// there first (`first.pem`, mode 0600). By time, not name: an operator's key (`ops-2026.pem`) sorts
-    /// after every generated id by name and would keep signing after a rotation.
+    /// there first (`first.pem`, mode 0600). By time, not name: an operator's key
+    /// (`ops-2026.pem`) sorts after every generated id by name and would keep signing after a
+    /// rotation.
     ///
     /// # Errors
     ///
