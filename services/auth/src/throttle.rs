@@ -1,7 +1,8 @@
-//! Login and sign-up throttling: attempts are counted per key (email and client address,
-//! email, client address) over a fixed window as they start, atomically with the check; past the limit the key is refused
-//! (429) until its window ends, before any hash is run. Each table holds at most a fixed number
-//! of entries.
+//! Login and sign-up throttling: attempts counted per key over a fixed window, as they start.
+//!
+//! Keys are an email and client address, an email, a client address. Counting is atomic with
+//! the check; past the limit the key is refused (429) until its window ends, before any hash
+//! is run. Each table holds at most a fixed number of entries.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

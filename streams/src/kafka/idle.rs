@@ -1,4 +1,4 @@
-//! Idle consumers of an embedded broker in their own process stop fetching until a write wakes them.
+//! Idle consumers of an embedded broker in their own process pause until a write wakes them.
 //!
 //! librdkafka's mock answers a fetch that finds nothing only when `fetch.wait.max.ms` is over
 //! (it never wakes a waiting fetch when records arrive), so an idle consumer asks again every
