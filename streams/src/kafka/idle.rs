@@ -11,7 +11,7 @@
 //! never pauses: a real broker answers a waiting fetch as soon as a record arrives.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -37,6 +37,27 @@ static WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// Wakes every paused consumer at a local write.
 static WRITTEN: Notify = Notify::const_new();
+
+/// Consumers waiting in [`Quiet::wait`]: a write with none waiting (a busy system) skips
+/// [`WRITTEN`], whose waiter list is behind a lock every producer would take per delivery.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// One consumer counted in [`WAITING`] while it lives, however its wait ends (it may be
+/// dropped unfinished in a `select!`).
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Self {
+        WAITING.fetch_add(1, Ordering::SeqCst);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn local() -> std::sync::MutexGuard<'static, Vec<String>> {
     // A list of strings, pushed and removed whole: a panic elsewhere cannot leave it half-done.
@@ -67,7 +88,11 @@ pub fn is_local(bootstrap: &str) -> bool {
 /// broker calls it after every delivery.
 pub fn wrote() {
     WRITES.fetch_add(1, Ordering::SeqCst);
-    WRITTEN.notify_waiters();
+    // A waiter counts itself before it reads WRITES, and this reads WAITING after counting the
+    // write (both sequentially consistent): either it sees this write or this sees it.
+    if WAITING.load(Ordering::SeqCst) > 0 {
+        WRITTEN.notify_waiters();
+    }
 }
 
 /// One consumer's view of how long it has heard nothing.
@@ -93,7 +118,10 @@ impl Quiet {
 
     /// The consumer received a record.
     pub fn heard(&mut self) {
-        self.since = Instant::now();
+        // Read only by `is_idle`, which answers no for any other broker: no clock read there.
+        if self.local {
+            self.since = Instant::now();
+        }
     }
 
     /// Whether the consumer should pause now: it reads a local broker and has heard nothing,
@@ -115,6 +143,7 @@ impl Quiet {
     /// Waits for a local write, or [`LOOK_EVERY`]; afterwards the consumer is awake again, for
     /// [`QUIET`] after a write and for a few fetch waits after looking.
     pub async fn wait(&mut self) {
+        let _waiting = Waiting::start();
         let written = WRITTEN.notified();
         tokio::pin!(written);
         // Registered before the count is read, so a write in between still wakes it.
