@@ -4,8 +4,8 @@
 //! joins, and one instance is restarted on an empty store. Every saga ends, every booking on
 //! ample inventory by a funded user confirms (so none timed out in a fail-over), nothing is
 //! oversold and money charged equals confirmed totals. Runs on `tripstream broker` and, as the
-//! second tier, on Tansu, where only the scale-out runs: Tansu 0.6.0's group coordinator does
-//! not reassign the tasks of a member that left (ARCHITECTURE.md, "Brokers").
+//! second tier, on Tansu, whose coordinator (0.6.0) leaves a killed member's tasks unowned until
+//! a survivor's watchdog rejoins the group (`streams/src/processor/watchdog.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,15 +31,13 @@ async fn instances_killed_joining_and_emptied_mid_load_lose_nothing() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = Broker::embedded(dir.path());
-    fail_over(dir, broker, Departures::Killed).await;
+    fail_over(dir, broker).await;
 }
 
-/// The second tier on a real broker process (Tansu, storing in SQLite): instances share the
-/// tasks and a third of each joins mid-load, its tasks restored from the changelogs. No instance
-/// leaves: Tansu 0.6.0 keeps a departed member's tasks unassigned (ARCHITECTURE.md, "Brokers").
+/// The second tier on a real broker process (Tansu, storing in SQLite), the same scenario.
 /// Runs when `TRIPSTREAM_TANSU` names a Tansu binary (`scripts/test` installs one and sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_real_broker_process_instances_scale_out_and_lose_nothing() {
+async fn on_a_real_broker_process_instances_killed_joining_and_emptied_mid_load_lose_nothing() {
     let Some(binary) = std::env::var_os("TRIPSTREAM_TANSU") else {
         eprintln!("skipped: TRIPSTREAM_TANSU names no Tansu binary (scripts/test sets it)");
         return;
@@ -56,17 +54,7 @@ async fn on_a_real_broker_process_instances_scale_out_and_lose_nothing() {
         "{}",
         String::from_utf8_lossy(&provisioned.stderr)
     );
-    fail_over(dir, broker, Departures::None).await;
-}
-
-/// Whether instances leave the groups mid-load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Departures {
-    /// One instance of each is killed for good, and one is killed and restarted on an empty
-    /// store.
-    Killed,
-    /// Instances only join.
-    None,
+    fail_over(dir, broker).await;
 }
 
 /// What one booking asks, and what it must end as.
@@ -80,7 +68,7 @@ enum Kind {
     Unfunded,
 }
 
-async fn fail_over(dir: tempfile::TempDir, broker: Broker, departures: Departures) {
+async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     let bootstrap = broker.bootstrap.clone();
     let (_registry, registry_url) = support::start_registry(tripstream(), &bootstrap);
     let cluster = Cluster {
@@ -150,12 +138,10 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker, departures: Departure
 
     // Mid-load: one instance of each dies for good...
     tokio::time::sleep(Duration::from_secs(3)).await;
-    if departures == Departures::Killed {
-        for name in SCALED {
-            let mut process = running.remove(&format!("{name}-1")).expect("running");
-            process.0.kill().expect("SIGKILL");
-            let _ = process.0.wait();
-        }
+    for name in SCALED {
+        let mut process = running.remove(&format!("{name}-1")).expect("running");
+        process.0.kill().expect("SIGKILL");
+        let _ = process.0.wait();
     }
     // ...a third of each joins...
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -165,16 +151,14 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker, departures: Departure
     }
     // ...and one comes back on an empty store.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    if departures == Departures::Killed {
-        let mut emptied = running.remove("payment-2").expect("running");
-        emptied.0.kill().expect("SIGKILL");
-        let _ = emptied.0.wait();
-        std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
-        running.insert(
-            "payment-2".to_owned(),
-            cluster.instance("payment", "payment-2"),
-        );
-    }
+    let mut emptied = running.remove("payment-2").expect("running");
+    emptied.0.kill().expect("SIGKILL");
+    let _ = emptied.0.wait();
+    std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
+    running.insert(
+        "payment-2".to_owned(),
+        cluster.instance("payment", "payment-2"),
+    );
     let placed = placing.await.expect("placing");
 
     // Every booking ends, as seen through the gateway.

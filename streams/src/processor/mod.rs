@@ -26,6 +26,7 @@ mod global;
 mod handler;
 mod rebalance;
 mod restore;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -304,6 +305,7 @@ pub async fn run<H: Handler>(
     };
     let watermarks = Arc::new(Mutex::new(HashMap::new()));
     let revocations = Arc::new(AtomicU64::new(0));
+    let held = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
     let consumer: StreamConsumer<ProcessorContext> = config
         .create_with_context(ProcessorContext {
             store: store.clone(),
@@ -311,17 +313,51 @@ pub async fn run<H: Handler>(
             positions: positions.clone(),
             watermarks: watermarks.clone(),
             revocations: revocations.clone(),
+            held: held.clone(),
             restorer,
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
-    check_tasks(&consumer, &settings)?;
+    let tasks = check_tasks(&consumer, &settings)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))?;
+    let subscribe = |consumer: &StreamConsumer<ProcessorContext>| {
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))
+    };
+    subscribe(&consumer)?;
+    // The embedded broker runs the group protocol's rebalances itself; other coordinators
+    // may not (see `watchdog`).
+    let watchdog = if embedded {
+        None
+    } else {
+        Some(watchdog::Watchdog::start(
+            &settings.bootstrap,
+            watchdog::Watched {
+                group: settings.group.clone(),
+                topics: settings.topics.clone(),
+                tasks,
+                held,
+                session_timeout: Duration::from_millis(
+                    config
+                        .get("session.timeout.ms")
+                        .and_then(|ms| ms.parse().ok())
+                        .unwrap_or(45_000),
+                ),
+            },
+        )?)
+    };
 
     let mut last_commit = Instant::now();
     loop {
+        if watchdog
+            .as_ref()
+            .is_some_and(watchdog::Watchdog::take_rejoin)
+        {
+            // Leaving revokes every task (their offsets committed) and forgets the member id,
+            // so the subscription joins as a new member.
+            consumer.unsubscribe();
+            subscribe(&consumer)?;
+        }
         if let Some(reader) = &mut globals {
             match reader
                 .step(&apply, &settings, &producer, &mut shutdown)
@@ -543,7 +579,9 @@ impl Drop for AbortOnDrop {
 
 /// Refuses task topics with different partition counts (a task is one partition number of
 /// each), or more partitions than the changelog or the store's keys can hold.
-fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) -> Result<()> {
+/// The group's number of tasks, once every input topic has as many partitions and the
+/// changelog at least as many.
+fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) -> Result<usize> {
     let timeout = Duration::from_secs(30);
     let mut counts = Vec::new();
     for topic in settings.topics.iter().chain(&settings.changelog) {
@@ -587,7 +625,7 @@ fn check_tasks(consumer: &impl Consumer<ProcessorContext>, settings: &Settings) 
             listed()
         )));
     }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Stops (or restarts) fetching the tasks' and the global tables' records while idle.

@@ -5,7 +5,7 @@
 //! start at sled's offsets; sled's offsets are committed to Kafka before partitions are given
 //! up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +82,8 @@ pub(crate) struct ProcessorContext {
     /// Partitions revoked so far: the poll loop checks it to drop records it holds for
     /// partitions it no longer owns.
     pub(crate) revocations: Arc<AtomicU64>,
+    /// The tasks assigned to this member, restoring or processing (for [`super::watchdog`]).
+    pub(crate) held: Arc<Mutex<BTreeSet<i32>>>,
     /// Restores tasks from the changelog, and lets the relay publish a task's changelog
     /// entries while the task is owned, when the state is logged.
     pub(crate) restorer: Option<(Restorer, Gate)>,
@@ -182,10 +184,10 @@ impl ConsumerContext for ProcessorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let mut unrestored = std::collections::BTreeSet::new();
+                let tasks: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+                crate::sync::lock(&self.held).clone_from(&tasks);
+                let mut unrestored = BTreeSet::new();
                 if let Some(restorer) = &self.restorer {
-                    let tasks: std::collections::BTreeSet<i32> =
-                        partitions.iter().map(|(_, p)| *p).collect();
                     for task in tasks {
                         if !self.restore(restorer, task) {
                             unrestored.insert(task);
@@ -203,6 +205,7 @@ impl ConsumerContext for ProcessorContext {
                         kept.add_partition(topic, *partition);
                     }
                     *tpl = kept;
+                    crate::sync::lock(&self.held).retain(|task| !unrestored.contains(task));
                 }
                 let partitions: Vec<(String, i32)> = partitions
                     .into_iter()
@@ -253,13 +256,16 @@ impl ConsumerContext for ProcessorContext {
                     Some(tpl),
                     CommitMode::Sync,
                 );
+                let mut held = crate::sync::lock(&self.held);
                 for element in tpl.elements() {
+                    held.remove(&element.partition());
                     self.positions.remove(element.topic(), element.partition());
                     if let Some((_, gate)) = &self.restorer {
                         // Its changelog entries not sent yet wait: the task may come back.
                         gate.release(element.partition());
                     }
                 }
+                drop(held);
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
                 let unassigned = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -275,6 +281,7 @@ impl ConsumerContext for ProcessorContext {
     }
 }
 
+/// Commits sled's offsets to Kafka for the partitions of `only`, or of the assignment.
 pub(crate) fn commit_from_store<C: Consumer<ProcessorContext>>(
     consumer: &C,
     store: &Store,
@@ -285,10 +292,22 @@ pub(crate) fn commit_from_store<C: Consumer<ProcessorContext>>(
     let Ok(offsets) = store.offsets(group) else {
         return;
     };
+    // Only partitions this member holds: sled keeps the offsets of tasks it gave up, and
+    // committing those would set their new owner's committed offsets back.
+    let assigned;
+    let only = match only {
+        Some(only) => only,
+        None => match consumer.assignment() {
+            Ok(assignment) => {
+                assigned = assignment;
+                &assigned
+            }
+            Err(_) => return,
+        },
+    };
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, next) in offsets {
-        let wanted = only.is_none_or(|only| only.find_partition(&topic, partition).is_some());
-        if wanted {
+        if only.find_partition(&topic, partition).is_some() {
             let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
         }
     }

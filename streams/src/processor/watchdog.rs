@@ -1,0 +1,265 @@
+//! Asks for a new assignment when a task of the group has records waiting that nobody takes:
+//! a coordinator that dropped a member without a rebalance.
+//!
+//! Every member commits the offsets of the tasks it holds each second, so a task whose records
+//! wait while its committed offset stays put for longer than a session timeout has no live
+//! owner: on a broker that runs the group protocol its tasks would have moved by then. Tansu
+//! 0.6.0 does not move them: its coordinator drops a member that missed its session timeout
+//! without a new generation, the survivors keep their old tasks, and the departed member's stay
+//! unowned for good (ARCHITECTURE.md, "Brokers"). It does rebalance when a member leaves and a
+//! new one joins, so the processor leaves the group and joins again, which any broker answers
+//! with a full rebalance. Describing the group would say more, but Tansu 0.6.0 drops the
+//! connection on `DescribeGroups`.
+//!
+//! An owner that is alive but stuck (retrying one record for longer than that) also looks like
+//! this; the rejoins are then spaced out, from [`LEAST_BETWEEN`] doubling to [`MOST_BETWEEN`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+
+/// How often the offsets of the tasks this member does not hold are read (two requests).
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// How long past the session timeout records may wait in a task: by then its old owner's
+/// membership has expired at the coordinator (at a survivor's next heartbeat, every second by
+/// default here), so joining again is answered without it.
+const MARGIN: Duration = Duration::from_secs(1);
+
+/// The first wait after a rejoin before another, doubled up to [`MOST_BETWEEN`] while tasks
+/// stay unowned: each rejoin rebalances the whole group.
+const LEAST_BETWEEN: Duration = Duration::from_secs(5);
+const MOST_BETWEEN: Duration = Duration::from_secs(60);
+
+/// A blocking task reading the group's committed offsets every [`LOOK_EVERY`];
+/// [`Watchdog::take_rejoin`] says when the processor should leave and join again. Stops when
+/// dropped.
+pub(crate) struct Watchdog {
+    rejoin: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What the watching task needs to know of the processor.
+pub(crate) struct Watched {
+    pub(crate) group: String,
+    /// The group's input topics.
+    pub(crate) topics: Vec<String>,
+    /// Tasks of the group (partitions of each input topic).
+    pub(crate) tasks: usize,
+    /// The tasks this member holds, restoring or processing (see the rebalance callback).
+    pub(crate) held: Arc<Mutex<BTreeSet<i32>>>,
+    /// The session timeout in effect: how long a dead member keeps its tasks.
+    pub(crate) session_timeout: Duration,
+}
+
+impl Watchdog {
+    /// Starts watching `watched.group` on `bootstrap` with a client of its own (in the group
+    /// only to read its offsets, never a member), so a look never waits on the processor's
+    /// consumer. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when the client cannot be created.
+    pub(crate) fn start(bootstrap: &str, watched: Watched) -> Result<Self> {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", &watched.group)
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| Error::kafka("creating the group watchdog's client", e))?;
+        let rejoin = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        tokio::task::spawn_blocking({
+            let (rejoin, stop) = (rejoin.clone(), stop.clone());
+            move || watch(&client, &watched, &rejoin, &stop)
+        });
+        Ok(Watchdog { rejoin, stop })
+    }
+
+    /// Whether the processor should leave the group and join again (once per verdict).
+    pub(crate) fn take_rejoin(&self) -> bool {
+        self.rejoin.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Not waited for: a look in flight may wait for the broker, and the task ends on its
+        // own after it.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Since when records have waited in each partition while its committed offset stood still.
+#[derive(Debug, Default)]
+pub(crate) struct Standing {
+    partitions: HashMap<(String, i32), (i64, Option<Instant>)>,
+}
+
+impl Standing {
+    /// Notes a partition's `committed` offset (-1 when none) and `end` offset at `now`.
+    pub(crate) fn note(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        committed: i64,
+        end: i64,
+        now: Instant,
+    ) {
+        let (last, waiting) = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_insert((committed, None));
+        if *last != committed {
+            *last = committed;
+            *waiting = None;
+        }
+        if end > committed.max(0) {
+            waiting.get_or_insert(now);
+        } else {
+            *waiting = None;
+        }
+    }
+
+    /// Partitions in which records have waited for at least `long` without their committed
+    /// offset moving.
+    pub(crate) fn waiting(&self, long: Duration, now: Instant) -> Vec<(String, i32)> {
+        let mut found: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|(_, (_, waiting))| {
+                waiting.is_some_and(|since| now.duration_since(since) >= long)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// Forgets the partitions of the tasks in `held`: this member holds them, and whether it
+    /// keeps up is its own business.
+    pub(crate) fn forget(&mut self, held: &BTreeSet<i32>) {
+        self.partitions
+            .retain(|(_, partition), _| !held.contains(partition));
+    }
+}
+
+fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &AtomicBool) {
+    let timeout = Duration::from_secs(5);
+    let long = watched.session_timeout + MARGIN;
+    let mut standing = Standing::default();
+    let mut between = LEAST_BETWEEN;
+    let mut not_before = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(LOOK_EVERY);
+        let held = crate::sync::lock(&watched.held).clone();
+        standing.forget(&held);
+        let mut others = TopicPartitionList::new();
+        for topic in &watched.topics {
+            for task in (0..watched.tasks).filter_map(|t| i32::try_from(t).ok()) {
+                if !held.contains(&task) {
+                    let _ = others.add_partition_offset(topic, task, Offset::End);
+                }
+            }
+        }
+        if others.count() == 0 {
+            continue;
+        }
+        let looked = client
+            .committed_offsets(others.clone(), timeout)
+            .and_then(|committed| Ok((committed, client.offsets_for_times(others, timeout)?)));
+        let (committed, ends) = match looked {
+            Ok(looked) => looked,
+            Err(error) => {
+                tracing::debug!(%error, group = %watched.group, "Reading the group's offsets failed");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let offset = |offset: Offset| match offset {
+            Offset::Offset(offset) => offset,
+            _ => -1,
+        };
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let end = ends
+                .find_partition(topic, partition)
+                .map_or(-1, |end| offset(end.offset()));
+            standing.note(topic, partition, offset(element.offset()), end, now);
+        }
+        let waiting = standing.waiting(long, now);
+        if waiting.is_empty() {
+            between = LEAST_BETWEEN;
+            continue;
+        }
+        if now >= not_before {
+            let partitions: Vec<String> = waiting.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            tracing::warn!(
+                group = %watched.group,
+                partitions = %partitions.join(", "),
+                seconds = long.as_secs(),
+                "Records have waited in partitions this long without their committed offsets \
+                 moving (their owner left without a rebalance?): leaving the group and joining \
+                 again"
+            );
+            rejoin.store(true, Ordering::SeqCst);
+            not_before = now + between;
+            between = (between * 2).min(MOST_BETWEEN);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_count_as_waiting_from_when_they_are_first_seen_until_the_committed_offset_moves() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let long = Duration::from_secs(7);
+        let mut standing = Standing::default();
+        // Partition 0 idle for long, then a record arrives at 10 s; partition 1 taken at 3 s.
+        standing.note("bookings", 0, 10, 10, at(0));
+        standing.note("bookings", 1, -1, 2, at(0));
+        standing.note("bookings", 1, 2, 3, at(3));
+        standing.note("bookings", 0, 10, 11, at(10));
+        standing.note("bookings", 1, 2, 3, at(10));
+        assert_eq!(
+            standing.waiting(long, at(10)),
+            vec![("bookings".to_owned(), 1)]
+        );
+        assert_eq!(
+            standing.waiting(long, at(16)),
+            vec![("bookings".to_owned(), 1)]
+        );
+        assert_eq!(standing.waiting(long, at(17)).len(), 2);
+        standing.note("bookings", 0, 11, 11, at(18));
+        assert_eq!(
+            standing.waiting(long, at(18)),
+            vec![("bookings".to_owned(), 1)]
+        );
+        standing.forget(&BTreeSet::from([1]));
+        assert!(
+            standing.waiting(long, at(30)).is_empty(),
+            "a held task is its owner's business"
+        );
+    }
+
+    #[test]
+    fn a_partition_never_committed_waits_once_it_has_a_record() {
+        let start = Instant::now();
+        let mut standing = Standing::default();
+        standing.note("bookings", 0, -1, 0, start);
+        assert!(standing.waiting(Duration::ZERO, start).is_empty());
+        standing.note("bookings", 0, -1, 1, start);
+        assert_eq!(standing.waiting(Duration::ZERO, start).len(), 1);
+    }
+}
