@@ -11,8 +11,10 @@
 //! with a full rebalance. Describing the group would say more, but Tansu 0.6.0 drops the
 //! connection on `DescribeGroups`.
 //!
-//! An owner that is alive but stuck (retrying one record for longer than that) also looks like
-//! this; the rejoins are then spaced out, from [`LEAST_BETWEEN`] doubling to [`MOST_BETWEEN`].
+//! After this member's tasks change, every wait starts again, so a task's new owner has as long
+//! to restore it and commit. An owner that is alive but stuck (retrying one record, or
+//! restoring, for longer than that) also looks unowned; the rejoins are then spaced out, from
+//! [`LEAST_BETWEEN`] doubling to [`MOST_BETWEEN`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +34,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// default here), so joining again is answered without it.
 const MARGIN: Duration = Duration::from_secs(1);
 
-/// The first wait after a rejoin before another, doubled up to [`MOST_BETWEEN`] while tasks
-/// stay unowned: each rejoin rebalances the whole group.
+/// The first wait after a rejoin before another, doubled up to [`MOST_BETWEEN`] until no
+/// records have waited too long for [`MOST_BETWEEN`]: each rejoin rebalances the whole group,
+/// and a rebalance of a busy group can leave records waiting for a while itself.
 const LEAST_BETWEEN: Duration = Duration::from_secs(5);
 const MOST_BETWEEN: Duration = Duration::from_secs(60);
 
@@ -157,9 +160,18 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
     let mut standing = Standing::default();
     let mut between = LEAST_BETWEEN;
     let mut not_before = Instant::now();
+    let mut last_rejoin: Option<Instant> = None;
+    let mut last_held = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(LOOK_EVERY);
         let held = crate::sync::lock(&watched.held).clone();
+        if held != last_held {
+            // A rebalance moved tasks: their new owners get a full wait to restore them and
+            // commit. (Tansu's rebalance after a member's death hands everyone its old tasks,
+            // so it restarts nothing.)
+            standing = Standing::default();
+            last_held.clone_from(&held);
+        }
         standing.forget(&held);
         let mut others = TopicPartitionList::new();
         for topic in &watched.topics {
@@ -196,7 +208,10 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
         }
         let waiting = standing.waiting(long, now);
         if waiting.is_empty() {
-            between = LEAST_BETWEEN;
+            if last_rejoin.is_some_and(|at| now.duration_since(at) >= MOST_BETWEEN) {
+                between = LEAST_BETWEEN;
+                last_rejoin = None;
+            }
             continue;
         }
         if now >= not_before {
@@ -210,6 +225,7 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
                  again"
             );
             rejoin.store(true, Ordering::SeqCst);
+            last_rejoin = Some(now);
             not_before = now + between;
             between = (between * 2).min(MOST_BETWEEN);
         }
