@@ -165,10 +165,11 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(LOOK_EVERY);
         let held = crate::sync::lock(&watched.held).clone();
-        if held != last_held {
+        if !held.is_empty() && held != last_held {
             // A rebalance moved tasks: their new owners get a full wait to restore them and
-            // commit. (Tansu's rebalance after a member's death hands everyone its old tasks,
-            // so it restarts nothing.)
+            // commit. The moment between a revocation and the next assignment is skipped:
+            // Tansu's rebalance after a member's death hands everyone its old tasks back, and
+            // must restart nothing.
             standing = Standing::default();
             last_held.clone_from(&held);
         }
