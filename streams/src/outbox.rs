@@ -209,19 +209,17 @@ impl Gate {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Whether `entry` is for a changelog partition of a task not owned now.
-    fn holds_back(&self, entry: &OutgoingRecord) -> bool {
-        entry.topic == self.topic
-            && entry
-                .partition
-                .is_some_and(|task| !crate::sync::lock(&self.owned).contains(&task))
+    /// Whether `task` is owned now.
+    fn owns(&self, task: i32) -> bool {
+        crate::sync::lock(&self.owned).contains(&task)
     }
 
-    /// The task whose commit `entry` closes, if it is a changelog marker.
-    fn marker_of(&self, entry: &OutgoingRecord) -> Option<i32> {
-        (entry.topic == self.topic && entry.key == MARKER)
-            .then_some(entry.partition)
-            .flatten()
+    /// The task of `entry` if it is for the changelog, and whether it is a marker.
+    fn task_of(&self, entry: &OutgoingRecord) -> Option<(i32, bool)> {
+        if entry.topic != self.topic {
+            return None;
+        }
+        entry.partition.map(|task| (task, entry.key == MARKER))
     }
 }
 
@@ -279,7 +277,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<OutgoingRecord> {
     })
 }
 
-/// Entries a relay keeps in flight (sent, not yet acked) at most.
+/// Entries a relay keeps in flight (sent, not yet acked) or queued behind a marker at most.
 const RELAY_WINDOW: usize = 512;
 
 /// Publishes `outbox` until `stopped` turns true and the outbox is empty (whatever is left when
@@ -293,8 +291,9 @@ const RELAY_WINDOW: usize = 512;
 /// off, and republishes from the oldest entry left, so nothing is skipped (a republished entry
 /// keeps its event id, and consumers skip it).
 ///
-/// With a [`Gate`], changelog entries of tasks the processor does not own wait, and each acked
-/// marker moves the task's checkpoint (see [`Store::checkpoint`]).
+/// With a [`Gate`], changelog entries of tasks the processor does not own wait, each acked
+/// marker moves the task's checkpoint (see [`Store::checkpoint`]), and a marker is sent only
+/// once every event committed before it is acked (see [`Behind`]).
 pub async fn relay(
     outbox: Outbox,
     producer: Producer,
@@ -303,9 +302,13 @@ pub async fn relay(
 ) {
     use futures::StreamExt as _;
     let mut in_flight = futures::stream::FuturesOrdered::new();
-    // Entries sent and not acked yet, and entries held back by the gate: both skipped.
+    // Entries read from the outbox and not yet acked: in flight, held back by the gate, or
+    // queued behind a marker. All are skipped when the outbox is read again.
     let mut sent = HashSet::new();
     let mut held = HashSet::new();
+    // Entries in flight that are not for the changelog: the markers after them wait.
+    let mut unacked = BTreeSet::new();
+    let mut behind = Behind::default();
     let mut generation = u64::MAX;
     // New entries are looked for after the newest one sent; from the start again whenever
     // nothing is in flight or the periodic tick fires, for an entry whose id was taken before
@@ -317,33 +320,59 @@ pub async fn relay(
         if let Some(gate) = &gate {
             let now = gate.generation.load(Ordering::SeqCst);
             if now != generation {
-                // What the gate owns changed: entries held back are looked at again.
+                // What the gate owns changed: entries held back or queued are looked at again
+                // (a task given up holds its queue back, a task gained lets its held through).
                 generation = now;
-                sent.retain(|id| !held.contains(id));
+                let queued = behind.take_all();
+                sent.retain(|id| !held.contains(id) && !queued.contains(id));
                 held.clear();
                 from = 0;
             }
         }
-        if !failed && in_flight.len() < RELAY_WINDOW {
+        let mut ready = Vec::new();
+        if !failed && in_flight.len() + behind.len() < RELAY_WINDOW {
             if in_flight.is_empty() {
                 from = 0;
             }
-            match outbox.unsent(RELAY_WINDOW - in_flight.len(), from, &sent) {
+            match outbox.unsent(RELAY_WINDOW - in_flight.len() - behind.len(), from, &sent) {
                 Ok(entries) => {
                     for (id, entry) in entries {
                         sent.insert(id);
                         from = from.max(id + 1);
-                        if gate.as_ref().is_some_and(|g| g.holds_back(&entry)) {
-                            held.insert(id);
-                            continue;
+                        match gate.as_ref().and_then(|g| g.task_of(&entry)) {
+                            Some((task, _)) if !gate.as_ref().is_some_and(|g| g.owns(task)) => {
+                                held.insert(id);
+                            }
+                            Some((task, marker)) => behind.push(task, id, marker, entry),
+                            None => ready.push((id, None, entry)),
                         }
-                        let marker = gate.as_ref().and_then(|g| g.marker_of(&entry));
-                        in_flight.push_back(publish(producer.clone(), id, marker, entry));
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "Reading the outbox failed; retrying");
                     failed = true;
+                }
+            }
+        }
+        for (id, marker, entry) in ready {
+            unacked.insert(id);
+            in_flight.push_back(publish(producer.clone(), id, marker, entry));
+        }
+        if !failed {
+            let released = behind.release(&unacked);
+            for (id, marker, entry) in released.send {
+                in_flight.push_back(publish(producer.clone(), id, marker, entry));
+            }
+            if !released.dropped.is_empty() {
+                match outbox.clear(&released.dropped) {
+                    Ok(()) => released.dropped.iter().for_each(|id| {
+                        sent.remove(id);
+                    }),
+                    Err(error) => {
+                        // Left in the outbox and in `sent`: sent again after the failure.
+                        tracing::warn!(%error, "Clearing superseded changelog markers failed");
+                        failed = true;
+                    }
                 }
             }
         }
@@ -356,6 +385,9 @@ pub async fn relay(
             if failed {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 failed = false;
+                sent.clear();
+                held.clear();
+                behind.take_all();
                 continue;
             }
             // Entries held back for a task given up stay for whoever gets the task next.
@@ -369,6 +401,7 @@ pub async fn relay(
                 let mut acked = Vec::new();
                 let mut next = Some(first);
                 while let Some((id, marker, result)) = next {
+                    unacked.remove(&id);
                     match result {
                         Ok(delivery) if !failed => {
                             acked.push(id);
@@ -406,7 +439,99 @@ pub async fn relay(
             // Everything after the failure is sent again, from the oldest entry left.
             sent.clear();
             held.clear();
+            behind.take_all();
         }
+    }
+}
+
+/// An entry ready to send: its id, the task whose commit it closes if it is a marker, itself.
+type Ready = (u64, Option<i32>, OutgoingRecord);
+
+/// Changelog entries waiting for what was committed before them.
+///
+/// A marker tells whoever restores the task that the commit before it is whole, and its input
+/// offsets are where processing resumes. Sent beside the commit's events, a marker could be
+/// written while an event is not (the process killed between the two acks): the task would be
+/// restored as having emitted an event that no one will ever read, and a saga waiting for it
+/// would wait for ever. So a marker goes out only once every event drawn before it (its
+/// commit's among them) is acked, and the task's later changelog entries queue behind it, in
+/// order. When it goes, the keys queued behind it go too, and of the markers among them
+/// only the last is kept (it covers their keys; the others are dropped from the outbox): a
+/// busy task publishes a marker per round trip, not per commit.
+#[derive(Default)]
+struct Behind {
+    tasks: std::collections::BTreeMap<i32, std::collections::VecDeque<(u64, bool, OutgoingRecord)>>,
+    len: usize,
+}
+
+/// What [`Behind::release`] lets go.
+#[derive(Default)]
+struct Released {
+    send: Vec<Ready>,
+    /// Markers superseded by a later one of their task: cleared, never sent.
+    dropped: Vec<u64>,
+}
+
+impl Behind {
+    /// Queues changelog entry `id` of `task` (a marker if `marker`).
+    fn push(&mut self, task: i32, id: u64, marker: bool, entry: OutgoingRecord) {
+        self.tasks
+            .entry(task)
+            .or_default()
+            .push_back((id, marker, entry));
+        self.len += 1;
+    }
+
+    /// Entries queued.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Empties the queues: the ids they held.
+    fn take_all(&mut self) -> HashSet<u64> {
+        self.len = 0;
+        std::mem::take(&mut self.tasks)
+            .into_values()
+            .flatten()
+            .map(|(id, _, _)| id)
+            .collect()
+    }
+
+    /// What may go now that of the entries that are not for the changelog only `unacked` are
+    /// unacked. A marker need not wait for its task's keys: they go before it to its partition,
+    /// where the broker keeps their order.
+    fn release(&mut self, unacked: &BTreeSet<u64>) -> Released {
+        let mut released = Released::default();
+        for (task, queue) in &mut self.tasks {
+            while let Some((id, marker, _)) = queue.front() {
+                if *marker && unacked.range(..*id).next().is_some() {
+                    break;
+                }
+                let sent_marker = *marker;
+                if let Some((id, marker, entry)) = queue.pop_front() {
+                    released.send.push((id, marker.then_some(*task), entry));
+                }
+                if !sent_marker {
+                    continue;
+                }
+                // The keys behind it go now; their last marker waits for them.
+                let last = queue.iter().rposition(|(_, marker, _)| *marker);
+                for (id, marker, entry) in queue.drain(..last.unwrap_or(queue.len())) {
+                    if marker {
+                        released.dropped.push(id);
+                    } else {
+                        released.send.push((id, None, entry));
+                    }
+                }
+            }
+        }
+        self.tasks.retain(|_, queue| !queue.is_empty());
+        self.len = self
+            .tasks
+            .values()
+            .map(std::collections::VecDeque::len)
+            .sum();
+        released
     }
 }
 
@@ -440,6 +565,63 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(key: &[u8]) -> OutgoingRecord {
+        OutgoingRecord {
+            topic: "t.changelog".into(),
+            partition: Some(0),
+            key: key.to_vec(),
+            payload: Some(b"v".to_vec()),
+            headers: Vec::new(),
+        }
+    }
+
+    fn ids(ready: &[Ready]) -> Vec<u64> {
+        ready.iter().map(|(id, _, _)| *id).collect()
+    }
+
+    #[test]
+    fn a_marker_waits_for_the_events_before_it_and_the_markers_queued_behind_it_merge() {
+        let mut behind = Behind::default();
+        // The commit's event (id 9) is in flight: its key goes at once, its marker waits.
+        let mut unacked = BTreeSet::from([9]);
+        behind.push(0, 10, false, entry(b"k1"));
+        behind.push(0, 11, true, entry(MARKER));
+        assert_eq!(ids(&behind.release(&unacked).send), [10]);
+        // Two more commits queue behind the waiting marker, in order; their events (17, 18)
+        // are in flight.
+        for (id, marker) in [(12, false), (13, true), (14, false), (15, true)] {
+            behind.push(0, id, marker, entry(if marker { MARKER } else { b"k" }));
+        }
+        unacked.extend([17, 18]);
+        // Another task's marker waits only for the events before it.
+        behind.push(1, 16, true, entry(MARKER));
+        let released = behind.release(&unacked);
+        assert!(released.send.is_empty(), "event 9 holds both markers back");
+        assert_eq!(behind.len(), 6);
+        // Event 9 acked: task 0's marker goes, then the keys behind it; of the two markers
+        // behind, the first is dropped and the last goes too, its events being older than 17.
+        // Task 1's goes.
+        unacked.remove(&9);
+        let released = behind.release(&unacked);
+        assert_eq!(ids(&released.send), [11, 12, 14, 15, 16]);
+        assert_eq!(released.send[0].1, Some(0));
+        assert_eq!(released.send[3].1, Some(0));
+        assert_eq!(released.send[4].1, Some(1));
+        assert_eq!(released.dropped, [13]);
+        assert_eq!(behind.len(), 0);
+        // A marker after events 17 and 18 waits for both.
+        behind.push(0, 19, true, entry(MARKER));
+        unacked.remove(&17);
+        assert!(behind.release(&unacked).send.is_empty());
+        unacked.remove(&18);
+        assert_eq!(ids(&behind.release(&unacked).send), [19]);
+        // Taking all back empties it: the ids are read again from the outbox.
+        behind.push(2, 20, false, entry(b"k"));
+        behind.push(2, 21, true, entry(MARKER));
+        assert_eq!(behind.take_all(), HashSet::from([20, 21]));
+        assert_eq!(behind.len(), 0);
+    }
 
     #[test]
     fn entries_survive_their_stored_form_and_garbage_is_refused() {

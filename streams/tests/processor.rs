@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCoordinator;
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -18,6 +19,7 @@ use streams::outbox;
 use streams::processor::{self, Context, Handler, HandlerError, Positions, Record, Settings};
 use streams::registry::Client;
 use streams::replay::{self, Start};
+use streams::store::changelog::MARKER;
 use streams::store::{Batch, Effects, Position, Scope, Store, Writers};
 use tokio::sync::oneshot;
 
@@ -110,16 +112,29 @@ struct Harness {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn harness() -> Harness {
+    harness_on(1, |_| 1).await
+}
+
+/// A harness on a cluster of `brokers`, each topic's partitions led by broker `leader(topic)`.
+async fn harness_on(brokers: u16, leader: impl Fn(&str) -> i32) -> Harness {
     streams::telemetry::init("info");
-    let broker = EmbeddedBroker::start(1).expect("broker");
+    let broker = EmbeddedBroker::start(brokers).expect("broker");
     for (topic, partitions) in [
         ("bookings", 4),
         ("bookings.dlq", 1),
         ("counter.changelog", 4),
         ("counted", 2),
         ("counted.dlq", 1),
+        (registry::SCHEMAS_TOPIC, 1),
     ] {
         broker.create_topic(topic, partitions, 1).expect("topic");
+        if brokers > 1 {
+            for partition in 0..partitions {
+                let mock = broker.mock();
+                mock.partition_leader(topic, partition, Some(leader(topic)))
+                    .expect("leader");
+            }
+        }
     }
     let (running, codec) = support::registry(&broker).await;
     let producer = Producer::new(broker.bootstrap_servers(), codec.clone(), &[]).expect("producer");
@@ -619,6 +634,143 @@ async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog()
     assert_eq!(c.digest().expect("digest"), b.digest().expect("digest"));
     let summary = h.replayed().await;
     assert_eq!(summary.digest, c.digest().expect("digest"));
+    h.shutdown().await;
+}
+
+/// A changelog partition's records from `from` to its end: (key, value).
+fn changelog_from(h: &Harness, partition: i32, from: i64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let topic = "counter.changelog";
+    let consumer = h.reader(topic, 0);
+    let (_, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut records = Vec::new();
+    let mut next = from;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next < high {
+        assert!(Instant::now() < deadline, "the changelog read within 10 s");
+        // Errors about the broker that is down are reported here too.
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        next = message.offset() + 1;
+        records.push((
+            message.key().unwrap_or_default().to_vec(),
+            message.payload().map(<[u8]>::to_vec),
+        ));
+    }
+    records
+}
+
+fn changelog_ends(h: &Harness) -> Vec<i64> {
+    let consumer = h.reader("counter.changelog", 0);
+    (0..4)
+        .map(|p| {
+            consumer
+                .fetch_watermarks("counter.changelog", p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_is_marked_whole_in_the_changelog_only_once_the_events_it_emitted_are_written() {
+    let _serial = SERIAL.lock().await;
+    // The events go to broker 2, everything else to broker 1.
+    let h = harness_on(2, |topic| if topic == "counted" { 2 } else { 1 }).await;
+    let mock = h.broker.mock();
+    mock.coordinator(MockCoordinator::Group("counter".into()), 1)
+        .expect("coordinator");
+    let store = Store::temporary().expect("store");
+    let settings = h
+        .settings("counter", "bookings")
+        .with_changelog(&support::spec("counter.changelog"));
+    let running = h.start(
+        settings,
+        &store,
+        RouteCounter {
+            emit_to: Some("counted"),
+        },
+    );
+    h.book(0, 20).await;
+    wait_for(
+        "20 bookings applied and published",
+        Duration::from_secs(30),
+        || total(&store, "route/") == 20 && store.outbox().is_empty(),
+    )
+    .await;
+
+    // Broker 2 goes away: the next commits' events cannot be written, their changelog keys can.
+    let before = changelog_ends(&h);
+    mock.broker_down(2).expect("down");
+    h.book(20, 20).await;
+    wait_for("40 bookings applied", Duration::from_secs(30), || {
+        total(&store, "route/") == 40
+    })
+    .await;
+    wait_for(
+        "the new keys in the changelog",
+        Duration::from_secs(30),
+        || changelog_ends(&h).iter().sum::<i64>() > before.iter().sum::<i64>(),
+    )
+    .await;
+    // The keys of a commit and its marker go to one partition in one batch: had the marker
+    // been sent beside the events, it would be here with the keys.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (partition, from) in before.iter().enumerate() {
+        let records = changelog_from(&h, partition as i32, *from);
+        assert!(
+            records.iter().all(|(key, _)| key.as_slice() != MARKER),
+            "task {partition}: a commit was marked whole while its events were not written"
+        );
+    }
+
+    // Broker 2 is back: the events are written, then the markers, and the changelog restores
+    // the whole state.
+    mock.broker_up(2).expect("up");
+    wait_for("the outbox published", Duration::from_secs(60), || {
+        store.outbox().is_empty()
+    })
+    .await;
+    let mut marked = 0;
+    for (partition, from) in before.iter().enumerate() {
+        let records = changelog_from(&h, partition as i32, *from);
+        if let Some((key, _)) = records.last() {
+            assert_eq!(
+                key.as_slice(),
+                MARKER,
+                "task {partition} ends in its marker"
+            );
+            marked += 1;
+        }
+    }
+    assert!(marked > 0, "the bookings touched some task");
+    let counted = h.reader("counted", 2);
+    let mut events = std::collections::HashSet::new();
+    while let Some(Ok(message)) = counted.poll(Duration::from_secs(2)) {
+        events.insert(message.key().unwrap_or_default().to_vec());
+    }
+    assert_eq!(events.len(), 40, "every booking's event was written");
+    // Closed while the broker still answers: closing against a dead one waits for time-outs.
+    drop(counted);
+    running.stop().await;
+    let restored = Store::temporary().expect("store");
+    let changelog = streams::store::Changelog {
+        topic: "counter.changelog".into(),
+        group: "counter".into(),
+        inputs: vec!["bookings".into()],
+    };
+    tokio::task::block_in_place(|| {
+        processor::restore_tasks(h.broker.bootstrap_servers(), &changelog, &restored, 0..4)
+            .expect("restored")
+    });
+    assert_eq!(total(&restored, "route/"), 40);
+    drop(mock);
     h.shutdown().await;
 }
 
