@@ -84,6 +84,9 @@ impl Restorer {
             return Ok(Restored::Current);
         }
         store.set_checkpoint(topic, task, None)?;
+        // The records after the changelog's last marker are applied again: ids this store
+        // applied them with before must not make them look like duplicates.
+        store.forget_marks(Scope::Task(task))?;
         let unsent = store.outbox().purge(topic, task)?;
         // From the checkpoint, the task's offsets stand where the store's state does, until a
         // marker read says otherwise; from the start, at no record read yet.
@@ -427,6 +430,44 @@ mod tests {
             marker.payload.as_deref().and_then(read_marker),
             Some(Marker::from([("in".to_owned(), 5)])),
             "the repair's marker keeps the task's offsets"
+        );
+    }
+
+    #[tokio::test]
+    async fn records_applied_after_the_last_marker_are_not_taken_for_duplicates_when_applied_again()
+    {
+        let (broker, producer) = changelog_broker();
+        send(&producer, &log(&[("a", Some("1"))], Some(5))).await;
+        let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
+        let store = Store::temporary().expect("store");
+        restorer.restore(&store, 0).expect("restored");
+        // The store applies the record at offset 5 (event e5); its commit's marker never
+        // reaches the changelog, which another owner then writes on from the old marker.
+        let mut batch = crate::store::Batch::default();
+        let at = crate::store::Position {
+            group: "g",
+            topic: "in",
+            partition: 0,
+            offset: 5,
+        };
+        let mut effects = crate::store::Effects::default();
+        effects.put(b"a".to_vec(), b"2".to_vec());
+        batch.add(&at, Scope::Task(0), Some(b"e5"), effects);
+        store
+            .commit(&batch, crate::store::Writers::Shared)
+            .expect("commit");
+        assert!(store.seen(b"e5"));
+        send(&producer, &log(&[("b", Some("1"))], Some(5))).await;
+
+        // The task comes back: offset 5 is applied again, so e5 is no duplicate.
+        restorer.restore(&store, 0).expect("restored");
+        assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(5));
+        assert!(!store.seen(b"e5"));
+        assert_eq!(
+            store
+                .commit(&batch, crate::store::Writers::Shared)
+                .expect("commit"),
+            crate::store::Committed::Applied
         );
     }
 }

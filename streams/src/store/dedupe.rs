@@ -17,20 +17,43 @@ use crate::parts::{put_part, take_part};
 pub const DEDUPE_WINDOW: usize = 100_000;
 
 /// The event ids a store remembers, in memory for lookups and in sled for restarts. Each
-/// commit writes its records' ids as one chunk (one sled key per transaction, not one per
-/// record: a replay's batch of 50,000 records writes one chunk); the oldest chunks are dropped
-/// once more than [`DEDUPE_WINDOW`] ids are kept.
+/// commit writes its records' ids as one chunk per scope its records' state is in (one sled key
+/// per transaction and task, not one per record: a replay's batch of 50,000 records writes a
+/// chunk per task); the oldest chunks are dropped once more than [`DEDUPE_WINDOW`] ids are
+/// kept, and a task's chunks when the task's state is read back from its changelog.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     /// Id → the chunk holding it.
-    pub(crate) ids: FastMap<Arc<[u8]>, u64>,
+    pub(crate) ids: FastMap<Arc<[u8]>, Chunk>,
     /// Chunks, oldest first, with their ids.
-    chunks: VecDeque<(u64, Vec<Arc<[u8]>>)>,
+    chunks: VecDeque<(Chunk, Vec<Arc<[u8]>>)>,
     pub(crate) next_chunk: u64,
 }
 
+/// A chunk of marks: the commit's number, and the prefix of the scope its records' state is in
+/// (`None` in a store written before marks had scopes).
+pub(crate) type Chunk = (u64, Option<[u8; 2]>);
+
+/// The sled key of a chunk: its number, then its scope's prefix.
+pub(crate) fn chunk_key((number, scope): Chunk) -> Vec<u8> {
+    let mut key = number.to_be_bytes().to_vec();
+    key.extend(scope.iter().flatten());
+    key
+}
+
+/// The inverse of [`chunk_key`]; `None` for a key it did not write.
+pub(crate) fn key_chunk(key: &[u8]) -> Option<Chunk> {
+    let (number, scope) = key.split_first_chunk::<8>()?;
+    let scope = match scope {
+        [] => None,
+        [a, b] => Some([*a, *b]),
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(*number), scope))
+}
+
 impl Seen {
-    pub(crate) fn add(&mut self, chunk: u64, ids: impl IntoIterator<Item = Arc<[u8]>>) {
+    pub(crate) fn add(&mut self, chunk: Chunk, ids: impl IntoIterator<Item = Arc<[u8]>>) {
         if self.ids.capacity() == 0 {
             // Sized once for the whole window: growing it rehashes every id.
             self.ids.reserve(DEDUPE_WINDOW + DEDUPE_WINDOW / 8);
@@ -40,7 +63,29 @@ impl Seen {
             self.ids.insert(id.clone(), chunk);
         }
         self.chunks.push_back((chunk, ids));
-        self.next_chunk = self.next_chunk.max(chunk + 1);
+        self.next_chunk = self.next_chunk.max(chunk.0 + 1);
+    }
+
+    /// Forgets the chunks of the scope whose prefix is `scope` (and those whose scope is not
+    /// known); returns the chunks to delete from sled. Its state is about to be read back
+    /// from the changelog, which may stand before the commits those ids were applied in: the
+    /// records will be applied again, and must not be skipped as duplicates.
+    pub(crate) fn forget_scope(&mut self, scope: [u8; 2]) -> Vec<Chunk> {
+        let mut forgotten = Vec::new();
+        let ids = &mut self.ids;
+        self.chunks.retain(|(chunk, chunk_ids)| {
+            if chunk.1.is_some_and(|s| s != scope) {
+                return true;
+            }
+            for id in chunk_ids {
+                if ids.get(id) == Some(chunk) {
+                    ids.remove(id);
+                }
+            }
+            forgotten.push(*chunk);
+            false
+        });
+        forgotten
     }
 
     pub(crate) fn contains(&self, id: &[u8]) -> bool {
@@ -49,7 +94,7 @@ impl Seen {
 
     /// Forgets the oldest chunks while the rest still hold [`DEDUPE_WINDOW`] ids; returns the
     /// chunks to delete from sled.
-    pub(crate) fn forget_oldest(&mut self) -> Vec<u64> {
+    pub(crate) fn forget_oldest(&mut self) -> Vec<Chunk> {
         let mut forgotten = Vec::new();
         while let Some((chunk, ids)) = self.chunks.front() {
             if self.ids.len().saturating_sub(ids.len()) < DEDUPE_WINDOW {

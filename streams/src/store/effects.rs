@@ -1,9 +1,8 @@
 //! What records do to a store: one record's [`Effects`], and the [`Batch`] one commit writes.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{Changelog, FastHash, FastMap, Scope};
+use super::{Changelog, FastMap, Scope};
 use crate::kafka::OutgoingRecord;
 
 /// State keys a handler read, with the values it saw (`None`: absent).
@@ -110,8 +109,9 @@ pub struct Batch {
     /// The span of the last record added: consecutive records mostly come from one partition
     /// (the consumer hands them out a fetched batch at a time), so it is looked at first.
     last_span: usize,
-    /// Event ids of the batch's records, shared with the store's dedupe window once committed.
-    pub(crate) ids: HashSet<Arc<[u8]>, FastHash>,
+    /// Event ids of the batch's records, with the scope of each record's state, shared with the
+    /// store's dedupe window once committed.
+    pub(crate) ids: FastMap<Arc<[u8]>, Scope>,
     /// Keys the batch's handlers read from the store (not from the batch), with the values
     /// seen: a checked commit is refused as stale if any changed.
     pub(crate) reads: Reads,
@@ -159,7 +159,7 @@ impl Batch {
             }
         }
         if let Some(id) = event_id {
-            self.ids.insert(Arc::from(id));
+            self.ids.insert(Arc::from(id), scope);
         }
         self.add_effects(scope, effects);
         self.records += 1;
@@ -201,7 +201,7 @@ impl Batch {
 
     /// Whether an event id is among the batch's records (see also [`super::Store::seen`]).
     pub fn seen(&self, event_id: &[u8]) -> bool {
-        self.ids.contains(event_id)
+        self.ids.contains_key(event_id)
     }
 
     /// Empties the batch once it is committed.

@@ -15,7 +15,7 @@ mod dedupe;
 mod effects;
 mod scope;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +24,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use changelog::Changelog;
 pub use dedupe::DEDUPE_WINDOW;
-use dedupe::{Seen, decode_ids, encode_ids};
+use dedupe::{Chunk, Seen, chunk_key, decode_ids, encode_ids, key_chunk};
 pub(crate) use effects::Reads;
 pub use effects::{Batch, Effects, Position};
 pub use scope::{MAX_TASK, Scope};
@@ -79,6 +79,9 @@ const CHECKPOINTS: &str = "\u{0}changelog";
 /// and is still seeded per process.
 type FastHash = foldhash::fast::RandomState;
 type FastMap<K, V> = HashMap<K, V, FastHash>;
+
+/// Event ids, shared between a batch and the dedupe window.
+type Ids = Vec<Arc<[u8]>>;
 
 fn store_error(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
@@ -140,12 +143,12 @@ impl Store {
         let mut seen = Seen::default();
         for entry in marks.iter() {
             let (key, value) = entry.map_err(store_error)?;
-            if let Ok(chunk) = <[u8; 8]>::try_from(key.as_ref()) {
-                seen.add(u64::from_be_bytes(chunk), decode_ids(&value));
+            if let Some(chunk) = key_chunk(&key) {
+                seen.add(chunk, decode_ids(&value));
             }
         }
         for chunk in seen.forget_oldest() {
-            marks.remove(chunk.to_be_bytes()).map_err(store_error)?;
+            marks.remove(chunk_key(chunk)).map_err(store_error)?;
         }
         let state = tree("state")?;
         // Each scope's first key, skipping the rest of the scope: one seek per scope.
@@ -385,6 +388,24 @@ impl Store {
         crate::sync::lock(&self.seen).contains(event_id)
     }
 
+    /// Forgets the event ids applied to `scope`'s state: its state is about to be read back from
+    /// its changelog, which may stand before the commits they were applied in, and their
+    /// records, applied again, must not be skipped as duplicates. (This loses the dedupe of
+    /// those ids, as a store restored empty never had it.)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when sled cannot delete them.
+    pub(crate) fn forget_marks(&self, scope: Scope) -> Result<()> {
+        let mut seen = crate::sync::lock(&self.seen);
+        let forgotten = seen.forget_scope(scope.prefix());
+        let mut batch = sled::Batch::default();
+        for chunk in forgotten {
+            batch.remove(chunk_key(chunk));
+        }
+        self.marks.apply_batch(batch).map_err(store_error)
+    }
+
     /// Applies a batch in one transaction: its records' effects, offsets and dedupe marks and
     /// the records they emit. After a crash either all of it happened or none did.
     ///
@@ -403,7 +424,7 @@ impl Store {
         // Held through the transaction: two workers cannot both pass the duplicate check with
         // one event id, and chunks are numbered in commit order.
         let mut seen = crate::sync::lock(&self.seen);
-        if checked && batch.ids.iter().any(|id| seen.contains(id)) {
+        if checked && batch.ids.keys().any(|id| seen.contains(id)) {
             return Ok(Committed::AlreadyApplied);
         }
         let spans: Vec<(String, i64, i64)> = batch
@@ -411,8 +432,16 @@ impl Store {
             .iter()
             .map(|s| (offset_key(&s.group, &s.topic, s.partition), s.first, s.next))
             .collect();
-        let chunk = seen.next_chunk;
-        let marks = (!batch.ids.is_empty()).then(|| encode_ids(&batch.ids));
+        let number = seen.next_chunk;
+        let mut by_scope: BTreeMap<[u8; 2], Ids> = BTreeMap::new();
+        for (id, scope) in &batch.ids {
+            by_scope.entry(scope.prefix()).or_default().push(id.clone());
+        }
+        // Each chunk with its stored form and its ids.
+        let marks: Vec<(Chunk, Vec<u8>, Ids)> = by_scope
+            .into_iter()
+            .map(|(scope, ids)| ((number, Some(scope)), encode_ids(&ids), ids))
+            .collect();
         let result: std::result::Result<(), TransactionError<Committed>> =
             (&self.state, &self.offsets, &self.marks, self.outbox.tree()).transaction(
                 |(state, offsets, marks_tree, outbox_tree)| {
@@ -443,8 +472,8 @@ impl Store {
                     for (key, _, next) in &spans {
                         offsets.insert(key.as_bytes(), &next.to_be_bytes())?;
                     }
-                    if let Some(ids) = &marks {
-                        marks_tree.insert(&chunk.to_be_bytes(), ids.as_slice())?;
+                    for (chunk, encoded, _) in &marks {
+                        marks_tree.insert(chunk_key(*chunk), encoded.as_slice())?;
                     }
                     for (id, entry) in outbox_ids.iter().zip(batch.emits.iter().chain(&logged)) {
                         outbox_tree.insert(&id.to_be_bytes(), outbox::encode(entry))?;
@@ -457,12 +486,14 @@ impl Store {
             Err(TransactionError::Abort(refused)) => return Ok(refused),
             Err(TransactionError::Storage(e)) => return Err(store_error(e)),
         }
-        if marks.is_some() {
-            seen.add(chunk, batch.ids.iter().cloned());
+        if !marks.is_empty() {
+            for (chunk, _, ids) in marks {
+                seen.add(chunk, ids);
+            }
             // Outside the transaction: a crash before these deletes only leaves older marks
             // to be forgotten at the next start.
             for old in seen.forget_oldest() {
-                self.marks.remove(old.to_be_bytes()).map_err(store_error)?;
+                self.marks.remove(chunk_key(old)).map_err(store_error)?;
             }
         }
         drop(seen);
@@ -486,7 +517,7 @@ impl Store {
         let Some(log) = &batch.changelog else {
             return Ok(Vec::new());
         };
-        let mut tasks: std::collections::BTreeMap<i32, Vec<OutgoingRecord>> = Default::default();
+        let mut tasks: BTreeMap<i32, Vec<OutgoingRecord>> = Default::default();
         for (raw, value) in &batch.state {
             if let Some((Scope::Task(task), key)) = Scope::split(raw) {
                 tasks
@@ -780,6 +811,54 @@ mod tests {
         assert_eq!(
             commit_one(&reopened, &at(2), Some(b"e1"), &Effects::default()).expect("commit"),
             Committed::AlreadyApplied
+        );
+    }
+
+    #[test]
+    fn a_tasks_ids_are_forgotten_on_their_own_when_its_state_is_read_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut batch = Batch::default();
+        for (task, id) in [(1, "a1"), (2, "b1"), (1, "a2")] {
+            let at = Position {
+                group: "g",
+                topic: "t",
+                partition: task,
+                offset: 0,
+            };
+            let mut effects = Effects::default();
+            effects.put(id.as_bytes().to_vec(), b"1".to_vec());
+            batch.add(&at, Scope::Task(task), Some(id.as_bytes()), effects);
+        }
+        store.commit(&batch, Writers::Shared).expect("commit");
+        assert_eq!(store.marks.len(), 2, "a chunk per task");
+        // A chunk from a store written before chunks had scopes.
+        store
+            .marks
+            .insert(99u64.to_be_bytes(), encode_ids(&[Arc::from(&b"old"[..])]))
+            .expect("insert");
+        drop(store);
+        let store = Store::open(dir.path()).expect("store");
+        assert!(store.seen(b"old") && store.seen(b"a1") && store.seen(b"b1"));
+
+        store.forget_marks(Scope::Task(1)).expect("forgotten");
+        assert!(!store.seen(b"a1") && !store.seen(b"a2") && !store.seen(b"old"));
+        assert!(store.seen(b"b1"), "another task's ids stay");
+        drop(store);
+        let store = Store::open(dir.path()).expect("store");
+        assert!(!store.seen(b"a1") && !store.seen(b"old") && store.seen(b"b1"));
+        // Task 1's record, applied again, is not taken for a duplicate.
+        let mut again = Batch::default();
+        let at = Position {
+            group: "g",
+            topic: "t",
+            partition: 1,
+            offset: 1,
+        };
+        again.add(&at, Scope::Task(1), Some(b"a1"), Effects::default());
+        assert_eq!(
+            store.commit(&again, Writers::Shared).expect("commit"),
+            Committed::Applied
         );
     }
 
