@@ -514,7 +514,8 @@ impl Behind {
                 if !sent_marker {
                     continue;
                 }
-                // The keys behind it go now; their last marker waits for them.
+                // The keys behind it go now; of the markers among them only the last stays, at
+                // the front, for the events before it.
                 let last = queue.iter().rposition(|(_, marker, _)| *marker);
                 for (id, marker, entry) in queue.drain(..last.unwrap_or(queue.len())) {
                     if marker {
