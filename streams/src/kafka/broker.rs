@@ -16,8 +16,8 @@
 //! topic nobody created) keep the 5 MiB; [`ensure_nothing_dropped`] turns a dropped record into
 //! an error for a reader that needs every record.
 
-// The one place in the workspace that calls librdkafka's C API directly; see `start` and
-// `raise_log_bound`.
+// The one place in the workspace that calls librdkafka's C API directly; see `start`,
+// `create_topics` and `raise_log_bounds`.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int, c_void};
@@ -213,95 +213,173 @@ impl EmbeddedBroker {
     ///
     /// # Errors
     ///
-    /// [`Error::Embedded`] when the mock refuses the topic (for example zero partitions) or its
-    /// bound cannot be raised.
+    /// [`Error::Embedded`] when the mock refuses the topic or its bound cannot be raised.
     pub fn create_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<()> {
-        let replication = replication.clamp(1, i32::from(self.brokers));
-        match self.mock().create_topic(name, partitions, replication) {
-            Ok(()) => self.raise_log_bound(name, partitions),
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
-                Ok(())
-            }
-            Err(e) => Err(Error::Embedded(format!("cannot create topic {name}: {e}"))),
-        }
+        self.create_topics(&[(name, partitions, replication)])
     }
 
-    /// Sets the log bound of every partition of the topic `name`, just created.
+    /// Creates topics, each `(name, partitions, replication)` as [`EmbeddedBroker::create_topic`]
+    /// does, all at once: the mock's commands are issued side by side (see [`side_by_side`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`EmbeddedBroker::create_topic`], for the first topic that fails.
+    pub fn create_topics(&self, topics: &[(&str, i32, i32)]) -> Result<()> {
+        let names = topics
+            .iter()
+            .map(|(name, _, _)| {
+                CString::new(*name)
+                    .map_err(|e| Error::Embedded(format!("cannot create topic {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = self.cluster();
+        let answers = side_by_side(topics.iter().zip(&names).map(
+            |((_, partitions, replication), c_name)| {
+                let replication = (*replication).clamp(1, i32::from(self.brokers));
+                // SAFETY: the cluster outlives this call (`host` owns it), the name is a live
+                // C string, and librdkafka hands the command to the mock thread.
+                move || unsafe {
+                    rdkafka_sys::rd_kafka_mock_topic_create(
+                        cluster.ptr(),
+                        c_name.as_ptr(),
+                        *partitions,
+                        replication,
+                    )
+                }
+            },
+        ));
+        let mut created = Vec::new();
+        for ((name, partitions, _), answer) in topics.iter().zip(answers) {
+            match RDKafkaErrorCode::from(answer) {
+                RDKafkaErrorCode::NoError => created.push((*name, *partitions)),
+                RDKafkaErrorCode::TopicAlreadyExists => {}
+                code => {
+                    return Err(Error::Embedded(format!(
+                        "cannot create topic {name}: {code}"
+                    )));
+                }
+            }
+        }
+        self.raise_log_bounds(&created)
+    }
+
+    /// The mock cluster's handle, to hand its commands to threads.
+    fn cluster(&self) -> Cluster {
+        // SAFETY: `start` checked that the host client owns a mock cluster; the pointer stays
+        // valid while `host` does.
+        Cluster(unsafe {
+            rdkafka_sys::rd_kafka_handle_mock_cluster(self.host.client().native_ptr())
+        })
+    }
+
+    /// Sets the log bound of every partition of `topics` (name, partitions), just created.
     ///
     /// The mock's partition state belongs to the mock's own thread, which reads the bound on
     /// every append. So each partition is first made leaderless (a command the mock thread
     /// carries out before answering), which stops appends to it; the bound is written; and
     /// the leader is given back by a second command, whose hand-over through the mock's
     /// command queue makes the new bound visible to the mock thread before its next append.
-    fn raise_log_bound(&self, name: &str, partitions: i32) -> Result<()> {
+    fn raise_log_bounds(&self, topics: &[(&str, i32)]) -> Result<()> {
         let Some(bytes) = self.log_bytes else {
             return Ok(());
         };
-        let fail = |e: &dyn std::fmt::Display| {
+        let fail = |name: &str, e: &dyn std::fmt::Display| {
             Error::Embedded(format!("cannot raise the log bound of topic {name}: {e}"))
         };
-        let metadata = self
-            .host
-            .client()
-            .fetch_metadata(Some(name), Duration::from_secs(10))
-            .map_err(|e| Error::kafka(format!("reading the leaders of {name}"), e))?;
-        let leaders: Vec<(i32, i32)> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == name)
-            .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
-            .collect();
-        if leaders.len() != usize::try_from(partitions).unwrap_or(0) {
-            return Err(fail(&format!(
-                "the broker reports {} of its {partitions} partitions",
-                leaders.len()
-            )));
-        }
-        let mock = self.mock();
-        for (partition, _) in &leaders {
-            mock.partition_leader(name, *partition, None)
-                .map_err(|e| fail(&e))?;
-        }
-        let c_name = CString::new(name).map_err(|e| fail(&e))?;
-        // SAFETY: the version check in `start` makes `MockPartitionHead` the true head of this
-        // librdkafka's rd_kafka_mock_partition_t, and the cluster pointer is live while `host`
-        // is. rd_kafka_mock_topic_find walks the cluster's topic list up to this topic, which
-        // the mock thread created before answering `create_topic`: the mock only ever appends
-        // topics at the tail, so the links it reads, and the names it compares, are no longer
-        // written. The partition's `id` and bounds are written only here and at creation, and
-        // the mock thread reads the bounds only when appending, which a leaderless partition
-        // refuses. The pointers are not kept.
-        let raised = unsafe {
-            let cluster =
-                rdkafka_sys::rd_kafka_handle_mock_cluster(self.host.client().native_ptr());
-            let topic = rd_kafka_mock_topic_find(cluster, c_name.as_ptr());
-            let mut raised = !topic.is_null();
-            for (partition, _) in &leaders {
-                let head = rd_kafka_mock_partition_find(topic, *partition);
-                // The mock's own defaults, found where the mirrored layout puts them, are the
-                // sign that the layout is right; anything else is left untouched.
-                if head.is_null()
-                    || (*head).id != *partition
-                    || (*head).max_size != MOCK_PARTITION_LOG_BYTES
-                    || (*head).max_cnt != MOCK_PARTITION_LOG_BATCHES
-                {
-                    raised = false;
-                    continue;
-                }
-                (*head).max_size = bytes;
-                // The byte bound is the one that matters; a batch count never should.
-                (*head).max_cnt = usize::MAX;
+        // (topic, its C name, partition, leader) of every partition.
+        let mut partitions = Vec::new();
+        let mut names = Vec::new();
+        for (name, count) in topics {
+            let metadata = self
+                .host
+                .client()
+                .fetch_metadata(Some(name), Duration::from_secs(10))
+                .map_err(|e| Error::kafka(format!("reading the leaders of {name}"), e))?;
+            let leaders: Vec<(i32, i32)> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == *name)
+                .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+                .collect();
+            if leaders.len() != usize::try_from(*count).unwrap_or(0) {
+                return Err(fail(
+                    name,
+                    &format!(
+                        "the broker reports {} of its {count} partitions",
+                        leaders.len()
+                    ),
+                ));
             }
-            raised
-        };
-        for (partition, leader) in &leaders {
-            mock.partition_leader(name, *partition, Some(*leader))
-                .map_err(|e| fail(&e))?;
+            names.push(CString::new(*name).map_err(|e| fail(name, &e))?);
+            partitions.push((*name, leaders));
         }
+        let set_leaders = |leader: Option<()>| -> Result<()> {
+            let cluster = self.cluster();
+            let calls = partitions
+                .iter()
+                .zip(&names)
+                .flat_map(|((_, leaders), c_name)| {
+                    leaders.iter().map(move |(partition, broker)| {
+                        let broker = if leader.is_some() { *broker } else { -1 };
+                        // SAFETY: as in `create_topics`.
+                        move || unsafe {
+                            rdkafka_sys::rd_kafka_mock_partition_set_leader(
+                                cluster.ptr(),
+                                c_name.as_ptr(),
+                                *partition,
+                                broker,
+                            )
+                        }
+                    })
+                });
+            let answers = side_by_side(calls);
+            match answers
+                .into_iter()
+                .map(RDKafkaErrorCode::from)
+                .find(|code| *code != RDKafkaErrorCode::NoError)
+            {
+                Some(code) => Err(fail(topics.first().map_or("", |t| t.0), &code)),
+                None => Ok(()),
+            }
+        };
+        set_leaders(None)?;
+        let mut raised = true;
+        for ((_, leaders), c_name) in partitions.iter().zip(&names) {
+            // SAFETY: the version check in `start` makes `MockPartitionHead` the true head of
+            // this librdkafka's rd_kafka_mock_partition_t, and the cluster pointer is live while
+            // `host` is. rd_kafka_mock_topic_find walks the cluster's topic list up to this
+            // topic, which the mock thread created before answering `create_topics`: the mock
+            // only ever appends topics at the tail, so the links it reads, and the names it
+            // compares, are no longer written. The partition's `id` and bounds are written only
+            // here and at creation, and the mock thread reads the bounds only when appending,
+            // which a leaderless partition refuses. The pointers are not kept.
+            unsafe {
+                let topic = rd_kafka_mock_topic_find(self.cluster().0, c_name.as_ptr());
+                raised &= !topic.is_null();
+                for (partition, _) in leaders {
+                    let head = rd_kafka_mock_partition_find(topic, *partition);
+                    // The mock's own defaults, found where the mirrored layout puts them, are
+                    // the sign that the layout is right; anything else is left untouched.
+                    if head.is_null()
+                        || (*head).id != *partition
+                        || (*head).max_size != MOCK_PARTITION_LOG_BYTES
+                        || (*head).max_cnt != MOCK_PARTITION_LOG_BATCHES
+                    {
+                        raised = false;
+                        continue;
+                    }
+                    (*head).max_size = bytes;
+                    // The byte bound is the one that matters; a batch count never should.
+                    (*head).max_cnt = usize::MAX;
+                }
+            }
+        }
+        set_leaders(Some(()))?;
         if raised {
             Ok(())
         } else {
             Err(fail(
+                topics.first().map_or("", |t| t.0),
                 &"librdkafka's mock partitions are not laid out as this module expects",
             ))
         }
@@ -324,6 +402,45 @@ impl EmbeddedBroker {
             .map(|t| (t.name().to_owned(), t.partitions().len()))
             .collect())
     }
+}
+
+/// The mock cluster's handle, handed to the threads of [`side_by_side`].
+#[derive(Clone, Copy)]
+struct Cluster(*mut rdkafka_sys::rd_kafka_mock_cluster_t);
+
+// SAFETY: librdkafka's mock commands may be issued from any thread: each is queued to the mock
+// thread, which alone touches the cluster.
+unsafe impl Send for Cluster {}
+unsafe impl Sync for Cluster {}
+
+impl Cluster {
+    /// The pointer (a method, so that a closure captures the `Send` handle, not its field).
+    fn ptr(self) -> *mut rdkafka_sys::rd_kafka_mock_cluster_t {
+        self.0
+    }
+}
+
+/// Runs `calls` (mock commands) each on a thread of its own, and their answers in order.
+///
+/// Issued one by one, each command waited for the mock thread's next wake-up: about 0.25 s
+/// here, so the demo's 30-odd topics (twice per partition to raise the bounds) took 50 s to
+/// set up. The mock thread serves every command queued when it wakes, so side by side they
+/// cost a wake-up or two in all.
+fn side_by_side<F, T>(calls: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    std::thread::scope(|scope| {
+        let running: Vec<_> = calls.into_iter().map(|call| scope.spawn(call)).collect();
+        running
+            .into_iter()
+            .map(|thread| match thread.join() {
+                Ok(answer) => answer,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
 }
 
 impl Drop for EmbeddedBroker {
@@ -442,6 +559,33 @@ mod tests {
             );
             next += 1;
         }
+    }
+
+    #[test]
+    fn topics_created_together_each_keep_the_raised_bound_and_existing_ones_are_left_alone() {
+        let broker = EmbeddedBroker::start(2).unwrap();
+        broker.create_topic("kept", 2, 1).unwrap();
+        broker
+            .create_topics(&[("kept", 5, 1), ("a", 3, 1), ("b", 1, 2), ("c", 4, 1)])
+            .unwrap();
+        let mut topics = broker.topics().unwrap();
+        topics.sort();
+        assert_eq!(
+            topics,
+            [
+                ("a".to_owned(), 3),
+                ("b".to_owned(), 1),
+                ("c".to_owned(), 4),
+                ("kept".to_owned(), 2)
+            ]
+        );
+        // Past the mock's own 5 MiB, nothing is dropped in a topic created with others.
+        let count = 3_000;
+        write(&broker, "b", count, 2048);
+        let (low, high) = consumer(&broker)
+            .fetch_watermarks("b", 0, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((low, high), (0, count as i64));
     }
 
     #[test]

@@ -524,6 +524,7 @@ fn compare_partitions(spec: &TopicSpec, topic: &LiveTopic) -> Outcome {
 fn apply_embedded(broker: &EmbeddedBroker, specs: &[TopicSpec]) -> Result<Vec<Report>> {
     let live = broker.topics()?;
     let mut reports = Vec::new();
+    let mut missing = Vec::new();
     for spec in specs {
         let outcome = match live.iter().find(|(name, _)| *name == spec.name) {
             Some((_, partitions)) => compare_partitions(
@@ -535,7 +536,7 @@ fn apply_embedded(broker: &EmbeddedBroker, specs: &[TopicSpec]) -> Result<Vec<Re
                 },
             ),
             None => {
-                broker.create_topic(&spec.name, spec.partitions, spec.replication_factor)?;
+                missing.push((spec.name.as_str(), spec.partitions, spec.replication_factor));
                 Outcome::Created
             }
         };
@@ -544,6 +545,8 @@ fn apply_embedded(broker: &EmbeddedBroker, specs: &[TopicSpec]) -> Result<Vec<Re
             outcome,
         });
     }
+    // All at once: one by one, the mock takes a wake-up per topic.
+    broker.create_topics(&missing)?;
     Ok(reports)
 }
 
