@@ -453,11 +453,11 @@ type Ready = (u64, Option<i32>, OutgoingRecord);
 /// offsets are where processing resumes. Sent beside the commit's events, a marker could be
 /// written while an event is not (the process killed between the two acks): the task would be
 /// restored as having emitted an event that no one will ever read, and a saga waiting for it
-/// would wait for ever. So a marker goes out only once every event drawn before it (its
-/// commit's among them) is acked, and the task's later changelog entries queue behind it, in
-/// order. When it goes, the keys queued behind it go too, and of the markers among them
-/// only the last is kept (it covers their keys; the others are dropped from the outbox): a
-/// busy task publishes a marker per round trip, not per commit.
+/// would wait for ever. So a task's changelog entries queue, in order, and go out up to the
+/// last marker every event drawn before which (its commit's among them) is acked; of the
+/// markers among them only that last one is sent (it covers their keys; the others are dropped
+/// from the outbox): a busy task publishes a marker per round trip, not per commit, and a
+/// commit's keys and its marker go out together.
 #[derive(Default)]
 struct Behind {
     tasks: std::collections::BTreeMap<i32, std::collections::VecDeque<(u64, bool, OutgoingRecord)>>,
@@ -498,31 +498,25 @@ impl Behind {
     }
 
     /// What may go now that of the entries that are not for the changelog only `unacked` are
-    /// unacked. A marker need not wait for its task's keys: they go before it to its partition,
-    /// where the broker keeps their order.
+    /// unacked: of each task, its entries up to its last marker with no unacked event before
+    /// it, the markers among them but that last one dropped. (A marker's eligibility only
+    /// grows with its id's distance from the events, so every marker before it is eligible
+    /// too.) Keys wait for their marker, so that a commit's keys and marker go out together.
     fn release(&mut self, unacked: &BTreeSet<u64>) -> Released {
         let mut released = Released::default();
+        let oldest_unacked = unacked.first().copied().unwrap_or(u64::MAX);
         for (task, queue) in &mut self.tasks {
-            while let Some((id, marker, _)) = queue.front() {
-                if *marker && unacked.range(..*id).next().is_some() {
-                    break;
-                }
-                let sent_marker = *marker;
-                if let Some((id, marker, entry)) = queue.pop_front() {
+            let Some(last) = queue
+                .iter()
+                .rposition(|(id, marker, _)| *marker && *id < oldest_unacked)
+            else {
+                continue;
+            };
+            for (at, (id, marker, entry)) in queue.drain(..=last).enumerate() {
+                if marker && at != last {
+                    released.dropped.push(id);
+                } else {
                     released.send.push((id, marker.then_some(*task), entry));
-                }
-                if !sent_marker {
-                    continue;
-                }
-                // The keys behind it go now; of the markers among them only the last stays, at
-                // the front, for the events before it.
-                let last = queue.iter().rposition(|(_, marker, _)| *marker);
-                for (id, marker, entry) in queue.drain(..last.unwrap_or(queue.len())) {
-                    if marker {
-                        released.dropped.push(id);
-                    } else {
-                        released.send.push((id, None, entry));
-                    }
                 }
             }
         }
@@ -582,45 +576,52 @@ mod tests {
     }
 
     #[test]
-    fn a_marker_waits_for_the_events_before_it_and_the_markers_queued_behind_it_merge() {
+    fn a_tasks_changelog_goes_out_up_to_its_last_marker_whose_events_are_all_acked() {
         let mut behind = Behind::default();
-        // The commit's event (id 9) is in flight: its key goes at once, its marker waits.
+        // The commit's event (id 9) is in flight: its key and marker wait.
         let mut unacked = BTreeSet::from([9]);
         behind.push(0, 10, false, entry(b"k1"));
         behind.push(0, 11, true, entry(MARKER));
-        assert_eq!(ids(&behind.release(&unacked).send), [10]);
-        // Two more commits queue behind the waiting marker, in order; their events (17, 18)
-        // are in flight.
+        assert!(behind.release(&unacked).send.is_empty());
+        // Two more commits queue behind, in order; their events (17, 18) are in flight.
         for (id, marker) in [(12, false), (13, true), (14, false), (15, true)] {
             behind.push(0, id, marker, entry(if marker { MARKER } else { b"k" }));
         }
         unacked.extend([17, 18]);
-        // Another task's marker waits only for the events before it.
+        // Another task's marker waits for the events before it, whatever their task.
         behind.push(1, 16, true, entry(MARKER));
-        let released = behind.release(&unacked);
-        assert!(released.send.is_empty(), "event 9 holds both markers back");
-        assert_eq!(behind.len(), 6);
-        // Event 9 acked: task 0's marker goes, then the keys behind it; of the two markers
-        // behind, the first is dropped and the last goes too, its events being older than 17.
-        // Task 1's goes.
+        assert!(
+            behind.release(&unacked).send.is_empty(),
+            "event 9 holds all back"
+        );
+        assert_eq!(behind.len(), 7);
+        // Event 9 acked: every marker is older than the events still in flight, so task 0's
+        // entries go up to its last marker, the two before it dropped; task 1's goes.
         unacked.remove(&9);
         let released = behind.release(&unacked);
-        assert_eq!(ids(&released.send), [11, 12, 14, 15, 16]);
-        assert_eq!(released.send[0].1, Some(0));
+        assert_eq!(ids(&released.send), [10, 12, 14, 15, 16]);
         assert_eq!(released.send[3].1, Some(0));
         assert_eq!(released.send[4].1, Some(1));
-        assert_eq!(released.dropped, [13]);
+        assert_eq!(released.send[0].1, None);
+        assert_eq!(released.dropped, [11, 13]);
         assert_eq!(behind.len(), 0);
-        // A marker after events 17 and 18 waits for both.
-        behind.push(0, 19, true, entry(MARKER));
-        unacked.remove(&17);
+        // A commit after event 17: its key and marker wait for it, then go together.
+        behind.push(0, 19, false, entry(b"k"));
+        behind.push(0, 20, true, entry(MARKER));
         assert!(behind.release(&unacked).send.is_empty());
+        unacked.remove(&17);
+        assert!(
+            behind.release(&unacked).send.is_empty(),
+            "event 18 is older too"
+        );
         unacked.remove(&18);
-        assert_eq!(ids(&behind.release(&unacked).send), [19]);
+        assert_eq!(ids(&behind.release(&unacked).send), [19, 20]);
+        // Keys whose marker is not read yet wait for it.
+        behind.push(2, 21, false, entry(b"k"));
+        assert!(behind.release(&unacked).send.is_empty());
         // Taking all back empties it: the ids are read again from the outbox.
-        behind.push(2, 20, false, entry(b"k"));
-        behind.push(2, 21, true, entry(MARKER));
-        assert_eq!(behind.take_all(), HashSet::from([20, 21]));
+        behind.push(2, 22, true, entry(MARKER));
+        assert_eq!(behind.take_all(), HashSet::from([21, 22]));
         assert_eq!(behind.len(), 0);
     }
 
