@@ -383,6 +383,7 @@ pub async fn relay(
                 return;
             }
             if failed {
+                // Everything after the failure is sent again, from the oldest entry left.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 failed = false;
                 sent.clear();
@@ -434,12 +435,6 @@ pub async fn relay(
             }
             () = outbox.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => from = 0,
-        }
-        if failed && in_flight.is_empty() {
-            // Everything after the failure is sent again, from the oldest entry left.
-            sent.clear();
-            held.clear();
-            behind.take_all();
         }
     }
 }

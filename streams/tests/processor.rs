@@ -129,8 +129,8 @@ async fn harness_on(brokers: u16, leader: impl Fn(&str) -> i32) -> Harness {
     ] {
         broker.create_topic(topic, partitions, 1).expect("topic");
         if brokers > 1 {
+            let mock = broker.mock();
             for partition in 0..partitions {
-                let mock = broker.mock();
                 mock.partition_leader(topic, partition, Some(leader(topic)))
                     .expect("leader");
             }

@@ -286,7 +286,7 @@ impl EmbeddedBroker {
         let fail = |name: &str, e: &dyn std::fmt::Display| {
             Error::Embedded(format!("cannot raise the log bound of topic {name}: {e}"))
         };
-        // (topic, its C name, partition, leader) of every partition.
+        // Each topic with its partitions' (id, leader), and its name for C.
         let mut partitions = Vec::new();
         let mut names = Vec::new();
         for (name, count) in topics {
@@ -313,14 +313,15 @@ impl EmbeddedBroker {
             names.push(CString::new(*name).map_err(|e| fail(name, &e))?);
             partitions.push((*name, leaders));
         }
-        let set_leaders = |leader: Option<()>| -> Result<()> {
+        // Every partition made leaderless, or given its leader back.
+        let set_leaders = |leaderless: bool| -> Result<()> {
             let cluster = self.cluster();
             let calls = partitions
                 .iter()
                 .zip(&names)
                 .flat_map(|((_, leaders), c_name)| {
                     leaders.iter().map(move |(partition, broker)| {
-                        let broker = if leader.is_some() { *broker } else { -1 };
+                        let broker = if leaderless { -1 } else { *broker };
                         // SAFETY: as in `create_topics`.
                         move || unsafe {
                             rdkafka_sys::rd_kafka_mock_partition_set_leader(
@@ -332,19 +333,22 @@ impl EmbeddedBroker {
                         }
                     })
                 });
-            let answers = side_by_side(calls);
-            match answers
+            let topic_of = partitions
+                .iter()
+                .flat_map(|(name, leaders)| leaders.iter().map(move |_| *name));
+            match side_by_side(calls)
                 .into_iter()
                 .map(RDKafkaErrorCode::from)
-                .find(|code| *code != RDKafkaErrorCode::NoError)
+                .zip(topic_of)
+                .find(|(code, _)| *code != RDKafkaErrorCode::NoError)
             {
-                Some(code) => Err(fail(topics.first().map_or("", |t| t.0), &code)),
+                Some((code, name)) => Err(fail(name, &code)),
                 None => Ok(()),
             }
         };
-        set_leaders(None)?;
-        let mut raised = true;
-        for ((_, leaders), c_name) in partitions.iter().zip(&names) {
+        set_leaders(true)?;
+        let mut unraised = None;
+        for ((name, leaders), c_name) in partitions.iter().zip(&names) {
             // SAFETY: the version check in `start` makes `MockPartitionHead` the true head of
             // this librdkafka's rd_kafka_mock_partition_t, and the cluster pointer is live while
             // `host` is. rd_kafka_mock_topic_find walks the cluster's topic list up to this
@@ -355,7 +359,9 @@ impl EmbeddedBroker {
             // which a leaderless partition refuses. The pointers are not kept.
             unsafe {
                 let topic = rd_kafka_mock_topic_find(self.cluster().0, c_name.as_ptr());
-                raised &= !topic.is_null();
+                if topic.is_null() {
+                    unraised = Some(*name);
+                }
                 for (partition, _) in leaders {
                     let head = rd_kafka_mock_partition_find(topic, *partition);
                     // The mock's own defaults, found where the mirrored layout puts them, are
@@ -365,7 +371,7 @@ impl EmbeddedBroker {
                         || (*head).max_size != MOCK_PARTITION_LOG_BYTES
                         || (*head).max_cnt != MOCK_PARTITION_LOG_BATCHES
                     {
-                        raised = false;
+                        unraised = Some(*name);
                         continue;
                     }
                     (*head).max_size = bytes;
@@ -374,14 +380,13 @@ impl EmbeddedBroker {
                 }
             }
         }
-        set_leaders(Some(()))?;
-        if raised {
-            Ok(())
-        } else {
-            Err(fail(
-                topics.first().map_or("", |t| t.0),
+        set_leaders(false)?;
+        match unraised {
+            None => Ok(()),
+            Some(name) => Err(fail(
+                name,
                 &"librdkafka's mock partitions are not laid out as this module expects",
-            ))
+            )),
         }
     }
 
