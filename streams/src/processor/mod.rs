@@ -30,7 +30,7 @@ mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,10 @@ const STATISTICS_INTERVAL_MS: &str = "1000";
 
 /// Records waiting that a processor takes into one transaction at most.
 const LIVE_BATCH: usize = 64;
+
+/// How long a stopping processor waits for the group to take its tasks back, and then for
+/// librdkafka to close the consumer.
+const LEAVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// How a processor connects and what it reads.
 #[derive(Debug, Clone)]
@@ -315,6 +319,7 @@ pub async fn run<H: Handler>(
             revocations: revocations.clone(),
             held: held.clone(),
             restorer,
+            leaving: AtomicBool::new(false),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let tasks = check_tasks(&consumer, &settings)?;
@@ -348,7 +353,7 @@ pub async fn run<H: Handler>(
     };
 
     let mut last_commit = Instant::now();
-    loop {
+    'run: loop {
         if watchdog
             .as_ref()
             .is_some_and(watchdog::Watchdog::take_rejoin)
@@ -510,8 +515,7 @@ pub async fn run<H: Handler>(
                         "Retrying a record"
                     );
                     if !pause(&mut backoff, &mut shutdown).await {
-                        finish(&consumer, &store, &settings, stop_relay, relay).await;
-                        return Ok(());
+                        break 'run;
                     }
                     one_by_one = true;
                 }
@@ -527,8 +531,7 @@ pub async fn run<H: Handler>(
                     )
                     .await;
                     if sent == dead_letter::Sent::Stopped {
-                        finish(&consumer, &store, &settings, stop_relay, relay).await;
-                        return Ok(());
+                        break 'run;
                     }
                     record_position(&positions, &watermarks, message);
                     next += 1;
@@ -541,7 +544,7 @@ pub async fn run<H: Handler>(
             last_commit = Instant::now();
         }
     }
-    finish(&consumer, &store, &settings, stop_relay, relay).await;
+    finish(consumer, &store, &settings, stop_relay, relay).await;
     Ok(())
 }
 
@@ -655,14 +658,56 @@ async fn pause(backoff: &mut Duration, shutdown: &mut (impl Future<Output = ()> 
 }
 
 async fn finish(
-    consumer: &StreamConsumer<ProcessorContext>,
+    consumer: StreamConsumer<ProcessorContext>,
     store: &Store,
     settings: &Settings,
     stop_relay: tokio::sync::watch::Sender<bool>,
     relay: tokio::task::JoinHandle<()>,
 ) {
     outbox::stop_within(stop_relay, relay, Duration::from_secs(5)).await;
-    commit_from_store(consumer, store, &settings.group, None, CommitMode::Sync);
+    commit_from_store(&consumer, store, &settings.group, None, CommitMode::Sync);
     let _ = store.flush();
+    leave(consumer, &settings.group).await;
     tracing::info!(group = %settings.group, "Processor stopped");
+}
+
+/// Gives the tasks back to the group, then closes the consumer, each within [`LEAVE_WITHIN`].
+///
+/// Closing a consumer that still holds partitions makes librdkafka revoke them inside the
+/// close, and a rebalance event handled once the group has closed waits for ever on a reply
+/// that never comes (librdkafka #4884): seen here as a processor that never stopped. Leaving
+/// first means the close has nothing to revoke; the bounded close is for whatever else
+/// librdkafka may wait on, so that a stop never hangs the process.
+async fn leave(consumer: StreamConsumer<ProcessorContext>, group: &str) {
+    consumer.context().leaving.store(true, Ordering::SeqCst);
+    consumer.unsubscribe();
+    let deadline = Instant::now() + LEAVE_WITHIN;
+    // The revocation runs inside a poll. Records that come meanwhile are not applied: sled's
+    // offsets, committed above, are where the next owner starts.
+    while consumer
+        .assignment()
+        .is_ok_and(|assigned| assigned.count() > 0)
+        && Instant::now() < deadline
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    let (closed, close) = tokio::sync::oneshot::channel();
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(error) = closing {
+        // The consumer went with the closure: it closed on this thread.
+        tracing::warn!(%error, group, "No thread to close the consumer on");
+        return;
+    }
+    if tokio::time::timeout(LEAVE_WITHIN, close).await.is_err() {
+        // The thread is left behind: librdkafka gives no way to cut a close short.
+        tracing::error!(
+            group,
+            "The Kafka consumer did not close within {LEAVE_WITHIN:?}; leaving it"
+        );
+    }
 }

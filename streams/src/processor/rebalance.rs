@@ -87,6 +87,8 @@ pub(crate) struct ProcessorContext {
     /// Restores tasks from the changelog, and lets the relay publish a task's changelog
     /// entries while the task is owned, when the state is logged.
     pub(crate) restorer: Option<(Restorer, Gate)>,
+    /// Set when the processor stops: tasks assigned from then on are declined, not restored.
+    pub(crate) leaving: AtomicBool,
 }
 
 impl ProcessorContext {
@@ -173,11 +175,31 @@ impl ConsumerContext for ProcessorContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        if consumer.closed() {
+            // librdkafka no longer answers calls about a closed group: a stale event handled
+            // now would wait for ever in assign() or rebalance_protocol() (librdkafka #4884).
+            tracing::debug!(group = %self.group, error = ?err, "Rebalance event after close; ignored");
+            return;
+        }
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
         match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
+                if self.leaving.load(Ordering::SeqCst) =>
+            {
+                // Stopping: answer the assignment with nothing, so the group moves on.
+                let nothing = TopicPartitionList::new();
+                let declined = if cooperative {
+                    consumer.incremental_assign(&nothing)
+                } else {
+                    consumer.assign(&nothing)
+                };
+                if let Err(error) = declined {
+                    tracing::warn!(%error, "Declining partitions while stopping failed");
+                }
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: Vec<(String, i32)> = tpl
                     .elements()
