@@ -767,6 +767,101 @@ async fn a_commit_is_marked_whole_in_the_changelog_only_once_the_events_it_emitt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_commits_the_offsets_of_the_tasks_it_holds_only() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let logged = |h: &Harness| {
+        let mut settings = h
+            .settings("counter", "bookings")
+            .with_changelog(&support::spec("counter.changelog"));
+        settings.commit_interval = Duration::from_millis(50);
+        settings
+    };
+    let counter = || RouteCounter { emit_to: None };
+    let (a, b) = (
+        Store::temporary().expect("store"),
+        Store::temporary().expect("store"),
+    );
+    let first = h.start(logged(&h), &a, counter());
+    h.book(0, 100).await;
+    wait_for("the first 100 bookings", Duration::from_secs(30), || {
+        total(&a, "route/") == 100
+    })
+    .await;
+    // The first store keeps the offsets of every task it applied, those it gives up too.
+    let second = h.start(logged(&h), &b, counter());
+    wait_for("the tasks to be split", Duration::from_secs(30), || {
+        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
+    })
+    .await;
+
+    // While bookings reach both, the second's partitions' committed offsets only go forward:
+    // the first, committing as it applies its own, must not set them back to where its store
+    // left them.
+    let theirs: Vec<(String, i32)> = second.positions.snapshot().into_keys().collect();
+    let committed = || {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", h.broker.bootstrap_servers())
+            .set("group.id", "counter")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &theirs {
+            tpl.add_partition(topic, *partition);
+        }
+        let offsets = reader
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        theirs
+            .iter()
+            .map(|(topic, partition)| {
+                offsets
+                    .find_partition(topic, *partition)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1)
+            })
+            .collect::<Vec<i64>>()
+    };
+    let booking = tokio::spawn({
+        let producer = h.producer.clone();
+        async move {
+            for i in 100..400 {
+                let booked = Booked {
+                    booking_id: format!("b{i:05}"),
+                    route: "LIS-OPO".into(),
+                };
+                let _ = producer
+                    .send("bookings", &booked, &Metadata::new(&booked.booking_id))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let mut last = committed();
+    let mut samples = 0;
+    while !booking.is_finished() {
+        let now = tokio::task::block_in_place(committed);
+        for ((partition, before), after) in theirs.iter().zip(&last).zip(&now) {
+            assert!(
+                after >= before,
+                "{partition:?}: the committed offset went back from {before} to {after}"
+            );
+        }
+        last = now;
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(samples > 10, "sampled while the bookings flowed");
+    wait_for("all 400 bookings", Duration::from_secs(30), || {
+        owned_total(&a, &first) + owned_total(&b, &second) == 400
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_processor_whose_changelog_cannot_hold_its_tasks_refuses_to_start_naming_it() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;
