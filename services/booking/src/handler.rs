@@ -10,9 +10,9 @@
 //! replay stamps and decides exactly as the live run did.
 
 use events::{
-    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, PaymentCharged,
-    PaymentDeclined, PaymentRefunded, RoomsRefused, RoomsReleased, RoomsReserved, SeatsRefused,
-    SeatsReleased, SeatsReserved, topics,
+    BookingCancelled, BookingConfirmed, BookingRequested, BookingTimedOut, CancellationReason,
+    PaymentCharged, PaymentDeclined, PaymentRefunded, RoomsRefused, RoomsReleased, RoomsReserved,
+    SeatsRefused, SeatsReleased, SeatsReserved, topics,
 };
 use streams::processor::{Context, Handler, HandlerError, Record};
 
@@ -80,7 +80,10 @@ impl Handler for Sagas {
             }
             Some(SeatsReleased::TYPE) => {
                 let e: SeatsReleased = ctx.decode(record).await?;
-                (e.booking_id, Reply::SeatsReleased)
+                (
+                    e.booking_id,
+                    Reply::SeatsReleased(CancellationReason::from_symbol(&e.cancellation)),
+                )
             }
             Some(RoomsReserved::TYPE) => {
                 let e: RoomsReserved = ctx.decode(record).await?;
@@ -92,7 +95,10 @@ impl Handler for Sagas {
             }
             Some(RoomsReleased::TYPE) => {
                 let e: RoomsReleased = ctx.decode(record).await?;
-                (e.booking_id, Reply::RoomsReleased)
+                (
+                    e.booking_id,
+                    Reply::RoomsReleased(CancellationReason::from_symbol(&e.cancellation)),
+                )
             }
             Some(PaymentCharged::TYPE) => {
                 let e: PaymentCharged = ctx.decode(record).await?;
@@ -104,7 +110,10 @@ impl Handler for Sagas {
             }
             Some(PaymentRefunded::TYPE) => {
                 let e: PaymentRefunded = ctx.decode(record).await?;
-                (e.booking_id, Reply::Refunded)
+                (
+                    e.booking_id,
+                    Reply::Refunded(CancellationReason::from_symbol(&e.cancellation)),
+                )
             }
             other => return Err(HandlerError::unhandled("booking", other)),
         };

@@ -23,6 +23,10 @@
 //!   records what it says.
 //! - Finished: confirmed once charged; cancelled once every step is answered and everything
 //!   held is given back.
+//! - A release or refund says what cancellation it is for, and its reply echoes it. A saga
+//!   that reads a step given back for a failure outranking every one it knows (a replay, or a
+//!   take-over from a changelog that was behind) waits for that failure's own record, which
+//!   is further on in the log, and announces nothing before it.
 
 use events::{
     BookingCancelled, BookingConfirmed, BookingRequested, CancellationReason, ChargePayment, Money,
@@ -158,6 +162,11 @@ pub struct Saga {
     /// Whether the time-out came, whenever it came (it applies only while the charge is not
     /// asked).
     pub timed_out: bool,
+    /// The cancellation a reply that gave a step back says it was asked for, of highest
+    /// priority among those read: the run that asked it had failed so. Read again before the
+    /// failure itself (see [`Saga::settle`]), it keeps the saga from announcing a lesser one.
+    #[serde(default)]
+    pub given_back_for: Option<CancellationReason>,
     /// Where it stands.
     pub status: Status,
 }
@@ -190,20 +199,20 @@ pub enum Reply {
     SeatsHeld(Money),
     /// Seats refused.
     SeatsRefused(String),
-    /// Seats given back.
-    SeatsReleased,
+    /// Seats given back, for the cancellation the release said, if any.
+    SeatsReleased(Option<CancellationReason>),
     /// Rooms held.
     RoomsHeld(Money),
     /// Rooms refused.
     RoomsRefused(String),
-    /// Rooms given back.
-    RoomsReleased,
+    /// Rooms given back, for the cancellation the release said, if any.
+    RoomsReleased(Option<CancellationReason>),
     /// Charged.
     Charged(Money),
     /// Declined.
     Declined(String),
-    /// Refunded.
-    Refunded,
+    /// Refunded, for the cancellation the refund said, if any.
+    Refunded(Option<CancellationReason>),
 }
 
 /// What a booking request is wrong with, if anything.
@@ -239,6 +248,21 @@ pub fn invalid(request: &BookingRequested) -> Option<String> {
 /// The detail of a cancellation by the time-out.
 const TIMED_OUT: &str = "no answer before the deadline";
 
+/// The detail of a saga that read a step given back before the failure it was given back for.
+const WAITING: &str = "a step was given back before the reason was read";
+
+/// A failure's priority in [`Saga::failure`]'s order: the higher wins.
+fn rank(reason: CancellationReason) -> u8 {
+    match reason {
+        CancellationReason::InvalidRequest => 5,
+        CancellationReason::SeatsUnavailable => 4,
+        CancellationReason::RoomsUnavailable => 3,
+        CancellationReason::PaymentDeclined => 2,
+        CancellationReason::TimedOut => 1,
+        CancellationReason::Unknown => 0,
+    }
+}
+
 impl Saga {
     /// Starts a saga: reserve seats and rooms at once, or cancel an invalid request. `now`
     /// (milliseconds since the epoch) stamps an announcement made at once.
@@ -263,6 +287,7 @@ impl Saga {
                 refund: Undo::NotAsked,
             },
             timed_out: false,
+            given_back_for: None,
             status: Status::Reserving,
         };
         let mut commands = Vec::new();
@@ -302,18 +327,31 @@ impl Saga {
     /// (after the saga cancelled) is recorded all the same. `now` stamps the confirmation or
     /// cancellation the reply may finish the saga with.
     pub fn reply(&mut self, reply: Reply, now: i64) -> Option<Vec<Command>> {
+        let for_ = |reply: &Reply| match reply {
+            Reply::SeatsReleased(cause) | Reply::RoomsReleased(cause) | Reply::Refunded(cause) => {
+                *cause
+            }
+            _ => None,
+        };
+        if let Some(cause) = for_(&reply)
+            && self
+                .given_back_for
+                .is_none_or(|known| rank(cause) > rank(known))
+        {
+            self.given_back_for = Some(cause);
+        }
         let new = match reply {
             Reply::SeatsHeld(price) => answer(&mut self.seats.hold, Hold::Held(price)),
             Reply::SeatsRefused(why) => answer(&mut self.seats.hold, Hold::Refused(why)),
-            Reply::SeatsReleased => given_back(&mut self.seats.release),
+            Reply::SeatsReleased(_) => given_back(&mut self.seats.release),
             Reply::RoomsHeld(price) => answer(&mut self.rooms.hold, Hold::Held(price)),
             Reply::RoomsRefused(why) => answer(&mut self.rooms.hold, Hold::Refused(why)),
-            Reply::RoomsReleased => given_back(&mut self.rooms.release),
+            Reply::RoomsReleased(_) => given_back(&mut self.rooms.release),
             // Recorded even when this saga has not asked (a replay that met the time-out
             // before the holds the live run met first): the answer says the charge was asked.
             Reply::Charged(amount) => charged(&mut self.payment.charge, Charge::Charged(amount)),
             Reply::Declined(why) => charged(&mut self.payment.charge, Charge::Declined(why)),
-            Reply::Refunded => given_back(&mut self.payment.refund),
+            Reply::Refunded(_) => given_back(&mut self.payment.refund),
         };
         new.then(|| self.settle(now))
     }
@@ -380,18 +418,26 @@ impl Saga {
             self.payment.charge = Charge::NotAsked;
         }
         let mut commands = Vec::new();
-        match self.failure() {
-            None if !given_back => self.proceed(now, &mut commands),
-            failure => {
-                let (reason, detail) = failure.unwrap_or_else(|| {
-                    // Only in a replay that reads a release before the failure it answers.
-                    (
-                        CancellationReason::Unknown,
-                        "a step was given back before the reason was read".into(),
-                    )
-                });
-                self.compensate(reason, detail, now, &mut commands);
+        let failure = self.failure();
+        // A reply that gave a step back for a failure outranking every one known (or for none
+        // known): a replay, or an instance that took the task over from a changelog that was
+        // behind and reads the topics again in another order than the first owner did. The
+        // failure's own record is in the log after the restored offsets (it came before the
+        // step was given back), so it is waited for: announcing now could only say less.
+        let outranked = match (&failure, self.given_back_for) {
+            (None, _) => given_back,
+            (Some((known, _)), Some(cause)) => rank(cause) > rank(*known),
+            (Some(_), None) => false,
+        };
+        match failure {
+            _ if outranked => {
+                self.status = Status::Compensating(
+                    self.given_back_for.unwrap_or(CancellationReason::Unknown),
+                    WAITING.into(),
+                );
             }
+            None => self.proceed(now, &mut commands),
+            Some((reason, detail)) => self.compensate(reason, detail, now, &mut commands),
         }
         commands
     }
@@ -467,6 +513,7 @@ impl Saga {
                 booking_id: booking_id.clone(),
                 hotel_id: self.request.hotel.hotel_id.clone(),
                 reason: detail.clone(),
+                cancellation: reason.as_str().into(),
             }));
         }
         if self.seats.needs_release(time_out) {
@@ -475,6 +522,7 @@ impl Saga {
                 booking_id: booking_id.clone(),
                 flight_id: self.request.flight.flight_id.clone(),
                 reason: detail.clone(),
+                cancellation: reason.as_str().into(),
             }));
         }
         // Never live (a charge is asked only with no failure known, and its answer is then
@@ -487,6 +535,7 @@ impl Saga {
                 booking_id: booking_id.clone(),
                 user_id: self.request.user_id.clone(),
                 reason: detail.clone(),
+                cancellation: reason.as_str().into(),
             }));
         }
         if self.seats.settled() && self.rooms.settled() && self.payment.settled() {
@@ -595,7 +644,10 @@ mod tests {
             .expect("answers a question");
         assert!(matches!(sent.as_slice(), [Command::ReleaseRooms(_)]));
         let sent = saga
-            .reply(Reply::RoomsReleased, NOW)
+            .reply(
+                Reply::RoomsReleased(Some(CancellationReason::SeatsUnavailable)),
+                NOW,
+            )
             .expect("answers a question");
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::SeatsUnavailable));
@@ -625,11 +677,26 @@ mod tests {
             None,
             "a late reply"
         );
-        saga.reply(Reply::SeatsReleased, NOW).expect("answers");
-        let sent = saga.reply(Reply::RoomsReleased, NOW).expect("answers");
+        saga.reply(
+            Reply::SeatsReleased(Some(CancellationReason::PaymentDeclined)),
+            NOW,
+        )
+        .expect("answers");
+        let sent = saga
+            .reply(
+                Reply::RoomsReleased(Some(CancellationReason::PaymentDeclined)),
+                NOW,
+            )
+            .expect("answers");
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::PaymentDeclined));
-        assert_eq!(saga.reply(Reply::RoomsReleased, NOW), None);
+        assert_eq!(
+            saga.reply(
+                Reply::RoomsReleased(Some(CancellationReason::PaymentDeclined)),
+                NOW
+            ),
+            None
+        );
     }
 
     #[test]
@@ -649,11 +716,64 @@ mod tests {
         // The late hold is recorded, and undone by the release queued behind it.
         assert_eq!(saga.reply(Reply::SeatsHeld(eur(100)), NOW), Some(vec![]));
         assert_eq!(saga.seats.hold, Hold::Held(eur(100)));
-        assert_eq!(saga.reply(Reply::SeatsReleased, NOW), Some(vec![]));
-        let sent = saga.reply(Reply::RoomsReleased, NOW).expect("answers");
+        assert_eq!(
+            saga.reply(
+                Reply::SeatsReleased(Some(CancellationReason::TimedOut)),
+                NOW
+            ),
+            Some(vec![])
+        );
+        let sent = saga
+            .reply(
+                Reply::RoomsReleased(Some(CancellationReason::TimedOut)),
+                NOW,
+            )
+            .expect("answers");
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::TimedOut));
         assert_eq!(saga.time_out(NOW), None, "a time-out known already");
+    }
+
+    #[test]
+    fn a_step_given_back_for_a_failure_not_read_yet_waits_for_it() {
+        // A take-over from a changelog that was behind: the new owner read the holds, then
+        // the releases the first owner asked on the decline, and the time-out, before the
+        // decline itself.
+        let mut saga = started();
+        saga.reply(Reply::SeatsHeld(eur(100)), NOW)
+            .expect("answers");
+        saga.reply(Reply::RoomsHeld(eur(80)), NOW).expect("answers");
+        let declined = Some(CancellationReason::PaymentDeclined);
+        for early in [
+            Reply::SeatsReleased(declined),
+            Reply::RoomsReleased(declined),
+        ] {
+            assert_eq!(saga.reply(early, NOW), Some(vec![]), "{saga:?}");
+        }
+        assert_eq!(
+            saga.time_out(NOW),
+            Some(vec![]),
+            "the time-out is outranked"
+        );
+        assert!(!saga.finished() && !saga.awaits_deadline(), "{saga:?}");
+        let sent = saga
+            .reply(Reply::Declined("no funds".into()), NOW)
+            .expect("answers");
+        assert!(
+            matches!(sent.as_slice(), [Command::Cancelled(c)]
+                if c.reason == CancellationReason::PaymentDeclined && c.detail == "no funds"),
+            "{sent:?}"
+        );
+        // From a producer older than the echo, a step given back says no reason: wait too.
+        let mut saga = started();
+        saga.reply(Reply::SeatsHeld(eur(100)), NOW)
+            .expect("answers");
+        assert_eq!(saga.reply(Reply::SeatsReleased(None), NOW), Some(vec![]));
+        let sent = saga
+            .reply(Reply::RoomsRefused("full".into()), NOW)
+            .expect("answers");
+        assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
+            if c.reason == CancellationReason::RoomsUnavailable));
     }
 
     #[test]

@@ -258,6 +258,20 @@ impl CancellationReason {
             CancellationReason::Unknown => "UNKNOWN",
         }
     }
+
+    /// The reason a symbol spells; `None` for one this version does not know (or "").
+    pub fn from_symbol(symbol: &str) -> Option<CancellationReason> {
+        [
+            CancellationReason::SeatsUnavailable,
+            CancellationReason::RoomsUnavailable,
+            CancellationReason::PaymentDeclined,
+            CancellationReason::TimedOut,
+            CancellationReason::InvalidRequest,
+            CancellationReason::Unknown,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == symbol)
+    }
 }
 
 /// The booking ended without a trip; everything done on the way was undone.
@@ -341,6 +355,9 @@ pub struct ReleaseSeats {
     pub flight_id: String,
     /// Why.
     pub reason: String,
+    /// Why the booking is cancelled, for programs: a [`CancellationReason`] symbol, echoed on
+    /// the reply ("" from producers older than the field).
+    pub cancellation: String,
 }
 event!(ReleaseSeats, "tripstream.flight.ReleaseSeats", flight_id);
 
@@ -379,6 +396,9 @@ pub struct SeatsReleased {
     pub flight_id: String,
     /// How many.
     pub seats: i32,
+    /// The command's `cancellation`, echoed: a saga reading this reply again knows why the
+    /// step was given back.
+    pub cancellation: String,
 }
 event!(SeatsReleased, "tripstream.flight.SeatsReleased", booking_id);
 
@@ -423,6 +443,9 @@ pub struct ReleaseRooms {
     pub hotel_id: String,
     /// Why.
     pub reason: String,
+    /// Why the booking is cancelled, for programs: a [`CancellationReason`] symbol, echoed on
+    /// the reply ("" from producers older than the field).
+    pub cancellation: String,
 }
 event!(ReleaseRooms, "tripstream.hotel.ReleaseRooms", hotel_id);
 
@@ -463,6 +486,9 @@ pub struct RoomsReleased {
     pub hotel_id: String,
     /// Rooms.
     pub rooms: i32,
+    /// The command's `cancellation`, echoed: a saga reading this reply again knows why the
+    /// step was given back.
+    pub cancellation: String,
 }
 event!(RoomsReleased, "tripstream.hotel.RoomsReleased", booking_id);
 
@@ -503,6 +529,9 @@ pub struct RefundPayment {
     pub user_id: String,
     /// Why.
     pub reason: String,
+    /// Why the booking is cancelled, for programs: a [`CancellationReason`] symbol, echoed on
+    /// the reply ("" from producers older than the field).
+    pub cancellation: String,
 }
 event!(RefundPayment, "tripstream.payment.RefundPayment", user_id);
 
@@ -549,6 +578,9 @@ pub struct PaymentRefunded {
     pub user_id: String,
     /// How much.
     pub amount: Money,
+    /// The command's `cancellation`, echoed: a saga reading this reply again knows why the
+    /// step was given back.
+    pub cancellation: String,
 }
 event!(
     PaymentRefunded,

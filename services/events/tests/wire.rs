@@ -121,6 +121,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking.clone(),
         flight_id: "LH1234-2026-12-01".into(),
         reason: "payment declined".into(),
+        cancellation: "PAYMENT_DECLINED".into(),
     });
     check(&SeatsRefused {
         booking_id: booking.clone(),
@@ -131,6 +132,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking.clone(),
         flight_id: "LH1234-2026-12-01".into(),
         seats: 2,
+        cancellation: "PAYMENT_DECLINED".into(),
     });
     check(&HotelListed {
         hotel_id: "lisbon-1".into(),
@@ -143,6 +145,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking.clone(),
         hotel_id: "lisbon-1".into(),
         reason: "seats refused".into(),
+        cancellation: "SEATS_UNAVAILABLE".into(),
     });
     check(&RoomsRefused {
         booking_id: booking.clone(),
@@ -153,6 +156,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking.clone(),
         hotel_id: "lisbon-1".into(),
         rooms: 1,
+        cancellation: "SEATS_UNAVAILABLE".into(),
     });
     check(&AccountCredited {
         user_id: user.clone(),
@@ -163,6 +167,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking.clone(),
         user_id: user.clone(),
         reason: "rooms refused".into(),
+        cancellation: String::new(),
     });
     check(&PaymentDeclined {
         booking_id: booking.clone(),
@@ -174,6 +179,7 @@ fn every_event_takes_the_compiled_encoder() {
         booking_id: booking,
         user_id: user.clone(),
         amount: eur(52_998),
+        cancellation: String::new(),
     });
     check(&UserRegistered {
         user_id: user,

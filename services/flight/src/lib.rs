@@ -213,6 +213,7 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseSeats) -> Result<(), Han
         booking_id: command.booking_id,
         flight_id: command.flight_id,
         seats,
+        cancellation: command.cancellation,
     };
     ctx.emit(topics::FLIGHT_EVENTS, &released).await
 }

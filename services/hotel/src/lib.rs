@@ -250,6 +250,7 @@ async fn release(ctx: &mut Context<'_>, command: ReleaseRooms) -> Result<(), Han
         booking_id: command.booking_id,
         hotel_id: command.hotel_id,
         rooms,
+        cancellation: command.cancellation,
     };
     ctx.emit(topics::HOTEL_EVENTS, &released).await
 }

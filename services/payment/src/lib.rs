@@ -198,6 +198,7 @@ async fn refund(ctx: &mut Context<'_>, command: RefundPayment) -> Result<(), Han
         booking_id: command.booking_id,
         user_id: command.user_id,
         amount,
+        cancellation: command.cancellation,
     };
     ctx.emit(topics::PAYMENT_EVENTS, &refunded).await
 }

@@ -9,7 +9,10 @@
 //!   their topic, and the saga reads the topics' heads in every order, the time-out at any
 //!   point. Each run ends when everything sent is answered and read.
 //! - Replay: each run's logs (the answers on each topic, and the time-outs) are read again in
-//!   every order that keeps each topic's own, with what the saga sends thrown away.
+//!   every order that keeps each topic's own. This is also what an instance that takes a task
+//!   over does, from the state its changelog held on: it reads the records after it again, in
+//!   whatever order it polls them, and sends what the saga says (the services answer a
+//!   command sent again as before, so only the announcements are checked).
 //!
 //! What must hold, for every run:
 //!
@@ -25,7 +28,8 @@
 //!   time-out queued behind an unanswered reservation; confirmed, nothing is given back.
 //! - Every live run that wrote the same logs ends in the same saga, and every replay of those
 //!   logs, in every order, ends in that saga too (so the store a replay rebuilds equals the
-//!   live one). Without a time-out, every run of a scenario ends in the same saga.
+//!   live one), announcing on the way only what the live run announced. Without a time-out,
+//!   every run of a scenario ends in the same saga.
 //! - Settling again changes nothing and sends nothing, after every input; once a time-out
 //!   applies, every reservation still unanswered has its release asked (queued behind it), so
 //!   a service that is down leaves nothing to ask later.
@@ -127,7 +131,7 @@ impl Scenario {
 
     /// The outcome a run must end with: confirmed with the total, or the failure of highest
     /// priority among those that happened.
-    fn outcome(&self, time_out_first: bool) -> Result<Money, CancellationReason> {
+    fn outcome(&self, time_out_first: bool) -> Outcome {
         let charge = self.charge_asked(time_out_first);
         if self.invalid || self.seats && self.rooms && self.rooms_in_usd {
             Err(CancellationReason::InvalidRequest)
@@ -192,9 +196,9 @@ impl Live {
                     (FLIGHT, Reply::SeatsHeld(money(100, "EUR")))
                 }
                 Command::ReserveSeats(_) => (FLIGHT, Reply::SeatsRefused("sold out".into())),
-                Command::ReleaseSeats(_) => {
+                Command::ReleaseSeats(c) => {
                     self.seats_held = false;
-                    (FLIGHT, Reply::SeatsReleased)
+                    (FLIGHT, Reply::SeatsReleased(echo(&c.cancellation)))
                 }
                 Command::ReserveRooms(_) if scenario.rooms => {
                     self.rooms_held = true;
@@ -203,9 +207,9 @@ impl Live {
                     (HOTEL, Reply::RoomsHeld(money(80, currency)))
                 }
                 Command::ReserveRooms(_) => (HOTEL, Reply::RoomsRefused("full".into())),
-                Command::ReleaseRooms(_) => {
+                Command::ReleaseRooms(c) => {
                     self.rooms_held = false;
-                    (HOTEL, Reply::RoomsReleased)
+                    (HOTEL, Reply::RoomsReleased(echo(&c.cancellation)))
                 }
                 Command::Charge(c) if scenario.charged => {
                     self.charged = true;
@@ -213,9 +217,9 @@ impl Live {
                     (PAYMENT, Reply::Charged(c.amount.clone()))
                 }
                 Command::Charge(_) => (PAYMENT, Reply::Declined("no funds".into())),
-                Command::Refund(_) => {
+                Command::Refund(c) => {
                     self.charged = false;
-                    (PAYMENT, Reply::Refunded)
+                    (PAYMENT, Reply::Refunded(echo(&c.cancellation)))
                 }
                 Command::Confirmed(_) | Command::Cancelled(_) => {
                     self.sent.push(command);
@@ -232,6 +236,16 @@ impl Live {
     fn count(&self, kind: fn(&Command) -> bool) -> usize {
         self.sent.iter().filter(|c| kind(c)).count()
     }
+}
+
+/// The cancellation a service echoes on the reply to a command that gave a step back.
+fn echo(cancellation: &str) -> Option<CancellationReason> {
+    let echoed = CancellationReason::from_symbol(cancellation);
+    assert!(
+        echoed.is_some(),
+        "a release or refund says why: {cancellation:?}"
+    );
+    echoed
 }
 
 /// Settling again must change nothing and send nothing.
@@ -296,11 +310,13 @@ fn explore(
 
 /// Every saga a replay of `logs` (and `time_outs` time-outs) can end in, reading them from
 /// `read` on in every order that keeps each topic's own; returns how many orders there are.
+/// Whatever it announces on the way must be `announced`, what the live run did.
 fn replay(
     saga: Saga,
     logs: &[Vec<Reply>; 3],
     time_outs: usize,
     read: [usize; 4],
+    announced: &Outcome,
     seen: &mut HashMap<String, u64>,
     ends: &mut Vec<Saga>,
 ) -> u64 {
@@ -312,20 +328,22 @@ fn replay(
     for topic in [FLIGHT, HOTEL, PAYMENT] {
         if let Some(reply) = logs[topic].get(read[topic]) {
             let mut next = saga.clone();
-            let _ = next.reply(reply.clone(), NOW);
+            let sent = next.reply(reply.clone(), NOW).unwrap_or_default();
+            assert_announces(&sent, announced, &next);
             assert_settled(&next);
             let mut read = read;
             read[topic] += 1;
-            orders += replay(next, logs, time_outs, read, seen, ends);
+            orders += replay(next, logs, time_outs, read, announced, seen, ends);
         }
     }
     if read[3] < time_outs {
         let mut next = saga.clone();
-        let _ = next.time_out(NOW);
+        let sent = next.time_out(NOW).unwrap_or_default();
+        assert_announces(&sent, announced, &next);
         assert_settled(&next);
         let mut read = read;
         read[3] += 1;
-        orders += replay(next, logs, time_outs, read, seen, ends);
+        orders += replay(next, logs, time_outs, read, announced, seen, ends);
     }
     if orders == 0 {
         if !ends.contains(&saga) {
@@ -335,6 +353,30 @@ fn replay(
     }
     seen.insert(key, orders);
     orders
+}
+
+/// How a saga ends: confirmed with the total, or cancelled for a reason.
+type Outcome = Result<Money, CancellationReason>;
+
+/// What `sent` announces, if anything.
+fn announcements(sent: &[Command]) -> Vec<Outcome> {
+    sent.iter()
+        .filter_map(|c| match c {
+            Command::Confirmed(c) => Some(Ok(c.total.clone())),
+            Command::Cancelled(c) => Some(Err(c.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A replay announces nothing but what the live run did.
+fn assert_announces(sent: &[Command], announced: &Outcome, saga: &Saga) {
+    for outcome in announcements(sent) {
+        assert_eq!(
+            &outcome, announced,
+            "a replay (or a take-over) announced what the live run did not: {saga:#?}"
+        );
+    }
 }
 
 fn check_run(scenario: &Scenario, run: &Live) {
@@ -365,16 +407,11 @@ fn check_run(scenario: &Scenario, run: &Live) {
     );
 
     let expected = scenario.outcome(run.time_out_first);
-    let announced: Vec<Result<Money, CancellationReason>> = run
-        .sent
-        .iter()
-        .filter_map(|c| match c {
-            Command::Confirmed(c) => Some(Ok(c.total.clone())),
-            Command::Cancelled(c) => Some(Err(c.reason)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(announced, vec![expected.clone()], "announced: {context}");
+    assert_eq!(
+        announcements(&run.sent),
+        vec![expected.clone()],
+        "announced: {context}"
+    );
     let stored = match &saga.status {
         Status::Confirmed(total) => Ok(total.clone()),
         Status::Cancelled(reason, _) => Err(*reason),
@@ -444,11 +481,15 @@ fn every_order_of_a_sagas_inputs_ends_in_one_saga_live_and_replayed() {
             }
             let (start, _) = Saga::start(scenario.request(), NOW);
             let mut replayed = Vec::new();
+            let [announced] = &announcements(&first.sent)[..] else {
+                unreachable!("checked above: one announcement");
+            };
             replays += replay(
                 start,
                 &first.logs,
                 scenario.time_outs,
                 [0; 4],
+                announced,
                 &mut HashMap::new(),
                 &mut replayed,
             );
