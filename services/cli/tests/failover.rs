@@ -1,12 +1,12 @@
 //! Scale-out and fail-over with separate processes: two instances each of booking, flight,
 //! hotel and payment (each on its own store) share their service's tasks. While bookings flow,
 //! one instance of each is killed with SIGKILL and never restarted, and the survivors must
-//! take its tasks over before anything else happens; a third instance of each joins (after
-//! the kill, or on Tansu before it), and one instance is restarted on an empty store. Every saga ends, every booking on
-//! ample inventory by a funded user confirms (so none timed out in a fail-over), nothing is
-//! oversold and money charged equals confirmed totals. Runs on `tripstream broker` and, as the
-//! second tier, on Tansu, whose coordinator (0.6.0) leaves a killed member's tasks unowned until
-//! a survivor's watchdog rejoins the group (`streams/src/processor/watchdog.rs`).
+//! take its tasks over before anything else happens; then a third instance of each joins, and
+//! one instance is restarted on an empty store. Every saga ends, every booking on ample
+//! inventory by a funded user confirms (so none timed out in a fail-over), nothing is oversold
+//! and money charged equals confirmed totals. Runs on `tripstream broker` and, as the second
+//! tier, on Tansu, whose coordinator (0.6.0) leaves a killed member's tasks unowned until a
+//! survivor's watchdog rejoins the group (`streams/src/processor/watchdog.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,12 +32,12 @@ async fn instances_killed_joining_and_emptied_mid_load_lose_nothing() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = Broker::embedded(dir.path());
-    fail_over(dir, broker, Schedule::KillThenJoin).await;
+    fail_over(dir, broker).await;
 }
 
-/// The second tier on a real broker process (Tansu, storing in SQLite): a third instance of
-/// each joins, then one of each is killed and the survivors take its tasks over (on Tansu
-/// 0.6.0 through their watchdogs only). Runs when `TRIPSTREAM_TANSU` names a Tansu binary (`scripts/test` installs one and sets it).
+/// The same on a real broker process (Tansu, storing in SQLite), where the survivors take the
+/// killed instances' tasks over through their watchdogs only. Runs when `TRIPSTREAM_TANSU`
+/// names a Tansu binary (`scripts/test` installs one and sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_real_broker_process_instances_joining_and_killed_mid_load_lose_nothing() {
     let Some(binary) = std::env::var_os("TRIPSTREAM_TANSU") else {
@@ -56,19 +56,7 @@ async fn on_a_real_broker_process_instances_joining_and_killed_mid_load_lose_not
         "{}",
         String::from_utf8_lossy(&provisioned.stderr)
     );
-    fail_over(dir, broker, Schedule::JoinThenKill).await;
-}
-
-/// In what order instances join and leave mid-load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Schedule {
-    /// One of each is killed and the survivors take over; then a third of each joins, and one
-    /// instance restarts on an empty store.
-    KillThenJoin,
-    /// A third of each joins; then one of each is killed and the survivors take over. On Tansu
-    /// 0.6.0 joins soon after a kill stalled sagas past their time-out (two runs of two), so
-    /// the second tier joins first and restarts nothing on an empty store.
-    JoinThenKill,
+    fail_over(dir, broker).await;
 }
 
 /// What one booking asks, and what it must end as.
@@ -82,7 +70,7 @@ enum Kind {
     Unfunded,
 }
 
-async fn fail_over(dir: tempfile::TempDir, broker: Broker, schedule: Schedule) {
+async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     let bootstrap = broker.bootstrap.clone();
     let (_registry, registry_url) = support::start_registry(tripstream(), &bootstrap);
     let cluster = Cluster {
@@ -164,10 +152,6 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker, schedule: Schedule) {
         }
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    if schedule == Schedule::JoinThenKill {
-        join(&mut running);
-        tokio::time::sleep(Duration::from_secs(8)).await;
-    }
     // Mid-load: one instance of each dies for good...
     for name in SCALED {
         let mut process = running.remove(&format!("{name}-1")).expect("running");
@@ -192,20 +176,18 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker, schedule: Schedule) {
             "after the kill, before any join: {view}"
         );
     }
-    if schedule == Schedule::KillThenJoin {
-        // ...a third of each joins...
-        join(&mut running);
-        // ...and one comes back on an empty store.
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let mut emptied = running.remove("payment-2").expect("running");
-        emptied.0.kill().expect("SIGKILL");
-        let _ = emptied.0.wait();
-        std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
-        running.insert(
-            "payment-2".to_owned(),
-            cluster.instance("payment", "payment-2"),
-        );
-    }
+    // ...a third of each joins...
+    join(&mut running);
+    // ...and one comes back on an empty store.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut emptied = running.remove("payment-2").expect("running");
+    emptied.0.kill().expect("SIGKILL");
+    let _ = emptied.0.wait();
+    std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
+    running.insert(
+        "payment-2".to_owned(),
+        cluster.instance("payment", "payment-2"),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     flowing.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut placed = placing.await.expect("placing");
