@@ -327,18 +327,19 @@ impl Saga {
     /// (after the saga cancelled) is recorded all the same. `now` stamps the confirmation or
     /// cancellation the reply may finish the saga with.
     pub fn reply(&mut self, reply: Reply, now: i64) -> Option<Vec<Command>> {
-        let for_ = |reply: &Reply| match reply {
+        let cause = match &reply {
             Reply::SeatsReleased(cause) | Reply::RoomsReleased(cause) | Reply::Refunded(cause) => {
                 *cause
             }
             _ => None,
         };
-        if let Some(cause) = for_(&reply)
-            && self
-                .given_back_for
+        // A cause of higher priority is news even on a step already given back.
+        let raised = cause.is_some_and(|cause| {
+            self.given_back_for
                 .is_none_or(|known| rank(cause) > rank(known))
-        {
-            self.given_back_for = Some(cause);
+        });
+        if raised {
+            self.given_back_for = cause;
         }
         let new = match reply {
             Reply::SeatsHeld(price) => answer(&mut self.seats.hold, Hold::Held(price)),
@@ -353,7 +354,7 @@ impl Saga {
             Reply::Declined(why) => charged(&mut self.payment.charge, Charge::Declined(why)),
             Reply::Refunded(_) => given_back(&mut self.payment.refund),
         };
-        new.then(|| self.settle(now))
+        (new || raised).then(|| self.settle(now))
     }
 
     /// Records that the deadline passed; returns what to send, or `None` when it was known
@@ -405,6 +406,27 @@ impl Saga {
         self.timed_out && self.payment.charge == Charge::NotAsked
     }
 
+    /// Whether the fact of failure `cause` has been read (for `None` or `Unknown`: never
+    /// known, so always waited for).
+    fn knows(&self, cause: Option<CancellationReason>) -> bool {
+        match cause {
+            Some(CancellationReason::InvalidRequest) => self
+                .failure()
+                .is_some_and(|(reason, _)| reason == CancellationReason::InvalidRequest),
+            Some(CancellationReason::SeatsUnavailable) => {
+                matches!(self.seats.hold, Hold::Refused(_))
+            }
+            Some(CancellationReason::RoomsUnavailable) => {
+                matches!(self.rooms.hold, Hold::Refused(_))
+            }
+            Some(CancellationReason::PaymentDeclined) => {
+                matches!(self.payment.charge, Charge::Declined(_))
+            }
+            Some(CancellationReason::TimedOut) => self.timed_out,
+            Some(CancellationReason::Unknown) | None => false,
+        }
+    }
+
     /// Derives the status from the facts and returns what they call for that was not asked yet.
     /// Idempotent: settling again sends nothing.
     fn settle(&mut self, now: i64) -> Vec<Command> {
@@ -421,20 +443,32 @@ impl Saga {
         let failure = self.failure();
         // A reply that gave a step back for a failure outranking every one known (or for none
         // known): a replay, or an instance that took the task over from a changelog that was
-        // behind and reads the topics again in another order than the first owner did. The
-        // failure's own record is in the log after the restored offsets (it came before the
-        // step was given back), so it is waited for: announcing now could only say less.
+        // behind and reads the topics again in another order than the first owner did. While
+        // that failure's own fact is missing, its record is still to come in the log (it came
+        // before the step was given back), so it is waited for: announcing now could only say
+        // less. Never over a charge taken (it is refunded), and never once cancelled.
         let outranked = match (&failure, self.given_back_for) {
             (None, _) => given_back,
             (Some((known, _)), Some(cause)) => rank(cause) > rank(*known),
             (Some(_), None) => false,
         };
+        let wait = outranked
+            && !self.knows(self.given_back_for)
+            && !matches!(self.payment.charge, Charge::Charged(_))
+            && !matches!(self.status, Status::Cancelled(..));
         match failure {
-            _ if outranked => {
+            _ if wait => {
                 self.status = Status::Compensating(
                     self.given_back_for.unwrap_or(CancellationReason::Unknown),
                     WAITING.into(),
                 );
+            }
+            None if given_back => {
+                // Given back for a failure whose fact is known but no longer applies (a
+                // time-out after a charge this owner asked, which the first owner never did):
+                // the first owner cancelled for it.
+                let reason = self.given_back_for.unwrap_or(CancellationReason::Unknown);
+                self.compensate(reason, WAITING.into(), now, &mut commands);
             }
             None => self.proceed(now, &mut commands),
             Some((reason, detail)) => self.compensate(reason, detail, now, &mut commands),
@@ -774,6 +808,39 @@ mod tests {
             .expect("answers");
         assert!(matches!(sent.as_slice(), [Command::Cancelled(c)]
             if c.reason == CancellationReason::RoomsUnavailable));
+    }
+
+    #[test]
+    fn a_charge_taken_over_a_step_given_back_is_refunded_not_waited_on() {
+        // A take-over that read both holds (and so asked a charge the first owner never did)
+        // before the release the first owner asked on its time-out, and the charge's answer
+        // before the time-out.
+        let mut saga = started();
+        saga.reply(Reply::SeatsHeld(eur(100)), NOW)
+            .expect("answers");
+        let sent = saga.reply(Reply::RoomsHeld(eur(80)), NOW).expect("answers");
+        assert!(matches!(sent.as_slice(), [Command::Charge(_)]));
+        let timed_out = Some(CancellationReason::TimedOut);
+        assert_eq!(
+            saga.reply(Reply::SeatsReleased(timed_out), NOW),
+            Some(vec![])
+        );
+        let sent = saga.reply(Reply::Charged(eur(180)), NOW).expect("answers");
+        assert!(
+            sent.iter().any(|c| matches!(c, Command::Refund(_))),
+            "the charge is given back: {sent:?}"
+        );
+        assert_eq!(saga.time_out(NOW), Some(vec![]));
+        saga.reply(Reply::RoomsReleased(timed_out), NOW)
+            .expect("answers");
+        let sent = saga
+            .reply(Reply::Refunded(timed_out), NOW)
+            .expect("answers");
+        assert!(
+            matches!(sent.as_slice(), [Command::Cancelled(c)]
+                if c.reason == CancellationReason::TimedOut),
+            "{sent:?}"
+        );
     }
 
     #[test]
