@@ -350,6 +350,44 @@ fn total(store: &Store, prefix: &str) -> u64 {
         .sum()
 }
 
+/// The settings of a route counter logging to `counter.changelog`; `commit_interval`
+/// overrides the settings' own.
+fn logged_counter(h: &Harness, commit_interval: Option<Duration>) -> Settings {
+    let mut settings = h
+        .settings("counter", "bookings")
+        .with_changelog(&support::spec("counter.changelog"));
+    if let Some(interval) = commit_interval {
+        settings.commit_interval = interval;
+    }
+    settings
+}
+
+/// Two route counters on their own stores logging to `counter.changelog`: the first applies
+/// 100 bookings alone, then the second joins and they split the tasks.
+async fn split_between_two(
+    h: &Harness,
+    commit_interval: Option<Duration>,
+) -> ((Store, Running), (Store, Running)) {
+    let logged = || logged_counter(h, commit_interval);
+    let counter = || RouteCounter { emit_to: None };
+    let (a, b) = (
+        Store::temporary().expect("store"),
+        Store::temporary().expect("store"),
+    );
+    let first = h.start(logged(), &a, counter());
+    h.book(0, 100).await;
+    wait_for("the first 100 bookings", Duration::from_secs(30), || {
+        total(&a, "route/") == 100
+    })
+    .await;
+    let second = h.start(logged(), &b, counter());
+    wait_for("the tasks to be split", Duration::from_secs(30), || {
+        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
+    })
+    .await;
+    ((a, first), (b, second))
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -567,28 +605,8 @@ async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid
 async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;
-    let logged = |h: &Harness| {
-        h.settings("counter", "bookings")
-            .with_changelog(&support::spec("counter.changelog"))
-    };
-    let counter = || RouteCounter { emit_to: None };
-    let (a, b) = (
-        Store::temporary().expect("store"),
-        Store::temporary().expect("store"),
-    );
-    let first = h.start(logged(&h), &a, counter());
-    h.book(0, 100).await;
-    wait_for("the first 100 bookings", Duration::from_secs(30), || {
-        total(&a, "route/") == 100
-    })
-    .await;
-
     // A second instance with an empty store joins: the tasks it gets come from the changelog.
-    let second = h.start(logged(&h), &b, counter());
-    wait_for("the tasks to be split", Duration::from_secs(30), || {
-        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
-    })
-    .await;
+    let ((a, first), (b, second)) = split_between_two(&h, None).await;
     assert!(
         owned_total(&b, &second) > 0,
         "the joining instance restored its tasks' counts"
@@ -625,7 +643,7 @@ async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog()
 
     // A store is disposable: a third instance with an empty store gets the same state back.
     let c = Store::temporary().expect("store");
-    let third = h.start(logged(&h), &c, counter());
+    let third = h.start(logged_counter(&h, None), &c, RouteCounter { emit_to: None });
     wait_for("the restored store", Duration::from_secs(30), || {
         third.positions.snapshot().len() == 4 && total(&c, "route/") == 300
     })
@@ -770,30 +788,8 @@ async fn a_commit_is_marked_whole_in_the_changelog_only_once_the_events_it_emitt
 async fn an_instance_commits_the_offsets_of_the_tasks_it_holds_only() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;
-    let logged = |h: &Harness| {
-        let mut settings = h
-            .settings("counter", "bookings")
-            .with_changelog(&support::spec("counter.changelog"));
-        settings.commit_interval = Duration::from_millis(50);
-        settings
-    };
-    let counter = || RouteCounter { emit_to: None };
-    let (a, b) = (
-        Store::temporary().expect("store"),
-        Store::temporary().expect("store"),
-    );
-    let first = h.start(logged(&h), &a, counter());
-    h.book(0, 100).await;
-    wait_for("the first 100 bookings", Duration::from_secs(30), || {
-        total(&a, "route/") == 100
-    })
-    .await;
     // The first store keeps the offsets of every task it applied, those it gives up too.
-    let second = h.start(logged(&h), &b, counter());
-    wait_for("the tasks to be split", Duration::from_secs(30), || {
-        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
-    })
-    .await;
+    let ((a, first), (b, second)) = split_between_two(&h, Some(Duration::from_millis(50))).await;
 
     // While bookings reach both, the second's partitions' committed offsets only go forward:
     // the first, committing as it applies its own, must not set them back to where its store
