@@ -665,8 +665,8 @@ async fn finish(
     relay: tokio::task::JoinHandle<()>,
 ) {
     outbox::stop_within(stop_relay, relay, Duration::from_secs(5)).await;
-    commit_from_store(&consumer, store, &settings.group, None, CommitMode::Sync);
     let _ = store.flush();
+    // Leaving revokes every task, and the revocation commits sled's offsets to Kafka.
     leave(consumer, &settings.group).await;
     tracing::info!(group = %settings.group, "Processor stopped");
 }
@@ -677,13 +677,14 @@ async fn finish(
 /// close, and a rebalance event handled once the group has closed waits for ever on a reply
 /// that never comes (librdkafka #4884): seen here as a processor that never stopped. Leaving
 /// first means the close has nothing to revoke; the bounded close is for whatever else
-/// librdkafka may wait on, so that a stop never hangs the process.
+/// librdkafka may wait on. (The revocation's offset commit is not bounded: with no
+/// coordinator it waits for one.)
 async fn leave(consumer: StreamConsumer<ProcessorContext>, group: &str) {
     consumer.context().leaving.store(true, Ordering::SeqCst);
     consumer.unsubscribe();
     let deadline = Instant::now() + LEAVE_WITHIN;
     // The revocation runs inside a poll. Records that come meanwhile are not applied: sled's
-    // offsets, committed above, are where the next owner starts.
+    // offsets, which the revocation commits, are where the next owner starts.
     while consumer
         .assignment()
         .is_ok_and(|assigned| assigned.count() > 0)
