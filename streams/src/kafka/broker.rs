@@ -16,8 +16,8 @@
 //! topic nobody created) keep the 5 MiB; [`ensure_nothing_dropped`] turns a dropped record into
 //! an error for a reader that needs every record.
 
-// The one place in the workspace that calls librdkafka's C API directly; see `start`,
-// `create_topics` and `raise_log_bounds`.
+// One of the two places in the workspace that call librdkafka's C API directly (see `start`,
+// `create_topics` and `raise_log_bounds`); the other is the processor's `member_id`.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, c_char, c_int, c_void};

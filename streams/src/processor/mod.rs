@@ -310,6 +310,16 @@ pub async fn run<H: Handler>(
     let watermarks = Arc::new(Mutex::new(HashMap::new()));
     let revocations = Arc::new(AtomicU64::new(0));
     let held = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    // The embedded broker runs the group protocol's rebalances itself; other coordinators
+    // may not (see `watchdog`).
+    let verdicts = (!embedded).then(|| {
+        Arc::new(watchdog::Verdicts::new(Duration::from_millis(
+            config
+                .get("session.timeout.ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(45_000),
+        )))
+    });
     let consumer: StreamConsumer<ProcessorContext> = config
         .create_with_context(ProcessorContext {
             store: store.clone(),
@@ -320,6 +330,8 @@ pub async fn run<H: Handler>(
             held: held.clone(),
             restorer,
             leaving: AtomicBool::new(false),
+            rejoining: AtomicBool::new(false),
+            verdicts: verdicts.clone(),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let tasks = check_tasks(&consumer, &settings)?;
@@ -330,38 +342,42 @@ pub async fn run<H: Handler>(
             .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))
     };
     subscribe(&consumer)?;
-    // The embedded broker runs the group protocol's rebalances itself; other coordinators
-    // may not (see `watchdog`).
-    let watchdog = if embedded {
-        None
-    } else {
-        Some(watchdog::Watchdog::start(
+    let watchdog = match verdicts {
+        Some(verdicts) => Some(watchdog::Watchdog::start(
             &settings.bootstrap,
             watchdog::Watched {
                 group: settings.group.clone(),
                 topics: settings.topics.clone(),
                 tasks,
                 held,
-                session_timeout: Duration::from_millis(
-                    config
-                        .get("session.timeout.ms")
-                        .and_then(|ms| ms.parse().ok())
-                        .unwrap_or(45_000),
-                ),
+                verdicts,
             },
-        )?)
+        )?),
+        None => None,
     };
 
     let mut last_commit = Instant::now();
+    let mut rejoining_since = None;
     'run: loop {
         if watchdog
             .as_ref()
             .is_some_and(watchdog::Watchdog::take_rejoin)
         {
-            // Leaving revokes every task (their offsets committed) and forgets the member id,
-            // so the subscription joins as a new member.
+            consumer.context().rejoining.store(true, Ordering::SeqCst);
             consumer.unsubscribe();
-            subscribe(&consumer)?;
+        }
+        if consumer.context().rejoining.load(Ordering::SeqCst) {
+            let since = *rejoining_since.get_or_insert_with(Instant::now);
+            // Once the member id is forgotten, the unsubscription took effect: every task was
+            // revoked (its offsets committed) and the group was told this member left, so the
+            // subscription joins as a new member. Subscribing before that, while a rebalance
+            // is under way, would replace the pending unsubscription: librdkafka then joins
+            // again with the old member id, as if nobody had left.
+            if member_id(&consumer).is_empty() || since.elapsed() >= LEAVE_WITHIN {
+                consumer.context().rejoining.store(false, Ordering::SeqCst);
+                rejoining_since = None;
+                subscribe(&consumer)?;
+            }
         }
         if let Some(reader) = &mut globals {
             match reader
@@ -679,6 +695,24 @@ async fn finish(
 /// first means the close has nothing to revoke; the bounded close is for whatever else
 /// librdkafka may wait on. (The revocation's offset commit is not bounded: with no
 /// coordinator it waits for one.)
+/// The member id the group coordinator gave `consumer`: empty before it first joined and once
+/// it has left. rust-rdkafka does not expose it.
+#[allow(unsafe_code)]
+fn member_id(consumer: &StreamConsumer<ProcessorContext>) -> String {
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is the live handle `consumer` owns. librdkafka returns a copy of the id
+    // (or null), which is read once and freed with `rd_kafka_mem_free`, as its header says.
+    unsafe {
+        let id = rdkafka_sys::rd_kafka_memberid(client);
+        if id.is_null() {
+            return String::new();
+        }
+        let owned = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+        rdkafka_sys::rd_kafka_mem_free(client, id.cast());
+        owned
+    }
+}
+
 async fn leave(consumer: StreamConsumer<ProcessorContext>, group: &str) {
     consumer.context().leaving.store(true, Ordering::SeqCst);
     consumer.unsubscribe();

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::Message;
@@ -15,6 +16,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::restore::{Restored, Restorer};
+use super::watchdog::Verdicts;
 use crate::outbox::Gate;
 use crate::store::Store;
 
@@ -89,6 +91,12 @@ pub(crate) struct ProcessorContext {
     pub(crate) restorer: Option<(Restorer, Gate)>,
     /// Set when the processor stops: tasks assigned from then on are declined, not restored.
     pub(crate) leaving: AtomicBool,
+    /// Set while the processor leaves the group to join again as a new member (see
+    /// [`super::watchdog`]): tasks assigned meanwhile are declined, and the run loop subscribes
+    /// again once the unsubscription has taken effect.
+    pub(crate) rejoining: AtomicBool,
+    /// The group watchdog's findings, on brokers that need one.
+    pub(crate) verdicts: Option<Arc<Verdicts>>,
 }
 
 impl ProcessorContext {
@@ -187,9 +195,10 @@ impl ConsumerContext for ProcessorContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS
-                if self.leaving.load(Ordering::SeqCst) =>
+                if self.leaving.load(Ordering::SeqCst) || self.rejoining.load(Ordering::SeqCst) =>
             {
-                // Stopping: answer the assignment with nothing, so the group moves on.
+                // Stopping, or leaving to join again: answer the assignment with nothing, so
+                // the group moves on.
                 let nothing = TopicPartitionList::new();
                 let declined = if cooperative {
                     consumer.incremental_assign(&nothing)
@@ -288,6 +297,24 @@ impl ConsumerContext for ProcessorContext {
                     }
                 }
                 drop(held);
+                let rejoin = !self.leaving.load(Ordering::SeqCst)
+                    && !self.rejoining.load(Ordering::SeqCst)
+                    && self
+                        .verdicts
+                        .as_ref()
+                        .is_some_and(|verdicts| verdicts.rejoin_on_revocation(Instant::now()));
+                if rejoin {
+                    tracing::warn!(
+                        group = %self.group,
+                        "A rebalance began while records waited in tasks nobody here holds (their \
+                         owner expired?): leaving the group and joining again as a new member"
+                    );
+                    self.rejoining.store(true, Ordering::SeqCst);
+                    // Before the unassignment below: librdkafka keeps the unsubscription until
+                    // the revocation is done and then leaves the group instead of sending the
+                    // join it would send (see `super::watchdog`). The run loop subscribes again.
+                    consumer.unsubscribe();
+                }
                 tracing::info!(group = %self.group, partitions = tpl.count(), "Partitions revoked");
                 let unassigned = if cooperative {
                     consumer.incremental_unassign(tpl)

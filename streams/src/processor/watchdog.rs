@@ -11,6 +11,13 @@
 //! with a full rebalance. Describing the group would say more, but Tansu 0.6.0 drops the
 //! connection on `DescribeGroups`.
 //!
+//! Tansu 0.6.0 does start a rebalance when it expires a member at a survivor's heartbeat, but
+//! when the expired member led the group it keeps it as leader: the survivors' joins wait 3 s
+//! for it and are answered with the old generation and the old assignment. Only a member that
+//! leaves and joins with a new member id becomes leader. So a revocation that comes while
+//! records have waited half a session timeout in tasks this member does not hold is answered
+//! the same way, without waiting for the full verdict ([`Verdicts::rejoin_on_revocation`]).
+//!
 //! After this member's tasks change, every wait starts again, so a task's new owner has as long
 //! to restore it and commit. An owner that is alive but stuck (retrying one record, or
 //! restoring, for longer than that) also looks unowned; the rejoins are then spaced out, from
@@ -48,6 +55,63 @@ pub(crate) struct Watchdog {
     stop: Arc<AtomicBool>,
 }
 
+/// What the watchdog has seen and when it last had the processor join again, shared with the
+/// rebalance callback so that both space their rejoins alike.
+#[derive(Debug)]
+pub(crate) struct Verdicts {
+    session_timeout: Duration,
+    state: Mutex<VerdictState>,
+}
+
+#[derive(Debug)]
+struct VerdictState {
+    /// Since when records have waited in a task this member does not hold, at the last look.
+    unowned_since: Option<Instant>,
+    not_before: Instant,
+    between: Duration,
+    last_rejoin: Option<Instant>,
+}
+
+impl Verdicts {
+    /// `session_timeout` is the one in effect: how long a dead member keeps its tasks.
+    pub(crate) fn new(session_timeout: Duration) -> Self {
+        Verdicts {
+            session_timeout,
+            state: Mutex::new(VerdictState {
+                unowned_since: None,
+                not_before: Instant::now(),
+                between: LEAST_BETWEEN,
+                last_rejoin: None,
+            }),
+        }
+    }
+
+    /// Whether a revocation the coordinator began at `now` should be answered by leaving and
+    /// joining again as a new member: records have waited half a session timeout in tasks this
+    /// member does not hold (their owner is most likely the member being expired), and no
+    /// rejoin happened too recently. Counts as a rejoin when it says yes.
+    pub(crate) fn rejoin_on_revocation(&self, now: Instant) -> bool {
+        let mut state = crate::sync::lock(&self.state);
+        let unowned = state
+            .unowned_since
+            .is_some_and(|since| now.duration_since(since) >= self.session_timeout / 2);
+        if unowned && now >= state.not_before {
+            state.rejoined(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl VerdictState {
+    fn rejoined(&mut self, now: Instant) {
+        self.last_rejoin = Some(now);
+        self.not_before = now + self.between;
+        self.between = (self.between * 2).min(MOST_BETWEEN);
+    }
+}
+
 /// What the watching task needs to know of the processor.
 pub(crate) struct Watched {
     pub(crate) group: String,
@@ -57,8 +121,7 @@ pub(crate) struct Watched {
     pub(crate) tasks: usize,
     /// The tasks this member holds, restoring or processing (see the rebalance callback).
     pub(crate) held: Arc<Mutex<BTreeSet<i32>>>,
-    /// The session timeout in effect: how long a dead member keeps its tasks.
-    pub(crate) session_timeout: Duration,
+    pub(crate) verdicts: Arc<Verdicts>,
 }
 
 impl Watchdog {
@@ -146,6 +209,14 @@ impl Standing {
         found
     }
 
+    /// Since when records have waited in the partition that has waited longest.
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        self.partitions
+            .values()
+            .filter_map(|(_, waiting)| *waiting)
+            .min()
+    }
+
     /// Forgets the partitions of the tasks in `held`: this member holds them, and whether it
     /// keeps up is its own business.
     pub(crate) fn forget(&mut self, held: &BTreeSet<i32>) {
@@ -156,11 +227,8 @@ impl Standing {
 
 fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &AtomicBool) {
     let timeout = Duration::from_secs(5);
-    let long = watched.session_timeout + MARGIN;
+    let long = watched.verdicts.session_timeout + MARGIN;
     let mut standing = Standing::default();
-    let mut between = LEAST_BETWEEN;
-    let mut not_before = Instant::now();
-    let mut last_rejoin: Option<Instant> = None;
     let mut last_held = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(LOOK_EVERY);
@@ -174,6 +242,7 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
             last_held.clone_from(&held);
         }
         standing.forget(&held);
+        crate::sync::lock(&watched.verdicts.state).unowned_since = standing.oldest();
         let mut others = TopicPartitionList::new();
         for topic in &watched.topics {
             for task in (0..watched.tasks).filter_map(|t| i32::try_from(t).ok()) {
@@ -208,14 +277,19 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
             standing.note(topic, partition, offset(element.offset()), end, now);
         }
         let waiting = standing.waiting(long, now);
+        let mut state = crate::sync::lock(&watched.verdicts.state);
+        state.unowned_since = standing.oldest();
         if waiting.is_empty() {
-            if last_rejoin.is_some_and(|at| now.duration_since(at) >= MOST_BETWEEN) {
-                between = LEAST_BETWEEN;
-                last_rejoin = None;
+            if state
+                .last_rejoin
+                .is_some_and(|at| now.duration_since(at) >= MOST_BETWEEN)
+            {
+                state.between = LEAST_BETWEEN;
+                state.last_rejoin = None;
             }
             continue;
         }
-        if now >= not_before {
+        if now >= state.not_before {
             let partitions: Vec<String> = waiting.iter().map(|(t, p)| format!("{t}/{p}")).collect();
             tracing::warn!(
                 group = %watched.group,
@@ -226,9 +300,7 @@ fn watch(client: &BaseConsumer, watched: &Watched, rejoin: &AtomicBool, stop: &A
                  again"
             );
             rejoin.store(true, Ordering::SeqCst);
-            last_rejoin = Some(now);
-            not_before = now + between;
-            between = (between * 2).min(MOST_BETWEEN);
+            state.rejoined(now);
         }
     }
 }
@@ -267,6 +339,34 @@ mod tests {
         assert!(
             standing.waiting(long, at(30)).is_empty(),
             "a held task is its owner's business"
+        );
+    }
+
+    #[test]
+    fn a_revocation_is_answered_by_rejoining_once_records_waited_half_a_session_and_not_twice_in_a_row()
+     {
+        let verdicts = Verdicts::new(Duration::from_secs(6));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(
+            !verdicts.rejoin_on_revocation(at(10_000)),
+            "nothing waits: an ordinary rebalance"
+        );
+        let mut standing = Standing::default();
+        standing.note("payment.commands", 4, 7, 9, at(1_000));
+        standing.note("payment.commands", 5, 3, 4, at(2_000));
+        assert_eq!(standing.oldest(), Some(at(1_000)));
+        crate::sync::lock(&verdicts.state).unowned_since = standing.oldest();
+        assert!(!verdicts.rejoin_on_revocation(at(3_999)));
+        assert!(verdicts.rejoin_on_revocation(at(4_000)));
+        assert!(
+            !verdicts.rejoin_on_revocation(at(5_000)),
+            "the next rejoin waits LEAST_BETWEEN"
+        );
+        assert!(verdicts.rejoin_on_revocation(at(4_000) + LEAST_BETWEEN));
+        assert!(
+            !verdicts.rejoin_on_revocation(at(4_000) + LEAST_BETWEEN * 2),
+            "then twice as long"
         );
     }
 
