@@ -358,6 +358,7 @@ pub async fn run<H: Handler>(
 
     let mut last_commit = Instant::now();
     let mut rejoining_since = None;
+    let mut failed = None;
     'run: loop {
         if watchdog
             .as_ref()
@@ -376,7 +377,12 @@ pub async fn run<H: Handler>(
             if member_id(&consumer).is_empty() || since.elapsed() >= LEAVE_WITHIN {
                 consumer.context().rejoining.store(false, Ordering::SeqCst);
                 rejoining_since = None;
-                subscribe(&consumer)?;
+                if let Err(error) = subscribe(&consumer) {
+                    // Stopped as for a shutdown first: sled's offsets and the outbox's last
+                    // entries still go out.
+                    failed = Some(error);
+                    break 'run;
+                }
             }
         }
         if let Some(reader) = &mut globals {
@@ -561,7 +567,7 @@ pub async fn run<H: Handler>(
         }
     }
     finish(consumer, &store, &settings, stop_relay, relay).await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Restores `tasks` of `changelog` into `store` as a processor does when it is assigned them
