@@ -58,6 +58,8 @@ pub struct Settings {
     pub data: Data,
     /// Raw librdkafka consumer settings (tests shorten session timeouts with these).
     pub consumer: Vec<(String, String)>,
+    /// Warm copies of tasks other instances own (see [`processor::Settings::standby_replicas`]).
+    pub standby_replicas: usize,
     /// The partitions the service's processor holds and how far it is: shared with whoever
     /// made the settings (benches and tests watch a fail-over through it).
     pub positions: Positions,
@@ -71,6 +73,7 @@ impl Settings {
             registry: registry.into(),
             data,
             consumer: Vec::new(),
+            standby_replicas: 0,
             positions: Positions::default(),
         }
     }
@@ -116,6 +119,13 @@ pub async fn run<H: Handler>(
         processor = processor.with_changelog(changelog);
     }
     processor.consumer.clone_from(&settings.consumer);
+    processor.standby_replicas = settings.standby_replicas;
+    if settings.standby_replicas > 0 && topics.changelog.is_none() {
+        tracing::warn!(
+            group,
+            "This service logs no state to a changelog: --standby-replicas has nothing to copy"
+        );
+    }
     tracing::info!(
         group,
         tasks = ?processor.topics,
@@ -214,6 +224,18 @@ pub struct Args {
     /// session.timeout.ms=6000 to hand a crashed instance's partitions over sooner.
     #[arg(long = "consumer", env = "TRIPSTREAM_CONSUMER", value_delimiter = ',', value_parser = key_value)]
     pub consumer: Vec<(String, String)>,
+    /// Keep warm copies of the tasks other instances own, caught up from their changelogs
+    /// every second, so that taking one over after a crash reads only its latest changes
+    /// instead of restoring it whole. 0: none. Any other number: every task this instance
+    /// does not own (with two instances, one standby per task); costs the disk and the reads
+    /// of the whole service's state on every instance.
+    #[arg(
+        long,
+        env = "TRIPSTREAM_STANDBY_REPLICAS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub standby_replicas: usize,
 }
 
 fn key_value(text: &str) -> std::result::Result<(String, String), String> {
@@ -248,6 +270,7 @@ impl Args {
             .unwrap_or_else(|| default_data_dir(root, service));
         let mut settings = Settings::new(brokers, &self.connection.registry, Data::Dir(data));
         settings.consumer.clone_from(&self.consumer);
+        settings.standby_replicas = self.standby_replicas;
         Ok(settings)
     }
 }

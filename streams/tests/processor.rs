@@ -602,6 +602,65 @@ async fn two_processors_in_one_group_split_the_partitions_and_one_takes_over_mid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standbys_keep_the_tasks_they_do_not_own_warm_and_a_take_over_applies_each_record_once() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    let with_standby = || {
+        let mut settings = logged_counter(&h, None);
+        settings.standby_replicas = 1;
+        settings
+    };
+    let counter = || RouteCounter { emit_to: None };
+    let (a, b) = (
+        Store::temporary().expect("store"),
+        Store::temporary().expect("store"),
+    );
+    let first = h.start(with_standby(), &a, counter());
+    let second = h.start(with_standby(), &b, counter());
+    wait_for("the tasks to be split", Duration::from_secs(30), || {
+        first.positions.snapshot().len() == 2 && second.positions.snapshot().len() == 2
+    })
+    .await;
+    h.book(0, 200).await;
+    // Each store holds every booking: its own tasks' and a copy of the other's.
+    wait_for(
+        "both stores to hold all 200 bookings",
+        Duration::from_secs(30),
+        || total(&a, "route/") == 200 && total(&b, "route/") == 200,
+    )
+    .await;
+    let (mine, theirs) = (owned_total(&a, &first), owned_total(&b, &second));
+    assert_eq!(mine + theirs, 200);
+    assert!(
+        mine > 0 && theirs > 0,
+        "each owns some: {mine} and {theirs}"
+    );
+
+    // The first dies; the second takes its tasks over from the copies and goes on.
+    first.kill().await;
+    h.book(200, 100).await;
+    wait_for(
+        "the survivor to hold every task",
+        Duration::from_secs(30),
+        || second.positions.snapshot().len() == 4,
+    )
+    .await;
+    wait_for(
+        "all 300 bookings on the survivor",
+        Duration::from_secs(30),
+        || owned_total(&b, &second) >= 300,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        total(&b, "route/"),
+        300,
+        "every booking applied exactly once"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog() {
     let _serial = SERIAL.lock().await;
     let h = harness().await;

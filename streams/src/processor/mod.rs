@@ -26,6 +26,7 @@ mod global;
 mod handler;
 mod rebalance;
 mod restore;
+mod standby;
 mod watchdog;
 
 use std::collections::HashMap;
@@ -88,6 +89,11 @@ pub struct Settings {
     pub consumer: Vec<(String, String)>,
     /// How often Kafka offsets are committed (for lag tools; sled holds the truth).
     pub commit_interval: Duration,
+    /// Warm copies of tasks this instance does not own, kept up from the changelog so that a
+    /// take-over reads only the latest changes (needs [`Settings::changelog`]). 0: none; any
+    /// other number: every task this instance does not own (see `processor::standby`), so with two
+    /// instances each task has one standby.
+    pub standby_replicas: usize,
 }
 
 /// The consumer settings every processor starts from, before [`Settings::consumer`]: how long a
@@ -125,6 +131,7 @@ impl Settings {
             dead_letters: HashMap::new(),
             consumer: Vec::new(),
             commit_interval: Duration::from_secs(1),
+            standby_replicas: 0,
         }
         .dead_letters_of(specs)
     }
@@ -320,6 +327,7 @@ pub async fn run<H: Handler>(
                 .unwrap_or(45_000),
         )))
     });
+    let restoring = Arc::new(Mutex::new(()));
     let consumer: StreamConsumer<ProcessorContext> = config
         .create_with_context(ProcessorContext {
             store: store.clone(),
@@ -332,6 +340,7 @@ pub async fn run<H: Handler>(
             leaving: AtomicBool::new(false),
             rejoining: AtomicBool::new(false),
             verdicts: verdicts.clone(),
+            restoring: restoring.clone(),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let tasks = check_tasks(&consumer, &settings)?;
@@ -342,6 +351,19 @@ pub async fn run<H: Handler>(
             .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))
     };
     subscribe(&consumer)?;
+    let _standby = match &logged {
+        Some(changelog) if settings.standby_replicas > 0 => Some(standby::Standby::start(
+            &settings.bootstrap,
+            standby::Copies {
+                changelog: changelog.clone(),
+                store: store.clone(),
+                tasks,
+                held: held.clone(),
+                restoring,
+            },
+        )?),
+        _ => None,
+    };
     let watchdog = match verdicts {
         Some(verdicts) => Some(watchdog::Watchdog::start(
             &settings.bootstrap,
@@ -586,7 +608,9 @@ pub fn restore_tasks(
     let restorer = restore::Restorer::new(bootstrap, Arc::new(changelog.clone()))?;
     let mut records = 0;
     for task in tasks {
-        if let restore::Restored::Read(read) = restorer.restore(store, task)? {
+        if let restore::Restored::Read(read) =
+            restorer.restore(store, task, restore::Role::Owner)?
+        {
             records += read;
         }
     }

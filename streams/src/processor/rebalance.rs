@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::restore::{Restored, Restorer};
+use super::restore::{Restored, Restorer, Role};
 use super::watchdog::Verdicts;
 use crate::outbox::Gate;
 use crate::store::Store;
@@ -97,6 +97,8 @@ pub(crate) struct ProcessorContext {
     pub(crate) rejoining: AtomicBool,
     /// The group watchdog's findings, on brokers that need one.
     pub(crate) verdicts: Option<Arc<Verdicts>>,
+    /// Held for one task's restore at a time, by the callback and [`super::standby`].
+    pub(crate) restoring: Arc<Mutex<()>>,
 }
 
 impl ProcessorContext {
@@ -106,7 +108,10 @@ impl ProcessorContext {
     fn restore(&self, (restorer, gate): &(Restorer, Gate), task: i32) -> bool {
         let mut backoff = std::time::Duration::from_millis(200);
         for attempt in 1..=RESTORE_ATTEMPTS {
-            match restorer.restore(&self.store, task) {
+            let restoring = crate::sync::lock(&self.restoring);
+            let restored = restorer.restore(&self.store, task, Role::Owner);
+            drop(restoring);
+            match restored {
                 Ok(restored) => {
                     if restored == Restored::Current {
                         tracing::debug!(group = %self.group, task, "The store holds the task's latest state");

@@ -32,6 +32,19 @@ pub(crate) struct Restorer {
     consumer: BaseConsumer,
 }
 
+/// Who restores a task, which decides what it may do with a commit the changelog ends in
+/// without its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The task's new owner: the commit's writer is gone, so the commit is undone here and in
+    /// the changelog.
+    Owner,
+    /// A standby keeping a warm copy of a task another instance owns: the commit may be one
+    /// its owner is publishing right now, so it is undone here only, and the next catch-up
+    /// reads it again from the last marker.
+    Standby,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Restored {
@@ -69,7 +82,7 @@ impl Restorer {
     /// [`Error::Kafka`] when the changelog cannot be read, [`Error::Store`] when the store
     /// fails. The task's checkpoint is forgotten first, so a restore that fails midway is
     /// done again from the start.
-    pub(crate) fn restore(&self, store: &Store, task: i32) -> Result<Restored> {
+    pub(crate) fn restore(&self, store: &Store, task: i32, role: Role) -> Result<Restored> {
         let topic = self.changelog.topic.as_str();
         // Short: a rebalance waits for it, and a failed restore is tried again.
         let timeout = Duration::from_secs(10);
@@ -99,13 +112,15 @@ impl Restorer {
                 (low, Marker::default())
             }
         };
-        tracing::info!(
-            changelog = topic,
-            task,
-            from,
-            to = high,
-            "Restoring a task from its changelog"
-        );
+        if role == Role::Owner {
+            tracing::info!(
+                changelog = topic,
+                task,
+                from,
+                to = high,
+                "Restoring a task from its changelog"
+            );
+        }
         let began = Instant::now();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, task, Offset::Offset(from))
@@ -116,6 +131,7 @@ impl Restorer {
         let scope = Scope::Task(task);
         let mut read = Read {
             marker: Some(reached),
+            whole_at: (from > low).then_some(from),
             ..Read::default()
         };
         let mut last_report = Instant::now();
@@ -144,6 +160,7 @@ impl Restorer {
             let key = message.key().unwrap_or_default();
             if key == MARKER {
                 read.marker = message.payload().and_then(read_marker);
+                read.whole_at = Some(next);
                 read.since_marker.clear();
             } else {
                 read.change(key, message.payload());
@@ -152,14 +169,18 @@ impl Restorer {
             if read.pending.len() >= CHUNK {
                 read.flush(store, scope)?;
             }
-            if last_report.elapsed() >= REPORT {
+            if role == Role::Owner && last_report.elapsed() >= REPORT {
                 tracing::info!(changelog = topic, task, at = next, to = high, "Restoring");
                 last_report = Instant::now();
             }
         }
         read.flush(store, scope)?;
         let marker = read.marker.clone().unwrap_or_default();
-        if !read.since_marker.is_empty() {
+        if role == Role::Standby && !read.since_marker.is_empty() {
+            let before = read.take_before();
+            store.restore(scope, before)?;
+            store.set_checkpoint(topic, task, read.whole_at)?;
+        } else if !read.since_marker.is_empty() {
             // A commit without its marker: undo it here and in the changelog.
             tracing::warn!(
                 changelog = topic,
@@ -180,14 +201,26 @@ impl Restorer {
         }
         self.set_offsets(store, task, &marker)?;
         let elapsed = began.elapsed();
-        tracing::info!(
-            changelog = topic,
-            task,
-            records = read.records,
-            seconds = elapsed.as_secs_f64(),
-            per_second = (read.records as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
-            "Task restored"
-        );
+        let per_second = (read.records as f64 / elapsed.as_secs_f64().max(1e-6)) as u64;
+        if role == Role::Owner {
+            tracing::info!(
+                changelog = topic,
+                task,
+                records = read.records,
+                seconds = elapsed.as_secs_f64(),
+                per_second,
+                "Task restored"
+            );
+        } else {
+            tracing::debug!(
+                changelog = topic,
+                task,
+                records = read.records,
+                seconds = elapsed.as_secs_f64(),
+                per_second,
+                "Standby copy caught up"
+            );
+        }
         Ok(Restored::Read(read.records))
     }
 
@@ -225,6 +258,9 @@ struct Read {
     /// Keys changed since the last marker, with their values before.
     since_marker: FastMap<Vec<u8>, Before>,
     marker: Option<Marker>,
+    /// The changelog offset after the last marker read (or where a read from a checkpoint
+    /// began): the state up to there is a whole commit's.
+    whole_at: Option<i64>,
     records: u64,
 }
 
@@ -374,7 +410,7 @@ mod tests {
         let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
         let store = Store::temporary().expect("store");
         assert_eq!(
-            restorer.restore(&store, 0).expect("restored"),
+            restorer.restore(&store, 0, Role::Owner).expect("restored"),
             Restored::Read(6)
         );
         assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
@@ -389,6 +425,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_standby_leaves_a_commit_still_being_published_to_its_owner_and_reads_it_once_whole()
+    {
+        let (broker, producer) = changelog_broker();
+        send(
+            &producer,
+            &log(&[("a", Some("1")), ("b", Some("2"))], Some(5)),
+        )
+        .await;
+        // The owner has published part of its next commit, not its marker yet.
+        send(&producer, &log(&[("a", Some("3")), ("b", None)], None)).await;
+        let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
+        let store = Store::temporary().expect("store");
+        assert_eq!(
+            restorer
+                .restore(&store, 0, Role::Standby)
+                .expect("caught up"),
+            Restored::Read(5)
+        );
+        assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
+        assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(5));
+        assert_eq!(
+            repair(&store),
+            (Vec::new(), false),
+            "the owner's log is left alone"
+        );
+        assert_eq!(
+            store.checkpoint(TOPIC, 0).expect("checkpoint"),
+            Some(3),
+            "the next catch-up starts after the last marker"
+        );
+        // The rest of the commit and its marker.
+        send(&producer, &log(&[("c", Some("4"))], Some(8))).await;
+        assert_eq!(
+            restorer
+                .restore(&store, 0, Role::Standby)
+                .expect("caught up"),
+            Restored::Read(4)
+        );
+        assert_eq!(state(&store), vec![pair("a", "3"), pair("c", "4")]);
+        assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(8));
+        assert_eq!(store.checkpoint(TOPIC, 0).expect("checkpoint"), Some(7));
+        assert_eq!(
+            restorer.restore(&store, 0, Role::Owner).expect("current"),
+            Restored::Current,
+            "a take-over reads nothing"
+        );
+    }
+
+    #[tokio::test]
     async fn a_commit_without_its_marker_after_the_checkpoint_is_undone_to_what_the_store_held() {
         let (broker, producer) = changelog_broker();
         send(
@@ -399,12 +484,12 @@ mod tests {
         let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
         let store = Store::temporary().expect("store");
         assert_eq!(
-            restorer.restore(&store, 0).expect("restored"),
+            restorer.restore(&store, 0, Role::Owner).expect("restored"),
             Restored::Read(3)
         );
         assert_eq!(store.checkpoint(TOPIC, 0).expect("checkpoint"), Some(3));
         assert_eq!(
-            restorer.restore(&store, 0).expect("current"),
+            restorer.restore(&store, 0, Role::Owner).expect("current"),
             Restored::Current
         );
 
@@ -412,7 +497,7 @@ mod tests {
         // not among the changes read.
         send(&producer, &log(&[("a", Some("3")), ("c", Some("4"))], None)).await;
         assert_eq!(
-            restorer.restore(&store, 0).expect("restored"),
+            restorer.restore(&store, 0, Role::Owner).expect("restored"),
             Restored::Read(2)
         );
         assert_eq!(state(&store), vec![pair("a", "1"), pair("b", "2")]);
@@ -440,7 +525,7 @@ mod tests {
         send(&producer, &log(&[("a", Some("1"))], Some(5))).await;
         let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
         let store = Store::temporary().expect("store");
-        restorer.restore(&store, 0).expect("restored");
+        restorer.restore(&store, 0, Role::Owner).expect("restored");
         // The store applies the record at offset 5 (event e5); its commit's marker never
         // reaches the changelog, which another owner then writes on from the old marker.
         let mut batch = crate::store::Batch::default();
@@ -460,7 +545,7 @@ mod tests {
         send(&producer, &log(&[("b", Some("1"))], Some(5))).await;
 
         // The task comes back: offset 5 is applied again, so e5 is no duplicate.
-        restorer.restore(&store, 0).expect("restored");
+        restorer.restore(&store, 0, Role::Owner).expect("restored");
         assert_eq!(store.next_offset("g", "in", 0).expect("offset"), Some(5));
         assert!(!store.seen(b"e5"));
         assert_eq!(
