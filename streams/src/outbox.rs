@@ -184,6 +184,10 @@ pub struct Gate {
     generation: Arc<AtomicU64>,
     /// Where a relay records how far the changelog holds what this store wrote.
     store: Store,
+    /// Held while a task's local state is rewritten from its changelog (a restore, a standby
+    /// catch-up) and while a relay records a checkpoint: a late delivery report of a task
+    /// given up must not mark a copy rebuilt meanwhile as holding that commit.
+    rewriting: Arc<Mutex<()>>,
 }
 
 impl Gate {
@@ -194,7 +198,14 @@ impl Gate {
             owned: Arc::default(),
             generation: Arc::default(),
             store,
+            rewriting: Arc::default(),
         }
+    }
+
+    /// Excludes the rewriting of any task's local state from its changelog, and checkpoints,
+    /// while the guard lives.
+    pub(crate) fn rewriting(&self) -> std::sync::MutexGuard<'_, ()> {
+        crate::sync::lock(&self.rewriting)
     }
 
     /// Lets entries of `task` through (after it was restored).
@@ -407,8 +418,13 @@ pub async fn relay(
                         Ok(delivery) if !failed => {
                             acked.push(id);
                             if let (Some(gate), Some(task)) = (&gate, marker) {
+                                // Only for a task still owned: once given up, a standby copy
+                                // may have rebuilt it from the changelog without this commit.
+                                let _rewriting = gate.rewriting();
                                 let at = Some(delivery.offset + 1);
-                                if let Err(error) = gate.store.set_checkpoint(&gate.topic, task, at) {
+                                if gate.owns(task)
+                                    && let Err(error) = gate.store.set_checkpoint(&gate.topic, task, at)
+                                {
                                     tracing::warn!(%error, task, "Recording a changelog checkpoint failed");
                                 }
                             }

@@ -431,15 +431,24 @@ pub struct LiveTopic {
 ///
 /// [`Error::Kafka`] when the cluster cannot be reached.
 pub fn is_mock_cluster(bootstrap: &str) -> Result<bool> {
+    Ok(cluster_id(bootstrap)?.starts_with("mockCluster"))
+}
+
+/// The cluster id the brokers at `bootstrap` report.
+///
+/// # Errors
+///
+/// [`Error::Kafka`] when the cluster cannot be reached, [`Error::Timeout`] when it does not
+/// answer within 10 s.
+pub fn cluster_id(bootstrap: &str) -> Result<String> {
     let consumer = metadata_client(bootstrap)?;
-    let id = consumer.client().fetch_cluster_id(Duration::from_secs(10));
-    match id {
-        Some(id) => Ok(id.starts_with("mockCluster")),
-        None => Err(Error::Timeout {
+    consumer
+        .client()
+        .fetch_cluster_id(Duration::from_secs(10))
+        .ok_or_else(|| Error::Timeout {
             action: format!("asking {bootstrap} for its cluster id"),
             seconds: 10,
-        }),
-    }
+        })
 }
 
 fn metadata_client(bootstrap: &str) -> Result<BaseConsumer> {

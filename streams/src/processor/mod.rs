@@ -295,7 +295,8 @@ pub async fn run<H: Handler>(
         // `cooperative-sticky` balances each topic on its own.
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
-    let embedded = crate::kafka::topic::is_mock_cluster(&settings.bootstrap).unwrap_or(false);
+    let cluster = crate::kafka::topic::cluster_id(&settings.bootstrap).unwrap_or_default();
+    let embedded = cluster.starts_with("mockCluster");
     let defaults = if embedded {
         EMBEDDED_CONSUMER_DEFAULTS
     } else {
@@ -320,14 +321,19 @@ pub async fn run<H: Handler>(
     // The embedded broker runs the group protocol's rebalances itself; other coordinators
     // may not (see `watchdog`).
     let verdicts = (!embedded).then(|| {
-        Arc::new(watchdog::Verdicts::new(Duration::from_millis(
+        let session_timeout = Duration::from_millis(
             config
                 .get("session.timeout.ms")
                 .and_then(|ms| ms.parse().ok())
                 .unwrap_or(45_000),
-        )))
+        );
+        // Tansu's default cluster id; see `watchdog` for why its rebalances need this.
+        let keeps_expired_leader = cluster == "tansu_cluster";
+        Arc::new(watchdog::Verdicts::new(
+            session_timeout,
+            keeps_expired_leader,
+        ))
     });
-    let restoring = Arc::new(Mutex::new(()));
     let consumer: StreamConsumer<ProcessorContext> = config
         .create_with_context(ProcessorContext {
             store: store.clone(),
@@ -340,7 +346,6 @@ pub async fn run<H: Handler>(
             leaving: AtomicBool::new(false),
             rejoining: AtomicBool::new(false),
             verdicts: verdicts.clone(),
-            restoring: restoring.clone(),
         })
         .map_err(|e| Error::kafka("creating a consumer", e))?;
     let tasks = check_tasks(&consumer, &settings)?;
@@ -351,17 +356,19 @@ pub async fn run<H: Handler>(
             .map_err(|e| Error::kafka(format!("subscribing to {}", topics.join(", ")), e))
     };
     subscribe(&consumer)?;
-    let _standby = match &logged {
-        Some(changelog) if settings.standby_replicas > 0 => Some(standby::Standby::start(
-            &settings.bootstrap,
-            standby::Copies {
-                changelog: changelog.clone(),
-                store: store.clone(),
-                tasks,
-                held: held.clone(),
-                restoring,
-            },
-        )?),
+    let _standby = match (&logged, &gate) {
+        (Some(changelog), Some(gate)) if settings.standby_replicas > 0 => {
+            Some(standby::Standby::start(
+                &settings.bootstrap,
+                standby::Copies {
+                    changelog: changelog.clone(),
+                    store: store.clone(),
+                    tasks,
+                    held: held.clone(),
+                    gate: gate.clone(),
+                },
+            )?)
+        }
         _ => None,
     };
     let watchdog = match verdicts {
@@ -717,14 +724,6 @@ async fn finish(
     tracing::info!(group = %settings.group, "Processor stopped");
 }
 
-/// Gives the tasks back to the group, then closes the consumer, each within [`LEAVE_WITHIN`].
-///
-/// Closing a consumer that still holds partitions makes librdkafka revoke them inside the
-/// close, and a rebalance event handled once the group has closed waits for ever on a reply
-/// that never comes (librdkafka #4884): seen here as a processor that never stopped. Leaving
-/// first means the close has nothing to revoke; the bounded close is for whatever else
-/// librdkafka may wait on. (The revocation's offset commit is not bounded: with no
-/// coordinator it waits for one.)
 /// The member id the group coordinator gave `consumer`: empty before it first joined and once
 /// it has left. rust-rdkafka does not expose it.
 #[allow(unsafe_code)]
@@ -743,6 +742,14 @@ fn member_id(consumer: &StreamConsumer<ProcessorContext>) -> String {
     }
 }
 
+/// Gives the tasks back to the group, then closes the consumer, each within [`LEAVE_WITHIN`].
+///
+/// Closing a consumer that still holds partitions makes librdkafka revoke them inside the
+/// close, and a rebalance event handled once the group has closed waits for ever on a reply
+/// that never comes (librdkafka #4884): seen here as a processor that never stopped. Leaving
+/// first means the close has nothing to revoke; the bounded close is for whatever else
+/// librdkafka may wait on. (The revocation's offset commit is not bounded: with no
+/// coordinator it waits for one.)
 async fn leave(consumer: StreamConsumer<ProcessorContext>, group: &str) {
     consumer.context().leaving.store(true, Ordering::SeqCst);
     consumer.unsubscribe();

@@ -97,8 +97,6 @@ pub(crate) struct ProcessorContext {
     pub(crate) rejoining: AtomicBool,
     /// The group watchdog's findings, on brokers that need one.
     pub(crate) verdicts: Option<Arc<Verdicts>>,
-    /// Held for one task's restore at a time, by the callback and [`super::standby`].
-    pub(crate) restoring: Arc<Mutex<()>>,
 }
 
 impl ProcessorContext {
@@ -108,9 +106,10 @@ impl ProcessorContext {
     fn restore(&self, (restorer, gate): &(Restorer, Gate), task: i32) -> bool {
         let mut backoff = std::time::Duration::from_millis(200);
         for attempt in 1..=RESTORE_ATTEMPTS {
-            let restoring = crate::sync::lock(&self.restoring);
+            // One task's catch-up by the standby at most is waited for.
+            let rewriting = gate.rewriting();
             let restored = restorer.restore(&self.store, task, Role::Owner);
-            drop(restoring);
+            drop(rewriting);
             match restored {
                 Ok(restored) => {
                     if restored == Restored::Current {
@@ -285,11 +284,21 @@ impl ConsumerContext for ProcessorContext {
                 // record it applies before it polls again: sled holds every applied offset.
                 // Records polled but not applied yet are dropped by the loop (see
                 // `revocations`), and the new owner reads them from these offsets.
+                // Only what this member held: a revocation after a declined assignment (see
+                // `rejoining`) names partitions it never started, whose offsets in sled may be
+                // far behind their owner's.
+                let held_now = crate::sync::lock(&self.held).clone();
+                let mut mine = TopicPartitionList::new();
+                for element in tpl.elements() {
+                    if held_now.contains(&element.partition()) {
+                        mine.add_partition(element.topic(), element.partition());
+                    }
+                }
                 commit_from_store(
                     consumer,
                     &self.store,
                     &self.group,
-                    Some(tpl),
+                    Some(&mine),
                     CommitMode::Sync,
                 );
                 let mut held = crate::sync::lock(&self.held);

@@ -23,6 +23,9 @@ use crate::store::{Scope, Store};
 /// Changes written to sled in one batch while restoring.
 const CHUNK: usize = 10_000;
 
+/// How long a restore waits for the changelog's next record before it gives up.
+const STALLED: Duration = Duration::from_secs(30);
+
 /// How often a long restore logs its progress.
 const REPORT: Duration = Duration::from_secs(5);
 
@@ -135,6 +138,7 @@ impl Restorer {
             ..Read::default()
         };
         let mut last_report = Instant::now();
+        let mut last_read = Instant::now();
         let mut next = from;
         while next < high {
             let Some(message) = self.consumer.poll(Duration::from_millis(100)) else {
@@ -143,11 +147,22 @@ impl Restorer {
                     && let Some(at) = position
                         .find_partition(topic, task)
                         .and_then(|e| e.offset().to_raw())
+                    && at > next
                 {
-                    next = next.max(at);
+                    next = at;
+                    last_read = Instant::now();
+                }
+                if last_read.elapsed() >= STALLED {
+                    // The caller tries again (or, for a standby, at its next look); a restore
+                    // that waits for ever would hold the rebalance, and the stop, with it.
+                    return Err(Error::Timeout {
+                        action: format!("restoring {topic}/{task}: no record at {next} of {high}"),
+                        seconds: STALLED.as_secs(),
+                    });
                 }
                 continue;
             };
+            last_read = Instant::now();
             let message = message.map_err(|e| Error::kafka(format!("reading {topic}"), e))?;
             if message.partition() != task || message.topic() != topic {
                 // Fetched for a task restored before, before this assignment replaced it.

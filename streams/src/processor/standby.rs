@@ -1,11 +1,13 @@
 //! Warm copies of the tasks this instance does not own, kept up from their changelogs so that
 //! taking one over reads only what its owner wrote since the last catch-up.
 //!
-//! A blocking task of its own reads, every [`EVERY`], each such task's changelog from the store's
-//! checkpoint on ([`Role::Standby`]: a commit its owner is still publishing is left for the
-//! next look, never repaired), once this member holds tasks of its own. It takes the processor's restore lock for each task, and skips a
-//! task that became this member's meanwhile: the rebalance callback marks a task held before
-//! it restores it under the same lock, so a task is never caught up and processed at once.
+//! A blocking task of its own reads, every [`EVERY`], each such task's changelog from the
+//! store's checkpoint on ([`Role::Standby`]: a commit its owner is still publishing is left for
+//! the next look, never repaired), once this member holds tasks of its own. It takes the gate's
+//! rewriting lock for each task and skips a task that became this member's meanwhile: the
+//! rebalance callback marks a task held before it restores it under the same lock, so a task
+//! is never caught up and processed at once. It assumes one processor per store, as every
+//! service runs: a second processor sharing the store would see the first's tasks as unheld.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +16,15 @@ use std::time::Duration;
 
 use super::restore::{Restored, Restorer, Role};
 use crate::error::Result;
+use crate::outbox::Gate;
 use crate::store::Store;
 use crate::store::changelog::Changelog;
 
 /// How often the copies catch up.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// The pause before each task's catch-up, lock released.
+const YIELD: Duration = Duration::from_millis(5);
 
 /// The standby task; stops when dropped.
 pub(crate) struct Standby {
@@ -33,8 +39,9 @@ pub(crate) struct Copies {
     pub(crate) tasks: usize,
     /// The tasks this member holds (set by the rebalance callback before it restores them).
     pub(crate) held: Arc<Mutex<BTreeSet<i32>>>,
-    /// Held for one task's restore at a time, by this task and the rebalance callback.
-    pub(crate) restoring: Arc<Mutex<()>>,
+    /// Its lock is held for one task's catch-up at a time, as the rebalance callback's restores
+    /// and the relay's checkpoints hold it.
+    pub(crate) gate: Gate,
 }
 
 impl Standby {
@@ -67,7 +74,10 @@ fn keep_up(restorer: &Restorer, copies: &Copies, stop: &AtomicBool) {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            let _restoring = crate::sync::lock(&copies.restoring);
+            // Between tasks, a rebalance callback waiting for the lock gets it: std's mutex
+            // is not fair, and a task's copy taken at once again would keep it waiting.
+            std::thread::sleep(YIELD);
+            let _rewriting = copies.gate.rewriting();
             let held = crate::sync::lock(&copies.held);
             // Holding nothing: before the first assignment, or between a revocation and the
             // next, when every task may be about to be this member's own.

@@ -14,9 +14,10 @@
 //! Tansu 0.6.0 does start a rebalance when it expires a member at a survivor's heartbeat, but
 //! when the expired member led the group it keeps it as leader: the survivors' joins wait 3 s
 //! for it and are answered with the old generation and the old assignment. Only a member that
-//! leaves and joins with a new member id becomes leader. So a revocation that comes while
-//! records have waited half a session timeout in tasks this member does not hold is answered
-//! the same way, without waiting for the full verdict ([`Verdicts::rejoin_on_revocation`]).
+//! leaves and joins with a new member id becomes leader. So on Tansu (known by its default
+//! cluster id) a revocation that comes while records have waited half a session timeout in
+//! tasks this member does not hold is answered the same way, without waiting for the full
+//! verdict ([`Verdicts::rejoin_on_revocation`]).
 //!
 //! After this member's tasks change, every wait starts again, so a task's new owner has as long
 //! to restore it and commit. An owner that is alive but stuck (retrying one record, or
@@ -60,6 +61,11 @@ pub(crate) struct Watchdog {
 #[derive(Debug)]
 pub(crate) struct Verdicts {
     session_timeout: Duration,
+    /// Whether the coordinator keeps an expired leader (Tansu 0.6.0), so that a revocation is
+    /// answered by joining as a new member. Elsewhere the coordinator's own rebalance is right,
+    /// and leaving would cost it: with every survivor gone the group would be empty, and Kafka
+    /// waits `group.initial.rebalance.delay.ms` (3 s) before it forms an empty group again.
+    keeps_expired_leader: bool,
     state: Mutex<VerdictState>,
 }
 
@@ -74,9 +80,10 @@ struct VerdictState {
 
 impl Verdicts {
     /// `session_timeout` is the one in effect: how long a dead member keeps its tasks.
-    pub(crate) fn new(session_timeout: Duration) -> Self {
+    pub(crate) fn new(session_timeout: Duration, keeps_expired_leader: bool) -> Self {
         Verdicts {
             session_timeout,
+            keeps_expired_leader,
             state: Mutex::new(VerdictState {
                 unowned_since: None,
                 not_before: Instant::now(),
@@ -89,8 +96,12 @@ impl Verdicts {
     /// Whether a revocation the coordinator began at `now` should be answered by leaving and
     /// joining again as a new member: records have waited half a session timeout in tasks this
     /// member does not hold (their owner is most likely the member being expired), and no
-    /// rejoin happened too recently. Counts as a rejoin when it says yes.
+    /// rejoin happened too recently; only on a coordinator that keeps an expired leader.
+    /// Counts as a rejoin when it says yes.
     pub(crate) fn rejoin_on_revocation(&self, now: Instant) -> bool {
+        if !self.keeps_expired_leader {
+            return false;
+        }
         let mut state = crate::sync::lock(&self.state);
         let unowned = state
             .unowned_since
@@ -345,7 +356,7 @@ mod tests {
     #[test]
     fn a_revocation_is_answered_by_rejoining_once_records_waited_half_a_session_and_not_twice_in_a_row()
      {
-        let verdicts = Verdicts::new(Duration::from_secs(6));
+        let verdicts = Verdicts::new(Duration::from_secs(6), true);
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         assert!(
@@ -367,6 +378,12 @@ mod tests {
         assert!(
             !verdicts.rejoin_on_revocation(at(4_000) + LEAST_BETWEEN * 2),
             "then twice as long"
+        );
+        let kafka = Verdicts::new(Duration::from_secs(6), false);
+        crate::sync::lock(&kafka.state).unowned_since = Some(at(0));
+        assert!(
+            !kafka.rejoin_on_revocation(at(60_000)),
+            "a coordinator that rebalances properly is left to it"
         );
     }
 
