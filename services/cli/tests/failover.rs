@@ -1,7 +1,8 @@
 //! Scale-out and fail-over with separate processes: two instances each of booking, flight,
 //! hotel and payment (each on its own store) share their service's tasks. While bookings flow,
 //! one instance of each is killed with SIGKILL and never restarted, and the survivors must
-//! take its tasks over before anything else happens; then a third instance of each joins, and
+//! take its tasks over (from the warm copies `--standby-replicas 1` keeps) before anything else
+//! happens; then a third instance of each joins, and
 //! one instance is restarted on an empty store. Every saga ends, every booking on ample
 //! inventory by a funded user confirms (so none timed out in a fail-over), nothing is oversold
 //! and money charged equals confirmed totals. Runs on `tripstream broker` and, as the second
@@ -59,6 +60,9 @@ async fn on_a_real_broker_process_instances_joining_and_killed_mid_load_lose_not
     fail_over(dir, broker).await;
 }
 
+/// The flags of the instances that survive the kill.
+const STANDBY: &[&str] = &["--standby-replicas", "1"];
+
 /// What one booking asks, and what it must end as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -85,10 +89,16 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
         running.insert(name.to_owned(), cluster.service(name));
     }
     for name in SCALED {
-        for n in [1, 2] {
-            let instance = format!("{name}-{n}");
-            running.insert(instance.clone(), cluster.instance(name, &instance));
-        }
+        running.insert(
+            format!("{name}-1"),
+            cluster.instance(name, &format!("{name}-1")),
+        );
+        // The survivors keep warm copies of the tasks they do not own: they take the killed
+        // instances' tasks over from those.
+        running.insert(
+            format!("{name}-2"),
+            cluster.instance_with(name, &format!("{name}-2"), STANDBY),
+        );
     }
 
     let codec = Codec::new(streams::registry::Client::new(&cluster.registry).expect("client"));
@@ -186,7 +196,7 @@ async fn fail_over(dir: tempfile::TempDir, broker: Broker) {
     std::fs::remove_dir_all(cluster.dir.path().join("payment-2")).expect("emptied");
     running.insert(
         "payment-2".to_owned(),
-        cluster.instance("payment", "payment-2"),
+        cluster.instance_with("payment", "payment-2", STANDBY),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     flowing.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -92,6 +92,11 @@ impl Cluster {
     /// Starts an instance of service `name` on the store `<dir>/<instance>`, logging to
     /// `<dir>/<instance>.log`.
     pub fn instance(&self, name: &str, instance: &str) -> Process {
+        self.instance_with(name, instance, &[])
+    }
+
+    /// As [`Cluster::instance`], with more flags for `tripstream run`.
+    pub fn instance_with(&self, name: &str, instance: &str, flags: &[&str]) -> Process {
         let dir = self.dir.path();
         let mut command = tripstream();
         command
@@ -104,7 +109,8 @@ impl Cluster {
                 &self.registry,
             ])
             .arg("--data")
-            .arg(dir.join(instance));
+            .arg(dir.join(instance))
+            .args(flags);
         match name {
             "auth" => {
                 command
