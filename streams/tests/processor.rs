@@ -388,6 +388,30 @@ async fn split_between_two(
     ((a, first), (b, second))
 }
 
+/// After 200 bookings, with the other instance gone: 100 more, and `running` on `store` holds
+/// every task and every booking once.
+async fn survivor_applies_the_next_100_once(h: &Harness, store: &Store, running: &Running) {
+    h.book(200, 100).await;
+    wait_for(
+        "the survivor to hold every task",
+        Duration::from_secs(30),
+        || running.positions.snapshot().len() == 4,
+    )
+    .await;
+    wait_for(
+        "all 300 bookings on the survivor",
+        Duration::from_secs(30),
+        || owned_total(store, running) >= 300,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        total(store, "route/"),
+        300,
+        "every booking applied exactly once"
+    );
+}
+
 async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -638,25 +662,7 @@ async fn standbys_keep_the_tasks_they_do_not_own_warm_and_a_take_over_applies_ea
 
     // The first dies; the second takes its tasks over from the copies and goes on.
     first.kill().await;
-    h.book(200, 100).await;
-    wait_for(
-        "the survivor to hold every task",
-        Duration::from_secs(30),
-        || second.positions.snapshot().len() == 4,
-    )
-    .await;
-    wait_for(
-        "all 300 bookings on the survivor",
-        Duration::from_secs(30),
-        || owned_total(&b, &second) >= 300,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        total(&b, "route/"),
-        300,
-        "every booking applied exactly once"
-    );
+    survivor_applies_the_next_100_once(&h, &b, &second).await;
     second.stop().await;
 }
 
@@ -679,25 +685,7 @@ async fn instances_with_their_own_stores_hand_tasks_over_through_the_changelog()
 
     // The first dies where it stands; the second restores the first's tasks and goes on.
     first.kill().await;
-    h.book(200, 100).await;
-    wait_for(
-        "the survivor to hold every task",
-        Duration::from_secs(30),
-        || second.positions.snapshot().len() == 4,
-    )
-    .await;
-    wait_for(
-        "all 300 bookings on the survivor",
-        Duration::from_secs(30),
-        || owned_total(&b, &second) >= 300,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        total(&b, "route/"),
-        300,
-        "every booking applied exactly once"
-    );
+    survivor_applies_the_next_100_once(&h, &b, &second).await;
     second.stop().await;
 
     // A store is disposable: a third instance with an empty store gets the same state back.
