@@ -572,6 +572,67 @@ async fn publish(
 mod tests {
     use super::*;
 
+    /// A relay publishing one changelog marker of task 0 through a broker that answers each
+    /// request after 1 s, the task given up (`release`) or not while the marker is in flight: the checkpoint
+    /// the relay then records.
+    async fn checkpoint_after_a_slow_ack(release: bool) -> Option<i64> {
+        use crate::kafka::broker::EmbeddedBroker;
+        use crate::store::changelog::{Changelog, Marker};
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        broker.create_topic("t.changelog", 1, 1).expect("topic");
+        let store = Store::temporary().expect("store");
+        let gate = Gate::new("t.changelog", store.clone());
+        gate.own(0);
+        let log = Changelog {
+            topic: "t.changelog".into(),
+            group: "g".into(),
+            inputs: vec!["in".into()],
+        };
+        let marker = log.marker(0, &Marker::from([("in".to_owned(), 1)]));
+        store.outbox().queue(&[marker]).expect("queued");
+        // Nothing it sends is encoded, so the registry is never called.
+        let codec = crate::codec::Codec::new(
+            crate::registry::Client::new("http://127.0.0.1:1").expect("client"),
+        );
+        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        broker
+            .mock()
+            .broker_round_trip_time(-1, Duration::from_secs(1))
+            .expect("rtt");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let relaying = tokio::spawn(relay(
+            store.outbox().clone(),
+            producer,
+            Some(gate.clone()),
+            stopped,
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if release {
+            gate.release(0);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !store.outbox().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the marker was never acked"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop.send(true);
+        let _ = relaying.await;
+        store.checkpoint("t.changelog", 0).expect("checkpoint")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acked_marker_moves_the_checkpoint_only_of_a_task_still_owned() {
+        assert_eq!(checkpoint_after_a_slow_ack(false).await, Some(1));
+        assert_eq!(
+            checkpoint_after_a_slow_ack(true).await,
+            None,
+            "given up while in flight: a standby may have rebuilt the task without it"
+        );
+    }
+
     fn entry(key: &[u8]) -> OutgoingRecord {
         OutgoingRecord {
             topic: "t.changelog".into(),
