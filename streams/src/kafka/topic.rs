@@ -431,7 +431,12 @@ pub struct LiveTopic {
 ///
 /// [`Error::Kafka`] when the cluster cannot be reached.
 pub fn is_mock_cluster(bootstrap: &str) -> Result<bool> {
-    Ok(cluster_id(bootstrap)?.starts_with("mockCluster"))
+    Ok(is_mock_cluster_id(&cluster_id(bootstrap)?))
+}
+
+/// Whether a cluster id (see [`cluster_id`]) is one librdkafka's mock cluster gives itself.
+pub fn is_mock_cluster_id(id: &str) -> bool {
+    id.starts_with("mockCluster")
 }
 
 /// The cluster id the brokers at `bootstrap` report.

@@ -296,7 +296,7 @@ pub async fn run<H: Handler>(
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     let cluster = crate::kafka::topic::cluster_id(&settings.bootstrap).unwrap_or_default();
-    let embedded = cluster.starts_with("mockCluster");
+    let embedded = crate::kafka::topic::is_mock_cluster_id(&cluster);
     let defaults = if embedded {
         EMBEDDED_CONSUMER_DEFAULTS
     } else {
