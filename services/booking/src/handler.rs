@@ -24,6 +24,35 @@ pub(crate) const SAGA: &str = "saga/";
 /// Key prefix of open sagas: booking id → [`Open`].
 pub(crate) const OPEN: &str = "open/";
 
+/// Key prefix of replies read before their booking's request: booking id → [`Early`] list.
+pub(crate) const EARLY: &str = "early/";
+
+/// Replies kept for one booking whose request has not been read; one more is dead-lettered.
+/// A saga gets at most six replies (seats, rooms and payment, each held and given back).
+const EARLY_REPLIES: usize = 16;
+
+/// A reply read before its booking's request, kept to be applied right after the request.
+///
+/// Live, a reply comes after its request: the request's commands asked for it. But a task
+/// taken over from a killed instance is restored to its last whole commit in the changelog,
+/// and the request and its replies after that commit are read again from their own topics,
+/// in no fixed order between them: the commands escaped before the killed instance's changelog
+/// did. Applied after the request, each with its own timestamp and ids, a kept reply has the
+/// effects it had on the instance that died (so its emitted copies are deduped downstream),
+/// and the saga ends as a replay in log order leaves it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Early {
+    reply: Reply,
+    /// The reply record's log timestamp.
+    at: Option<i64>,
+    /// The reply record's metadata: the cause of what applying it emits.
+    cause: streams::kafka::Metadata,
+}
+
+fn early_key(booking_id: &str) -> String {
+    format!("{EARLY}{booking_id}")
+}
+
 /// What the time-out sweep needs of an open saga: (user id, requested at). A pair, not a
 /// struct: it is stored as a JSON array (`["u-1", 1700000000000]`), and a struct would change
 /// the format of every existing store.
@@ -48,9 +77,20 @@ impl Handler for Sagas {
                     return Ok(());
                 }
                 let now = record.timestamp.unwrap_or(request.requested_at);
-                let (saga, commands) = Saga::start(request, now);
+                let (mut saga, commands) = Saga::start(request, now);
+                send(ctx, commands).await?;
+                let early = early_key(&saga.request.booking_id);
+                if let Some(replies) = ctx.get_json::<Vec<Early>>(&early)? {
+                    ctx.remove(early.into_bytes());
+                    for Early { reply, at, cause } in replies {
+                        let now = at.unwrap_or(saga.request.requested_at);
+                        if let Some(commands) = saga.reply(reply, now) {
+                            send_as(ctx, Some(&cause), commands).await?;
+                        }
+                    }
+                }
                 save(ctx, &saga)?;
-                return send(ctx, commands).await;
+                return Ok(());
             }
             Some(BookingTimedOut::TYPE) => {
                 let timed_out: BookingTimedOut = ctx.decode(record).await?;
@@ -119,9 +159,7 @@ impl Handler for Sagas {
         };
         let key = saga_key(&booking_id);
         let Some(mut saga) = ctx.get_json::<Saga>(&key)? else {
-            return Err(HandlerError::Invalid(format!(
-                "a reply for booking {booking_id}, which this service never started"
-            )));
+            return keep_early(ctx, record, &booking_id, reply);
         };
         let now = record.timestamp.unwrap_or(saga.request.requested_at);
         match saga.reply(reply, now) {
@@ -151,18 +189,69 @@ fn save(ctx: &mut Context<'_>, saga: &Saga) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// Keeps a reply whose booking has no saga yet, for its request to apply ([`Early`]); past
+/// [`EARLY_REPLIES`] for one booking it is dead-lettered.
+fn keep_early(
+    ctx: &mut Context<'_>,
+    record: &Record<'_>,
+    booking_id: &str,
+    reply: Reply,
+) -> Result<(), HandlerError> {
+    let key = early_key(booking_id);
+    let mut replies = ctx.get_json::<Vec<Early>>(&key)?.unwrap_or_default();
+    if replies.len() >= EARLY_REPLIES {
+        return Err(HandlerError::Invalid(format!(
+            "a reply for booking {booking_id}, which this service never started \
+             ({EARLY_REPLIES} replies for it are kept already)"
+        )));
+    }
+    tracing::info!(
+        booking_id,
+        "A reply came before its booking's request; kept until the request is read"
+    );
+    replies.push(Early {
+        reply,
+        at: record.timestamp,
+        cause: ctx.cause().clone(),
+    });
+    ctx.put_json(&key, &replies)
+}
+
 async fn send(ctx: &mut Context<'_>, commands: Vec<Command>) -> Result<(), HandlerError> {
-    for command in commands {
+    send_as(ctx, None, commands).await
+}
+
+/// Emits `commands` as effects of the record being processed, or with `cause` as those of an
+/// earlier record ([`Context::emit_caused_by`]).
+async fn send_as(
+    ctx: &mut Context<'_>,
+    cause: Option<&streams::kafka::Metadata>,
+    commands: Vec<Command>,
+) -> Result<(), HandlerError> {
+    for (n, command) in commands.into_iter().enumerate() {
         match command {
-            Command::ReserveSeats(c) => ctx.emit(topics::FLIGHT_COMMANDS, &c).await?,
-            Command::ReserveRooms(c) => ctx.emit(topics::HOTEL_COMMANDS, &c).await?,
-            Command::Charge(c) => ctx.emit(topics::PAYMENT_COMMANDS, &c).await?,
-            Command::ReleaseRooms(c) => ctx.emit(topics::HOTEL_COMMANDS, &c).await?,
-            Command::ReleaseSeats(c) => ctx.emit(topics::FLIGHT_COMMANDS, &c).await?,
-            Command::Refund(c) => ctx.emit(topics::PAYMENT_COMMANDS, &c).await?,
-            Command::Confirmed(e) => ctx.emit(topics::BOOKINGS, &e).await?,
-            Command::Cancelled(e) => ctx.emit(topics::BOOKINGS, &e).await?,
+            Command::ReserveSeats(c) => emit(ctx, cause, n, topics::FLIGHT_COMMANDS, &c).await?,
+            Command::ReserveRooms(c) => emit(ctx, cause, n, topics::HOTEL_COMMANDS, &c).await?,
+            Command::Charge(c) => emit(ctx, cause, n, topics::PAYMENT_COMMANDS, &c).await?,
+            Command::ReleaseRooms(c) => emit(ctx, cause, n, topics::HOTEL_COMMANDS, &c).await?,
+            Command::ReleaseSeats(c) => emit(ctx, cause, n, topics::FLIGHT_COMMANDS, &c).await?,
+            Command::Refund(c) => emit(ctx, cause, n, topics::PAYMENT_COMMANDS, &c).await?,
+            Command::Confirmed(e) => emit(ctx, cause, n, topics::BOOKINGS, &e).await?,
+            Command::Cancelled(e) => emit(ctx, cause, n, topics::BOOKINGS, &e).await?,
         }
     }
     Ok(())
+}
+
+async fn emit<E: streams::codec::Event>(
+    ctx: &mut Context<'_>,
+    cause: Option<&streams::kafka::Metadata>,
+    n: usize,
+    topic: &str,
+    event: &E,
+) -> Result<(), HandlerError> {
+    match cause {
+        Some(cause) => ctx.emit_caused_by(cause, n, topic, event).await,
+        None => ctx.emit(topic, event).await,
+    }
 }

@@ -193,7 +193,7 @@ pub enum Command {
 }
 
 /// A reply from another service, reduced to what the saga needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// Seats held.
     SeatsHeld(Money),

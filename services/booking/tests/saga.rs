@@ -508,3 +508,116 @@ async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
     drop(producer);
     drop(broker);
 }
+
+/// Every record of `topic`: (event type, event id), in log order per partition.
+struct Ids(std::sync::Mutex<Vec<(String, String)>>);
+
+impl Handler for Ids {
+    async fn handle(&self, _: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        if let Some(metadata) = record.metadata {
+            self.0.lock().expect("not poisoned").push((
+                metadata.event_type.clone().unwrap_or_default(),
+                metadata.event_id.clone(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_read_before_their_request_are_applied_after_it_with_their_own_ids() {
+    let _serial = SERIAL.lock().await;
+    // As a task taken over from a killed instance reads them again: the request's replies,
+    // from their own topics, before the request. Booking alone, so nothing else replies.
+    let (broker, registry, producer) = infrastructure().await;
+    let store = Store::temporary().expect("store");
+    let (stop, _) = watch::channel(false);
+    let service = tokio::spawn(booking::run_with(
+        settings(&broker, &registry, &store),
+        booking::TIMEOUT,
+        until(&stop),
+    ));
+    let request = request("e-1", "rich", "LH1", 2, "H1");
+    let seats = events::SeatsReserved {
+        booking_id: "e-1".into(),
+        flight_id: "LH1".into(),
+        seats: 2,
+        price: eur(300),
+    };
+    let rooms = events::RoomsReserved {
+        booking_id: "e-1".into(),
+        hotel_id: "H1".into(),
+        nights: 2,
+        rooms: 1,
+        price: eur(200),
+    };
+    let (seats_meta, rooms_meta) = (Metadata::new("e-1"), Metadata::new("e-1"));
+    producer
+        .send(topics::FLIGHT_EVENTS, &seats, &seats_meta)
+        .await
+        .expect("sent");
+    producer
+        .send(topics::HOTEL_EVENTS, &rooms, &rooms_meta)
+        .await
+        .expect("sent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store
+        .scan(b"early/e-1")
+        .expect("read")
+        .first()
+        .is_none_or(|(_, v)| {
+            serde_json::from_slice::<Vec<serde_json::Value>>(v).map_or(0, |l| l.len()) < 2
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replies were not kept for their request"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    producer
+        .send(topics::BOOKINGS, &request, &Metadata::new("e-1"))
+        .await
+        .expect("sent");
+    // Both holds applied: the saga charges, as the charge the rooms' reply caused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let saga = loop {
+        if let Some(saga) = booking::saga(&store, "e-1").expect("read")
+            && matches!(saga.payment.charge, booking::Charge::Pending)
+        {
+            break saga;
+        }
+        assert!(Instant::now() < deadline, "the saga never charged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        store.scan(b"early/").expect("read").is_empty(),
+        "kept replies are dropped once applied"
+    );
+    assert!(!saga.finished(), "the saga waits for the payment");
+    let _ = stop.send(true);
+    service.await.expect("joined").expect("clean stop");
+
+    let ids = Ids(Default::default());
+    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
+    streams::replay::replay(
+        broker.bootstrap_servers(),
+        streams::replay::Inputs::tasks(&[topics::PAYMENT_COMMANDS]),
+        &Start::Beginning,
+        &Store::temporary().expect("store"),
+        &codec,
+        &ids,
+        |_| {},
+    )
+    .await
+    .expect("read back");
+    let expected = Metadata::derived_from(&rooms_meta, booking::GROUP, 0).event_id;
+    assert_eq!(
+        ids.0.into_inner().expect("not poisoned"),
+        vec![("tripstream.payment.ChargePayment".to_owned(), expected)],
+        "one charge, with the id the rooms' reply gives it in log order"
+    );
+    registry.stop().await.expect("registry stops");
+    drop(producer);
+    drop(broker);
+}

@@ -23,8 +23,9 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
 }
 
-/// An event's metadata, carried in record headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An event's metadata, carried in record headers (and serializable, for a handler that keeps
+/// a record to apply later with its own metadata as the cause).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Metadata {
     /// Unique id of this event.
     pub event_id: String,

@@ -259,6 +259,26 @@ impl<'a> Context<'a> {
         self.effects.emit(record);
         Ok(())
     }
+
+    /// Emits an event as the `n`-th effect of an earlier record, whose metadata is `cause`: a
+    /// record kept in state and applied now gets the ids it would have got when it was read,
+    /// so consumers dedupe a copy emitted before.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::encode`].
+    pub async fn emit_caused_by<E: Event>(
+        &mut self,
+        cause: &Metadata,
+        n: usize,
+        topic: &str,
+        event: &E,
+    ) -> Result<(), HandlerError> {
+        let metadata = Metadata::derived_from(cause, self.group, n);
+        let record = producer::record(self.codec, topic, event, &metadata).await?;
+        self.effects.emit(record);
+        Ok(())
+    }
 }
 
 /// A stored JSON value as a `T`.
