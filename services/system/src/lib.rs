@@ -46,6 +46,9 @@ pub struct Options {
     pub root: std::path::PathBuf,
     /// How long tokens live.
     pub token_ttl: Duration,
+    /// Warm copies each instance of booking, flight, hotel and payment keeps of the tasks
+    /// other instances own (`--standby-replicas`); 0, the default, keeps none.
+    pub standby_replicas: usize,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
             root: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
             token_ttl: token::DEFAULT_TTL,
+            standby_replicas: 0,
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct System {
     services: Vec<(&'static str, tokio::task::JoinHandle<streams::Result<()>>)>,
     /// What each of the services above holds: (service, its positions).
     positions: Vec<(&'static str, Positions)>,
+    /// [`Options::standby_replicas`], for instances started later too.
+    standby_replicas: usize,
 }
 
 /// One more instance of a service, started beside the system's own (scale-out benches and
@@ -179,13 +185,19 @@ impl Instance {
 }
 
 /// The settings of a service instance of the system, on `store`.
-fn instance_settings(broker: &EmbeddedBroker, registry: &str, store: &Store) -> Settings {
+fn instance_settings(
+    broker: &EmbeddedBroker,
+    registry: &str,
+    store: &Store,
+    standby_replicas: usize,
+) -> Settings {
     let mut settings = Settings::new(
         broker.bootstrap_servers(),
         registry,
         Data::Store(store.clone()),
     );
     settings.consumer = fast_consumer();
+    settings.standby_replicas = standby_replicas;
     settings
 }
 
@@ -253,7 +265,9 @@ impl System {
             gateway: Store::temporary()?,
             auth: Store::temporary()?,
         };
-        let settings = |store: &Store| instance_settings(&broker, &registry.url(), store);
+        let settings = |store: &Store, standby_replicas| {
+            instance_settings(&broker, &registry.url(), store, standby_replicas)
+        };
         let (stop, stopped) = watch::channel(false);
         let until = move || {
             let mut stopped = stopped.clone();
@@ -269,13 +283,13 @@ impl System {
             ("hotel", &stores.hotel),
             ("payment", &stores.payment),
         ] {
-            let settings = settings(store);
+            let settings = settings(store, options.standby_replicas);
             positions.push((name, settings.positions.clone()));
             services.push((name, tokio::spawn(run_service(name, settings, until()))));
         }
         let tokens = token::Issuer::random(options.token_ttl)?;
         let mut auth_settings = auth::Settings::new(
-            settings(&stores.auth),
+            settings(&stores.auth, 0),
             SocketAddr::from(([127, 0, 0, 1], 0)),
             tokens.clone(),
         );
@@ -284,7 +298,7 @@ impl System {
         auth_settings.throttle.sign_ups_per_address = u32::MAX;
         let auth = auth::start(auth_settings).await?;
         let gateway = gateway::start(gateway::Settings {
-            service: settings(&stores.gateway),
+            service: settings(&stores.gateway, 0),
             listen: options.gateway,
             auth_url: auth.url(),
         })
@@ -301,6 +315,7 @@ impl System {
             stop,
             services,
             positions,
+            standby_replicas: options.standby_replicas,
         })
     }
 
@@ -323,7 +338,12 @@ impl System {
             ["booking", "flight", "hotel", "payment"].contains(&service),
             "{service} does not run as several instances here"
         );
-        let settings = instance_settings(&self.broker, &self.registry.url(), store);
+        let settings = instance_settings(
+            &self.broker,
+            &self.registry.url(),
+            store,
+            self.standby_replicas,
+        );
         let positions = settings.positions.clone();
         let (stop, mut stopped) = watch::channel(false);
         let until = async move {

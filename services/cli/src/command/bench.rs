@@ -63,6 +63,10 @@ pub enum Command {
         /// Bookings per second of the steady load.
         #[arg(long, default_value_t = 300.0)]
         rate: f64,
+        /// Warm copies every instance keeps of the tasks the other owns, so the survivor of
+        /// the kill has the dead instance's state already (0: it restores from changelogs).
+        #[arg(long, default_value_t = 0)]
+        standby_replicas: usize,
     },
 }
 
@@ -314,8 +318,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             bookings,
             seconds,
             rate,
+            standby_replicas,
         } => {
-            super::failover_bench::run(bookings, seconds, rate).await?;
+            super::failover_bench::run(bookings, seconds, rate, standby_replicas).await?;
         }
         Command::Replay { events } => {
             let bench = setup(REPLAY_PARTITIONS).await?;

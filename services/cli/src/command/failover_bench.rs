@@ -16,15 +16,25 @@ use super::saga_bench::{percentile, seed, send, stages};
 const SCALED: [(&str, usize); 4] = [("booking", 24), ("flight", 6), ("hotel", 6), ("payment", 6)];
 
 /// Runs the bench: `bookings` sent at once on one and then two instances of each service,
-/// then `seconds` at `rate` bookings/s with one instance of each killed a third of the way in.
-pub async fn run(bookings: usize, seconds: u64, rate: f64) -> anyhow::Result<()> {
+/// then `seconds` at `rate` bookings/s with one instance of each killed a third of the way in;
+/// every instance keeps `standby_replicas` warm copies.
+pub async fn run(
+    bookings: usize,
+    seconds: u64,
+    rate: f64,
+    standby_replicas: usize,
+) -> anyhow::Result<()> {
     anyhow::ensure!(bookings > 0, "--bookings must be at least 1");
     anyhow::ensure!(
         rate.is_finite() && rate > 0.0,
         "--rate must be a positive number of bookings per second"
     );
     anyhow::ensure!(seconds >= 3, "--seconds must be at least 3");
-    let system = System::start(Options::default()).await?;
+    let system = System::start(Options {
+        standby_replicas,
+        ..Options::default()
+    })
+    .await?;
     let users = seed(&system).await?;
     eprintln!("Warming up...");
     let mut sent = 0;
@@ -93,6 +103,7 @@ pub async fn run(bookings: usize, seconds: u64, rate: f64) -> anyhow::Result<()>
     let report = system.consistency()?;
     system.stop().await?;
 
+    println!("standby replicas per instance: {standby_replicas}");
     println!(
         "confirmed bookings/s, {bookings} sent at once: one instance each {one:.0}/s, two instances each {two:.0}/s"
     );
