@@ -420,6 +420,27 @@ async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back(
     system.stop().await;
 }
 
+/// Runs `handler` over every record of `topic`, in a replay into a store of its own.
+async fn read_back(
+    broker: &EmbeddedBroker,
+    registry: &registry::Running,
+    topic: &str,
+    handler: &impl Handler,
+) {
+    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
+    streams::replay::replay(
+        broker.bootstrap_servers(),
+        streams::replay::Inputs::tasks(&[topic]),
+        &Start::Beginning,
+        &Store::temporary().expect("store"),
+        &codec,
+        handler,
+        |_| {},
+    )
+    .await
+    .expect("read back");
+}
+
 /// Counts the records of one type on a topic, by key.
 struct Count(
     &'static str,
@@ -486,18 +507,7 @@ async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
     second.await.expect("joined").expect("clean stop");
 
     let count = Count(BookingTimedOut::TYPE, Default::default());
-    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
-    streams::replay::replay(
-        broker.bootstrap_servers(),
-        streams::replay::Inputs::tasks(&[topics::BOOKINGS]),
-        &Start::Beginning,
-        &Store::temporary().expect("store"),
-        &codec,
-        &count,
-        |_| {},
-    )
-    .await
-    .expect("read back");
+    read_back(&broker, &registry, topics::BOOKINGS, &count).await;
     let announced = count.1.into_inner().expect("not poisoned");
     assert_eq!(
         announced,
@@ -599,18 +609,7 @@ async fn replies_read_before_their_request_are_applied_after_it_with_their_own_i
     service.await.expect("joined").expect("clean stop");
 
     let ids = Ids(Default::default());
-    let codec = Codec::new(Client::new(&registry.url()).expect("client"));
-    streams::replay::replay(
-        broker.bootstrap_servers(),
-        streams::replay::Inputs::tasks(&[topics::PAYMENT_COMMANDS]),
-        &Start::Beginning,
-        &Store::temporary().expect("store"),
-        &codec,
-        &ids,
-        |_| {},
-    )
-    .await
-    .expect("read back");
+    read_back(&broker, &registry, topics::PAYMENT_COMMANDS, &ids).await;
     let expected = Metadata::derived_from(&rooms_meta, booking::GROUP, 0).event_id;
     assert_eq!(
         ids.0.into_inner().expect("not poisoned"),
