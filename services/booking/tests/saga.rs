@@ -420,13 +420,14 @@ async fn a_saga_whose_flight_service_is_down_times_out_and_ends_once_it_is_back(
     system.stop().await;
 }
 
-/// Runs `handler` over every record of `topic`, in a replay into a store of its own.
+/// Every record of `topic`, as (event type, key, event id), in log order per partition: read
+/// through a replay into a store of its own.
 async fn read_back(
     broker: &EmbeddedBroker,
     registry: &registry::Running,
     topic: &str,
-    handler: &impl Handler,
-) {
+) -> Vec<(String, String, String)> {
+    let collect = Collect(Default::default());
     let codec = Codec::new(Client::new(&registry.url()).expect("client"));
     streams::replay::replay(
         broker.bootstrap_servers(),
@@ -434,24 +435,25 @@ async fn read_back(
         &Start::Beginning,
         &Store::temporary().expect("store"),
         &codec,
-        handler,
+        &collect,
         |_| {},
     )
     .await
     .expect("read back");
+    collect.0.into_inner().expect("not poisoned")
 }
 
-/// Counts the records of one type on a topic, by key.
-struct Count(
-    &'static str,
-    std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
-);
+/// What [`read_back`] returns, gathered record by record.
+struct Collect(std::sync::Mutex<Vec<(String, String, String)>>);
 
-impl Handler for Count {
+impl Handler for Collect {
     async fn handle(&self, _: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
-        if record.event_type() == Some(self.0) {
-            let key = String::from_utf8_lossy(record.key.unwrap_or_default()).into_owned();
-            *self.1.lock().expect("not poisoned").entry(key).or_default() += 1;
+        if let Some(metadata) = record.metadata {
+            self.0.lock().expect("not poisoned").push((
+                metadata.event_type.clone().unwrap_or_default(),
+                String::from_utf8_lossy(record.key.unwrap_or_default()).into_owned(),
+                metadata.event_id.clone(),
+            ));
         }
         Ok(())
     }
@@ -506,9 +508,12 @@ async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
     let _ = stop.send(true);
     second.await.expect("joined").expect("clean stop");
 
-    let count = Count(BookingTimedOut::TYPE, Default::default());
-    read_back(&broker, &registry, topics::BOOKINGS, &count).await;
-    let announced = count.1.into_inner().expect("not poisoned");
+    let mut announced = std::collections::BTreeMap::<String, usize>::new();
+    for (kind, key, _) in read_back(&broker, &registry, topics::BOOKINGS).await {
+        if kind == BookingTimedOut::TYPE {
+            *announced.entry(key).or_default() += 1;
+        }
+    }
     assert_eq!(
         announced,
         ids.iter().map(|id| (id.clone(), 1)).collect(),
@@ -517,21 +522,6 @@ async fn a_time_out_is_announced_once_even_by_a_restarted_service() {
     registry.stop().await.expect("registry stops");
     drop(producer);
     drop(broker);
-}
-
-/// Every record of `topic`: (event type, event id), in log order per partition.
-struct Ids(std::sync::Mutex<Vec<(String, String)>>);
-
-impl Handler for Ids {
-    async fn handle(&self, _: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
-        if let Some(metadata) = record.metadata {
-            self.0.lock().expect("not poisoned").push((
-                metadata.event_type.clone().unwrap_or_default(),
-                metadata.event_id.clone(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -608,11 +598,14 @@ async fn replies_read_before_their_request_are_applied_after_it_with_their_own_i
     let _ = stop.send(true);
     service.await.expect("joined").expect("clean stop");
 
-    let ids = Ids(Default::default());
-    read_back(&broker, &registry, topics::PAYMENT_COMMANDS, &ids).await;
+    let charges: Vec<(String, String)> = read_back(&broker, &registry, topics::PAYMENT_COMMANDS)
+        .await
+        .into_iter()
+        .map(|(kind, _, id)| (kind, id))
+        .collect();
     let expected = Metadata::derived_from(&rooms_meta, booking::GROUP, 0).event_id;
     assert_eq!(
-        ids.0.into_inner().expect("not poisoned"),
+        charges,
         vec![("tripstream.payment.ChargePayment".to_owned(), expected)],
         "one charge, with the id the rooms' reply gives it in log order"
     );

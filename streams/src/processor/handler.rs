@@ -254,10 +254,8 @@ impl<'a> Context<'a> {
     ///
     /// As [`Codec::encode`].
     pub async fn emit<E: Event>(&mut self, topic: &str, event: &E) -> Result<(), HandlerError> {
-        let metadata = Metadata::derived_from(self.cause, self.group, self.effects.emitted().len());
-        let record = producer::record(self.codec, topic, event, &metadata).await?;
-        self.effects.emit(record);
-        Ok(())
+        let n = self.effects.emitted().len();
+        self.emit_caused_by(self.cause, n, topic, event).await
     }
 
     /// Emits an event as the `n`-th effect of an earlier record, whose metadata is `cause`: a
