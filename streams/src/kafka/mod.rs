@@ -26,6 +26,10 @@ pub fn reader_config(bootstrap: &str, purpose: &str) -> rdkafka::ClientConfig {
             format!("tripstream-{purpose}-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // These read a backlog faster than they apply it, so the fetch queue fills; past its
+        // bounds librdkafka's default leaves each partition unfetched for a whole second, and
+        // a restore of many tasks spent most of its time waiting on that.
+        .set("fetch.queue.backoff.ms", "10");
     config
 }
