@@ -488,7 +488,7 @@ impl Store {
         }
         if !marks.is_empty() {
             for (chunk, _, ids) in marks {
-                seen.add(chunk, ids);
+                seen.add(chunk, ids.iter().map(|id| &**id));
             }
             // Outside the transaction: a crash before these deletes only leaves older marks
             // to be forgotten at the next start.
