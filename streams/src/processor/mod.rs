@@ -613,15 +613,15 @@ pub fn restore_tasks(
     tasks: impl IntoIterator<Item = i32>,
 ) -> Result<u64> {
     let restorer = restore::Restorer::new(bootstrap, Arc::new(changelog.clone()))?;
-    let mut records = 0;
-    for task in tasks {
-        if let restore::Restored::Read(read) =
-            restorer.restore(store, task, restore::Role::Owner)?
-        {
-            records += read;
-        }
-    }
-    Ok(records)
+    let tasks: Vec<i32> = tasks.into_iter().collect();
+    let restored = restorer.restore_all(store, &tasks, restore::Role::Owner)?;
+    Ok(restored
+        .into_iter()
+        .map(|(_, restored)| match restored {
+            restore::Restored::Read(read) => read,
+            restore::Restored::Current => 0,
+        })
+        .sum())
 }
 
 /// Aborts a task when dropped.

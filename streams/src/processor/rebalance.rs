@@ -100,6 +100,36 @@ pub(crate) struct ProcessorContext {
 }
 
 impl ProcessorContext {
+    /// Restores `tasks` before their partitions are assigned, reading their changelogs
+    /// together: the tasks left to restore one by one (all of them, if reading failed).
+    fn restore_all(&self, (restorer, gate): &(Restorer, Gate), tasks: &BTreeSet<i32>) -> Vec<i32> {
+        let tasks: Vec<i32> = tasks.iter().copied().collect();
+        // Standbys catch up on none of these meanwhile.
+        let rewriting = gate.rewriting();
+        let restored = restorer.restore_all(&self.store, &tasks, Role::Owner);
+        drop(rewriting);
+        match restored {
+            Ok(restored) => {
+                for (task, restored) in restored {
+                    self.owned(gate, task, restored);
+                }
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = %self.group, "Restoring the assigned tasks failed; restoring them one by one");
+                tasks
+            }
+        }
+    }
+
+    /// Lets the relay publish `task`'s changelog entries, now that its state is restored.
+    fn owned(&self, gate: &Gate, task: i32, restored: Restored) {
+        if restored == Restored::Current {
+            tracing::debug!(group = %self.group, task, "The store holds the task's latest state");
+        }
+        gate.own(task);
+    }
+
     /// Restores `task` before its partitions are assigned, a few times if it fails: false if
     /// it could not. Processing a task on state that is not its latest would decide wrongly,
     /// and retrying for ever inside the rebalance would keep the processor from stopping.
@@ -112,10 +142,7 @@ impl ProcessorContext {
             drop(rewriting);
             match restored {
                 Ok(restored) => {
-                    if restored == Restored::Current {
-                        tracing::debug!(group = %self.group, task, "The store holds the task's latest state");
-                    }
-                    gate.own(task);
+                    self.owned(gate, task, restored);
                     return true;
                 }
                 Err(error) => {
@@ -223,7 +250,7 @@ impl ConsumerContext for ProcessorContext {
                 crate::sync::lock(&self.held).clone_from(&tasks);
                 let mut unrestored = BTreeSet::new();
                 if let Some(restorer) = &self.restorer {
-                    for task in tasks {
+                    for task in self.restore_all(restorer, &tasks) {
                         if !self.restore(restorer, task) {
                             unrestored.insert(task);
                         }

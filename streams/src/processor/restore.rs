@@ -32,7 +32,22 @@ const REPORT: Duration = Duration::from_secs(5);
 /// What restores a processor's tasks.
 pub(crate) struct Restorer {
     pub(crate) changelog: std::sync::Arc<Changelog>,
+    bootstrap: String,
     consumer: BaseConsumer,
+    /// More consumers, to read many tasks' changelogs on every core (see
+    /// [`Restorer::restore_all`]); made at the first restore of several tasks.
+    extra: std::sync::OnceLock<Vec<BaseConsumer>>,
+}
+
+/// A consumer reading changelogs.
+fn new_consumer(bootstrap: &str) -> Result<BaseConsumer> {
+    crate::kafka::reader_config(bootstrap, "restore")
+        // One consumer restores task after task: a fetch left waiting on the partition
+        // before must not hold up the next one for the default 500 ms.
+        .set("fetch.wait.max.ms", "10")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| Error::kafka("creating the restore consumer", e))
 }
 
 /// Who restores a task, which decides what it may do with a commit the changelog ends in
@@ -64,16 +79,11 @@ impl Restorer {
     ///
     /// [`Error::Kafka`] when the consumer cannot be created.
     pub(crate) fn new(bootstrap: &str, changelog: std::sync::Arc<Changelog>) -> Result<Self> {
-        let consumer: BaseConsumer = crate::kafka::reader_config(bootstrap, "restore")
-            // One consumer restores task after task: a fetch left waiting on the partition
-            // before must not hold up the next one for the default 500 ms.
-            .set("fetch.wait.max.ms", "10")
-            .set("log_level", "3")
-            .create()
-            .map_err(|e| Error::kafka("creating the restore consumer", e))?;
         Ok(Restorer {
             changelog,
-            consumer,
+            bootstrap: bootstrap.to_owned(),
+            consumer: new_consumer(bootstrap)?,
+            extra: std::sync::OnceLock::new(),
         })
     }
 
@@ -82,10 +92,223 @@ impl Restorer {
     ///
     /// # Errors
     ///
-    /// [`Error::Kafka`] when the changelog cannot be read, [`Error::Store`] when the store
-    /// fails. The task's checkpoint is forgotten first, so a restore that fails midway is
-    /// done again from the start.
+    /// As [`Restorer::restore_all`].
     pub(crate) fn restore(&self, store: &Store, task: i32, role: Role) -> Result<Restored> {
+        let restored = self.restore_all(store, &[task], role)?;
+        Ok(restored
+            .into_iter()
+            .next()
+            .map_or(Restored::Current, |(_, r)| r))
+    }
+
+    /// Brings the store's state of each of `tasks` up to its changelog, and sets each task's
+    /// input offsets to where its state stands. The changelogs of the tasks behind are read
+    /// together (a task waits for none of another's round trips), split over one consumer
+    /// and thread per core, each of which then writes its tasks to sled (which takes writes
+    /// from several threads at once): reading and writing on one thread was most of a
+    /// restore's time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when the changelog cannot be read, [`Error::Store`] when the store
+    /// fails. Each task's checkpoint is forgotten first, so a restore that fails midway is
+    /// done again from the start.
+    pub(crate) fn restore_all(
+        &self,
+        store: &Store,
+        tasks: &[i32],
+        role: Role,
+    ) -> Result<Vec<(i32, Restored)>> {
+        let mut done = Vec::with_capacity(tasks.len());
+        let mut behind = Vec::new();
+        for &task in tasks {
+            match self.prepare(store, task, role)? {
+                None => done.push((task, Restored::Current)),
+                Some(reading) => behind.push(reading),
+            }
+        }
+        let consumers = self.consumers(behind.len());
+        if consumers.len() <= 1 {
+            done.extend(self.read_and_finish(&self.consumer, behind, store, role)?);
+            return Ok(done);
+        }
+        let mut shares: Vec<Vec<Reading>> = consumers.iter().map(|_| Vec::new()).collect();
+        for (i, reading) in behind.into_iter().enumerate() {
+            shares[i % consumers.len()].push(reading);
+        }
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = consumers
+                .into_iter()
+                .zip(shares)
+                .map(|(consumer, share)| {
+                    scope.spawn(move || self.read_and_finish(consumer, share, store, role))
+                })
+                .collect();
+            for reader in readers {
+                let read = reader
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                done.extend(read?);
+            }
+            Ok(done)
+        })
+    }
+
+    /// The consumers to read `tasks` tasks' changelogs with: one per core, at most one per
+    /// task; the first is the restorer's own, the others made when first needed.
+    fn consumers(&self, tasks: usize) -> Vec<&BaseConsumer> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let wanted = cores.min(tasks).saturating_sub(1);
+        let extra = if wanted == 0 {
+            &[][..]
+        } else {
+            self.extra
+                .get_or_init(|| {
+                    (1..cores)
+                        .map_while(|_| new_consumer(&self.bootstrap).ok())
+                        .collect()
+                })
+                .as_slice()
+        };
+        std::iter::once(&self.consumer)
+            .chain(extra.iter().take(wanted))
+            .collect()
+    }
+
+    /// Reads the changelogs of `tasks` with `consumer` to their ends.
+    fn read(
+        &self,
+        consumer: &BaseConsumer,
+        tasks: Vec<Reading>,
+        store: &Store,
+        role: Role,
+    ) -> Result<Vec<Reading>> {
+        let topic = self.changelog.topic.as_str();
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for reading in &tasks {
+            tpl.add_partition_offset(topic, reading.task, Offset::Offset(reading.next))
+                .map_err(|e| Error::kafka("assigning the changelog", e))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka("assigning the changelog", e))?;
+        let mut reading: FastMap<i32, Reading> = tasks.into_iter().map(|r| (r.task, r)).collect();
+        let mut read = Vec::with_capacity(reading.len());
+        let mut last_report = Instant::now();
+        let mut last_read = Instant::now();
+        // Records since the consumer last had none ready: the clock is read only then, and
+        // every 1,024 records for the progress report, not twice for each record.
+        let mut arrived = 0u64;
+        while !reading.is_empty() {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if arrived > 0 {
+                    last_read = Instant::now();
+                    arrived = 0;
+                }
+                // A compacted partition has gaps: its position tells how far it is.
+                if let Ok(position) = consumer.position() {
+                    for (task, behind) in &mut reading {
+                        if let Some(at) = position
+                            .find_partition(topic, *task)
+                            .and_then(|e| e.offset().to_raw())
+                            && at > behind.next
+                        {
+                            behind.next = at;
+                            last_read = Instant::now();
+                        }
+                    }
+                }
+                let ended: Vec<i32> = reading
+                    .iter()
+                    .filter(|(_, b)| b.next >= b.high)
+                    .map(|(task, _)| *task)
+                    .collect();
+                read.extend(ended.iter().filter_map(|task| reading.remove(task)));
+                if last_read.elapsed() >= STALLED
+                    && let Some((task, behind)) = reading.iter().next()
+                {
+                    // The caller tries again (or, for a standby, at its next look); a restore
+                    // that waits for ever would hold the rebalance, and the stop, with it.
+                    return Err(Error::Timeout {
+                        action: format!(
+                            "restoring {topic}/{task}: no record at {} of {}",
+                            behind.next, behind.high
+                        ),
+                        seconds: STALLED.as_secs(),
+                    });
+                }
+                continue;
+            };
+            arrived += 1;
+            let message = message.map_err(|e| Error::kafka(format!("reading {topic}"), e))?;
+            let task = message.partition();
+            let Some(behind) = reading.get_mut(&task).filter(|_| message.topic() == topic) else {
+                // Fetched for a task restored before, before this assignment replaced it.
+                continue;
+            };
+            behind.next = message.offset() + 1;
+            if message.offset() < behind.high {
+                behind.take(store, &message)?;
+            }
+            if behind.next >= behind.high
+                && let Some(behind) = reading.remove(&task)
+            {
+                read.push(behind);
+            }
+            if role == Role::Owner
+                && arrived.is_multiple_of(1_024)
+                && last_report.elapsed() >= REPORT
+            {
+                let left: i64 = reading.values().map(|b| b.high - b.next).sum();
+                tracing::info!(
+                    changelog = topic,
+                    tasks = reading.len(),
+                    records_left = left,
+                    "Restoring"
+                );
+                last_report = Instant::now();
+            }
+        }
+        Ok(read)
+    }
+
+    /// Reads `tasks` with `consumer` in two halves, writing the first half's tasks to sled
+    /// on a thread of its own while the second half is read (a reader spends much of its
+    /// time waiting on fetches), then finishes them all.
+    fn read_and_finish(
+        &self,
+        consumer: &BaseConsumer,
+        mut tasks: Vec<Reading>,
+        store: &Store,
+        role: Role,
+    ) -> Result<Vec<(i32, Restored)>> {
+        let finish = |read: Vec<Reading>| -> Result<Vec<(i32, Restored)>> {
+            read.into_iter()
+                .map(|behind| Ok((behind.task, self.finish(store, behind, role)?)))
+                .collect()
+        };
+        if tasks.len() < 2 {
+            return finish(self.read(consumer, tasks, store, role)?);
+        }
+        let second = tasks.split_off(tasks.len() / 2);
+        let first = self.read(consumer, tasks, store, role)?;
+        std::thread::scope(|scope| {
+            let writing = scope.spawn(|| finish(first));
+            let second = self.read(consumer, second, store, role);
+            let mut done = writing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            done.extend(finish(second?)?);
+            Ok(done)
+        })
+    }
+
+    /// Decides where `task`'s restore reads from, clearing what the store holds of the task
+    /// when that is stale: `None` when the store holds the task's latest state.
+    fn prepare(&self, store: &Store, task: i32, role: Role) -> Result<Option<Reading>> {
         let topic = self.changelog.topic.as_str();
         // Short: a rebalance waits for it, and a failed restore is tried again.
         let timeout = Duration::from_secs(10);
@@ -97,7 +320,7 @@ impl Restorer {
         if checkpoint == Some(high) || (checkpoint.is_none() && high <= low) {
             // This store wrote the changelog's last commit of the task (what it has not sent
             // yet follows it), or nobody logged the task yet.
-            return Ok(Restored::Current);
+            return Ok(None);
         }
         store.set_checkpoint(topic, task, None)?;
         // The records after the changelog's last marker are applied again: ids this store
@@ -124,71 +347,31 @@ impl Restorer {
                 "Restoring a task from its changelog"
             );
         }
-        let began = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, task, Offset::Offset(from))
-            .map_err(|e| Error::kafka("assigning the changelog", e))?;
-        self.consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka("assigning the changelog", e))?;
+        Ok(Some(Reading {
+            task,
+            next: from,
+            high,
+            began: Instant::now(),
+            read: Read {
+                marker: Some(reached),
+                whole_at: (from > low).then_some(from),
+                ..Read::default()
+            },
+        }))
+    }
+
+    /// Ends a task's restore once its changelog is read: undoes a commit the changelog ends
+    /// in without its marker, and sets the task's checkpoint and input offsets.
+    fn finish(&self, store: &Store, behind: Reading, role: Role) -> Result<Restored> {
+        let topic = self.changelog.topic.as_str();
+        let Reading {
+            task,
+            mut read,
+            began,
+            high,
+            ..
+        } = behind;
         let scope = Scope::Task(task);
-        let mut read = Read {
-            marker: Some(reached),
-            whole_at: (from > low).then_some(from),
-            ..Read::default()
-        };
-        let mut last_report = Instant::now();
-        let mut last_read = Instant::now();
-        let mut next = from;
-        while next < high {
-            let Some(message) = self.consumer.poll(Duration::from_millis(100)) else {
-                // A compacted partition has gaps: its position tells how far it is.
-                if let Ok(position) = self.consumer.position()
-                    && let Some(at) = position
-                        .find_partition(topic, task)
-                        .and_then(|e| e.offset().to_raw())
-                    && at > next
-                {
-                    next = at;
-                    last_read = Instant::now();
-                }
-                if last_read.elapsed() >= STALLED {
-                    // The caller tries again (or, for a standby, at its next look); a restore
-                    // that waits for ever would hold the rebalance, and the stop, with it.
-                    return Err(Error::Timeout {
-                        action: format!("restoring {topic}/{task}: no record at {next} of {high}"),
-                        seconds: STALLED.as_secs(),
-                    });
-                }
-                continue;
-            };
-            last_read = Instant::now();
-            let message = message.map_err(|e| Error::kafka(format!("reading {topic}"), e))?;
-            if message.partition() != task || message.topic() != topic {
-                // Fetched for a task restored before, before this assignment replaced it.
-                continue;
-            }
-            next = message.offset() + 1;
-            if message.offset() >= high {
-                break;
-            }
-            let key = message.key().unwrap_or_default();
-            if key == MARKER {
-                read.marker = message.payload().and_then(read_marker);
-                read.whole_at = Some(next);
-                read.since_marker.clear();
-            } else {
-                read.change(key, message.payload());
-            }
-            read.records += 1;
-            if read.pending.len() >= CHUNK {
-                read.flush(store, scope)?;
-            }
-            if role == Role::Owner && last_report.elapsed() >= REPORT {
-                tracing::info!(changelog = topic, task, at = next, to = high, "Restoring");
-                last_report = Instant::now();
-            }
-        }
         read.flush(store, scope)?;
         let marker = read.marker.clone().unwrap_or_default();
         if role == Role::Standby && !read.since_marker.is_empty() {
@@ -265,6 +448,37 @@ impl Restorer {
     }
 }
 
+/// A task whose changelog is being read.
+struct Reading {
+    task: i32,
+    /// The changelog offset of the next record to read.
+    next: i64,
+    /// The changelog's end when the restore began.
+    high: i64,
+    began: Instant,
+    read: Read,
+}
+
+impl Reading {
+    /// Takes in one record of the task's changelog.
+    fn take(&mut self, store: &Store, message: &impl Message) -> Result<()> {
+        let read = &mut self.read;
+        let key = message.key().unwrap_or_default();
+        if key == MARKER {
+            read.marker = message.payload().and_then(read_marker);
+            read.whole_at = Some(self.next);
+            read.since_marker.clear();
+        } else {
+            read.change(key, message.payload());
+        }
+        read.records += 1;
+        if read.pending.len() >= CHUNK {
+            read.flush(store, Scope::Task(self.task))?;
+        }
+        Ok(())
+    }
+}
+
 /// What a restore read so far.
 #[derive(Default)]
 struct Read {
@@ -314,7 +528,11 @@ impl Read {
                 *before = Before::Known(store.get_in(scope, key)?);
             }
         }
-        store.restore(scope, self.pending.drain())
+        // In key order: sled inserts a run of neighbouring keys into the leaf the last one
+        // went to, and splits it once, where keys in hash order each walked to another leaf.
+        let mut changes: Vec<_> = self.pending.drain().collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        store.restore(scope, changes)
     }
 
     /// The keys changed since the last marker with their values before, taken out; after a
@@ -406,6 +624,74 @@ mod tests {
         let marker = queued.pop().is_some_and(|(key, _)| key == MARKER);
         queued.sort();
         (queued, marker)
+    }
+
+    #[tokio::test]
+    async fn tasks_restored_together_each_get_their_own_state_offsets_and_repair() {
+        let broker = EmbeddedBroker::start(1).expect("broker");
+        let tasks = 6;
+        broker.create_topic(TOPIC, tasks, 1).expect("topic");
+        let codec = Codec::new(Client::new("http://127.0.0.1:1").expect("client"));
+        let producer = Producer::new(broker.bootstrap_servers(), codec, &[]).expect("producer");
+        let log = changelog();
+        // Task t: key "k" set to t, then to t + 100 with its input at 10 + t; task 5 also
+        // logs a commit without its marker, and task 4 logs nothing.
+        for task in (0..tasks).filter(|t| *t != 4) {
+            let first = task.to_string();
+            let second = (task + 100).to_string();
+            let mut records = vec![
+                log.change(task, b"k", Some(first.as_bytes())),
+                log.change(task, b"k", Some(second.as_bytes())),
+                log.marker(
+                    task,
+                    &Marker::from([("in".to_owned(), 10 + i64::from(task))]),
+                ),
+            ];
+            if task == 5 {
+                records.push(log.change(task, b"k", Some(b"torn")));
+            }
+            send(&producer, &records).await;
+        }
+        let restorer = Restorer::new(broker.bootstrap_servers(), changelog()).expect("restorer");
+        let store = Store::temporary().expect("store");
+        let all: Vec<i32> = (0..tasks).collect();
+        let mut restored = restorer
+            .restore_all(&store, &all, Role::Owner)
+            .expect("restored");
+        restored.sort_by_key(|(task, _)| *task);
+        let expected: Vec<_> = (0..tasks)
+            .map(|task| match task {
+                4 => (task, Restored::Current),
+                5 => (task, Restored::Read(4)),
+                _ => (task, Restored::Read(3)),
+            })
+            .collect();
+        assert_eq!(restored, expected);
+        for task in (0..tasks).filter(|t| *t != 4) {
+            let value = (task + 100).to_string();
+            assert_eq!(
+                store.scan_in(Scope::Task(task), b"").expect("scan"),
+                vec![(b"k".to_vec(), value.into_bytes())],
+                "task {task}"
+            );
+            assert_eq!(
+                store.next_offset("g", "in", task).expect("offset"),
+                Some(10 + i64::from(task))
+            );
+            let checkpoint = store.checkpoint(TOPIC, task).expect("checkpoint");
+            assert_eq!(checkpoint, (task != 5).then_some(3), "task {task}");
+        }
+        // Only the torn commit of task 5 is written back: its key's value before, and a marker.
+        let queued: Vec<_> = store
+            .outbox()
+            .oldest(100)
+            .expect("outbox")
+            .into_iter()
+            .map(|(_, r)| (r.partition, r.key, r.payload))
+            .collect();
+        assert_eq!(queued.len(), 2, "{queued:?}");
+        assert_eq!(queued[0], (Some(5), b"k".to_vec(), Some(b"105".to_vec())));
+        assert_eq!(queued[1].1, MARKER.to_vec());
     }
 
     #[tokio::test]

@@ -277,8 +277,9 @@ impl Store {
         self.state.apply_batch(batch).map_err(store_error)
     }
 
-    /// Writes restored state of `scope` (`None`: remove the key), without a transaction: the
-    /// caller restores a task nobody processes yet, and writes its offsets last.
+    /// Writes restored state of `scope` (`None`: remove the key), without a transaction or a
+    /// batch: the caller restores a task nobody processes yet and writes its offsets last, and
+    /// several tasks restore at once (a sled batch holds a lock that lets one write at a time).
     ///
     /// # Errors
     ///
@@ -288,15 +289,15 @@ impl Store {
         scope: Scope,
         entries: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        crate::sync::lock(&self.scopes).insert(scope.prefix());
         for (key, value) in entries {
             match value {
-                Some(value) => batch.insert(scope.key(&key), value),
-                None => batch.remove(scope.key(&key)),
+                Some(value) => self.state.insert(scope.key(&key), value).map(drop),
+                None => self.state.remove(scope.key(&key)).map(drop),
             }
+            .map_err(store_error)?;
         }
-        crate::sync::lock(&self.scopes).insert(scope.prefix());
-        self.state.apply_batch(batch).map_err(store_error)
+        Ok(())
     }
 
     /// Sets the next offsets of `group`'s partitions, as (topic, partition, next); `None`
