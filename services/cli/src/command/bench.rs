@@ -330,10 +330,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             produce_generated(&producer, events).await?;
             let bootstrap = bench.broker.bootstrap_servers().to_owned();
 
-            let start = Instant::now();
-            let counted =
-                tokio::task::spawn_blocking(move || count_raw(&bootstrap, "bench.typed")).await??;
-            let raw_rate = counted as f64 / start.elapsed().as_secs_f64();
+            let (counted, raw_rates) = raw_rounds(&bootstrap, "bench.typed").await?;
+            let raw_rate = median(&raw_rates);
 
             let store = Store::temporary()?;
             let summary = replay::replay(
@@ -351,24 +349,27 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("Writing a changelog of {events} changes...");
             bench.broker.create_topic(CHANGELOG, REPLAY_PARTITIONS, 1)?;
             write_changelog(&producer, events / REPLAY_PARTITIONS as usize).await?;
-            let bootstrap = bench.broker.bootstrap_servers().to_owned();
-            let start = Instant::now();
-            let logged =
-                tokio::task::spawn_blocking(move || count_raw(&bootstrap, CHANGELOG)).await??;
-            let raw_log_rate = logged as f64 / start.elapsed().as_secs_f64();
+            let (logged, raw_log_rates) = raw_rounds(&bootstrap, CHANGELOG).await?;
+            let raw_log_rate = median(&raw_log_rates);
             let bootstrap = bench.broker.bootstrap_servers().to_owned();
             let (restored, took) =
                 tokio::task::spawn_blocking(move || restore_all(&bootstrap)).await??;
             let restore_rate = restored as f64 / took.as_secs_f64();
 
-            println!("raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records)");
+            println!(
+                "raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records; median of {})",
+                rounds(&raw_rates)
+            );
             println!(
                 "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {})",
                 summary.applied, summary.digest
             );
-            println!("raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records)");
             println!(
-                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks one after another)"
+                "raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records; median of {})",
+                rounds(&raw_log_rates)
+            );
+            println!(
+                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks read together)"
             );
             if let Some(peak) = peak_memory_mib() {
                 println!(
@@ -449,8 +450,8 @@ async fn write_changelog(producer: &Producer, changes_per_task: usize) -> anyhow
     Ok(())
 }
 
-/// Restores every task of [`CHANGELOG`] into one empty store, as assignments would one after
-/// another: (records read, time taken).
+/// Restores every task of [`CHANGELOG`] into one empty store, as an instance assigned them all
+/// does: (records read, time taken).
 fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
     let changelog = Changelog {
         topic: CHANGELOG.into(),
@@ -462,6 +463,34 @@ fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
     let records =
         streams::processor::restore_tasks(bootstrap, &changelog, &store, 0..REPLAY_PARTITIONS)?;
     Ok((records, start.elapsed()))
+}
+
+/// Rounds of the raw counting consumer per baseline: one round swung 3x between runs.
+const RAW_ROUNDS: usize = 3;
+
+/// [`RAW_ROUNDS`] reads of `topic` by the raw counting consumer: (records, each round's rate).
+async fn raw_rounds(bootstrap: &str, topic: &'static str) -> anyhow::Result<(u64, Vec<f64>)> {
+    let mut rates = Vec::with_capacity(RAW_ROUNDS);
+    let mut counted = 0;
+    for _ in 0..RAW_ROUNDS {
+        let bootstrap = bootstrap.to_owned();
+        let start = Instant::now();
+        counted = tokio::task::spawn_blocking(move || count_raw(&bootstrap, topic)).await??;
+        rates.push(counted as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok((counted, rates))
+}
+
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Every round's rate, for the report.
+fn rounds(rates: &[f64]) -> String {
+    let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    each.join(", ")
 }
 
 /// Reads every record of `topic` with a bare consumer, counting them.
