@@ -272,6 +272,11 @@ impl Restorer {
                 last_report = Instant::now();
             }
         }
+        // Left assigned, the consumer would go on fetching the live changelog into its queue
+        // (up to librdkafka's 64 MiB) until the next restore.
+        consumer
+            .unassign()
+            .map_err(|e| Error::kafka("unassigning the changelog", e))?;
         Ok(read)
     }
 
