@@ -22,8 +22,10 @@ pub const DEDUPE_WINDOW: usize = 100_000;
 /// chunk per task); the oldest chunks are dropped once more than [`DEDUPE_WINDOW`] ids are
 /// kept, and a task's chunks when the task's state is read back from its changelog.
 ///
-/// In memory an id is its [`Print`]: keeping, hashing and dropping the ids themselves (an
-/// allocation each) was a quarter of a replay's time.
+/// In memory an id is its [`Print`] (keeping, hashing and dropping the ids themselves, an
+/// allocation each, was a quarter of a replay's time); a print found is checked against the
+/// ids its chunk holds in sled ([`Store::seen`](super::Store::seen)), so two ids that share a
+/// print never make a record look like a duplicate.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     /// Print → the chunk holding it.
@@ -34,17 +36,23 @@ pub(crate) struct Seen {
     printer: Printer,
 }
 
-/// An event id in the window: 128 bits of two independently seeded hashes of it. Two ids of
-/// a window of 100,000 share one with a chance of about 10^-29 per record, far below what
-/// would ever skip a record that is not a duplicate; the seeds are drawn per process, so no
-/// producer can choose ids that collide.
+/// An event id in the window: two seeded 64-bit hashes of it. Only a lookup's first step: a
+/// match is confirmed against the ids themselves, so a collision, by chance or by a producer
+/// choosing ids, costs at most the dedupe of the id it displaced, never a record.
 pub(crate) type Print = u128;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Printer(
     foldhash::quality::RandomState,
     foldhash::quality::RandomState,
 );
+
+impl std::fmt::Debug for Printer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the seeds.
+        f.write_str("Printer")
+    }
+}
 
 impl Printer {
     fn print(&self, id: &[u8]) -> Print {
@@ -111,8 +119,9 @@ impl Seen {
         forgotten
     }
 
-    pub(crate) fn contains(&self, id: &[u8]) -> bool {
-        self.ids.contains_key(&self.printer.print(id))
+    /// The chunk that may hold `id`: one holding an id with its print.
+    pub(crate) fn chunk_of(&self, id: &[u8]) -> Option<Chunk> {
+        self.ids.get(&self.printer.print(id)).copied()
     }
 
     /// Forgets the oldest chunks while the rest still hold [`DEDUPE_WINDOW`] ids; returns the

@@ -384,9 +384,27 @@ impl Store {
         Ok(found)
     }
 
-    /// Whether an event id is among the last [`DEDUPE_WINDOW`] applied (a lookup in memory).
+    /// Whether an event id is among the last [`DEDUPE_WINDOW`] applied (a lookup in memory;
+    /// a match is confirmed in sled).
     pub fn seen(&self, event_id: &[u8]) -> bool {
-        crate::sync::lock(&self.seen).contains(event_id)
+        self.applied(&crate::sync::lock(&self.seen), event_id)
+    }
+
+    /// Whether `seen` holds `id`: its print, then the id itself among its chunk's ids in sled
+    /// (read only on a match, which outside a duplicate is as rare as two ids sharing a print).
+    fn applied(&self, seen: &Seen, id: &[u8]) -> bool {
+        let Some(chunk) = seen.chunk_of(id) else {
+            return false;
+        };
+        match self.marks.get(chunk_key(chunk)) {
+            Ok(Some(ids)) => decode_ids(&ids).any(|stored| stored == id),
+            Ok(None) => false,
+            Err(error) => {
+                // Skipping it is what the window said before it could be checked.
+                tracing::warn!(%error, "Reading an event id's dedupe chunk failed; taking the id as applied");
+                true
+            }
+        }
     }
 
     /// Forgets the event ids applied to `scope`'s state: its state is about to be read back from
@@ -425,7 +443,7 @@ impl Store {
         // Held through the transaction: two workers cannot both pass the duplicate check with
         // one event id, and chunks are numbered in commit order.
         let mut seen = crate::sync::lock(&self.seen);
-        if checked && batch.ids.keys().any(|id| seen.contains(id)) {
+        if checked && batch.ids.keys().any(|id| self.applied(&seen, id)) {
             return Ok(Committed::AlreadyApplied);
         }
         let spans: Vec<(String, i64, i64)> = batch
