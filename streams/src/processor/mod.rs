@@ -600,8 +600,8 @@ pub async fn run<H: Handler>(
 }
 
 /// Restores `tasks` of `changelog` into `store` as a processor does when it is assigned them
-/// (benches and tools), with one consumer for all (closing one takes librdkafka ~100 ms): how
-/// many changelog records were read (none for a task the store held the latest state of).
+/// (benches and tools), together (see `Restorer::restore_all`): how many changelog records
+/// were read (none for a task the store held the latest state of).
 ///
 /// # Errors
 ///

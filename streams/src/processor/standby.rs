@@ -39,8 +39,8 @@ pub(crate) struct Copies {
     pub(crate) tasks: usize,
     /// The tasks this member holds (set by the rebalance callback before it restores them).
     pub(crate) held: Arc<Mutex<BTreeSet<i32>>>,
-    /// Its lock is held for one task's catch-up at a time, as the rebalance callback's restores
-    /// and the relay's checkpoints hold it.
+    /// Its lock is held for one task's catch-up at a time; the rebalance callback holds it
+    /// through an assignment's restore, the relay to record a checkpoint.
     pub(crate) gate: Gate,
 }
 
