@@ -208,6 +208,16 @@ impl Gate {
         crate::sync::lock(&self.rewriting)
     }
 
+    /// [`Gate::rewriting`] if nothing holds it now: the relay, on a tokio worker, records a
+    /// checkpoint only then, since a rebalance's restore holds the lock for seconds.
+    pub(crate) fn try_rewriting(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        match self.rewriting.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Lets entries of `task` through (after it was restored).
     pub(crate) fn own(&self, task: i32) {
         crate::sync::lock(&self.owned).insert(task);
@@ -420,9 +430,11 @@ pub async fn relay(
                             if let (Some(gate), Some(task)) = (&gate, marker) {
                                 // Only for a task still owned: once given up, a standby copy
                                 // may have rebuilt it from the changelog without this commit.
-                                let _rewriting = gate.rewriting();
+                                // Skipped while a restore rewrites: a checkpoint left behind
+                                // only makes a later restore read more of the changelog.
                                 let at = Some(delivery.offset + 1);
-                                if gate.owns(task)
+                                if let Some(_rewriting) = gate.try_rewriting()
+                                    && gate.owns(task)
                                     && let Err(error) = gate.store.set_checkpoint(&gate.topic, task, at)
                                 {
                                     tracing::warn!(%error, task, "Recording a changelog checkpoint failed");
