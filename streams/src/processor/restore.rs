@@ -227,16 +227,15 @@ impl Restorer {
         let mut read = Vec::with_capacity(reading.len());
         let mut last_report = Instant::now();
         let mut last_read = Instant::now();
-        // Records of the tasks being read since the consumer last had none ready: the clock
-        // is read only then, and every 1,024 records (`records`) for the progress report, not
+        // Whether a record of a task being read came since the consumer last had none ready:
+        // the clock is read only then, and every 1,024 records for the progress report, not
         // twice for each record.
-        let mut arrived = 0u64;
+        let mut arrived = false;
         let mut records = 0u64;
         while !reading.is_empty() {
             let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                if arrived > 0 {
+                if std::mem::take(&mut arrived) {
                     last_read = Instant::now();
-                    arrived = 0;
                 }
                 // A compacted partition has gaps: its position tells how far it is.
                 if let Ok(position) = consumer.position() {
@@ -257,10 +256,7 @@ impl Restorer {
                     .map(|(task, _)| *task)
                     .collect();
                 for task in ended {
-                    if let Some(behind) = reading.remove(&task) {
-                        pause(consumer, topic, task);
-                        read.push(behind);
-                    }
+                    end(consumer, topic, task, &mut reading, &mut read);
                 }
                 if role == Role::Owner && last_report.elapsed() >= REPORT {
                     report(topic, &reading);
@@ -288,17 +284,14 @@ impl Restorer {
                 // restored before, before this assignment replaced it: no progress.
                 continue;
             };
-            arrived += 1;
+            arrived = true;
             records += 1;
             behind.next = message.offset() + 1;
             if message.offset() < behind.high {
                 behind.take(store, &message)?;
             }
-            if behind.next >= behind.high
-                && let Some(behind) = reading.remove(&task)
-            {
-                pause(consumer, topic, task);
-                read.push(behind);
+            if behind.next >= behind.high {
+                end(consumer, topic, task, &mut reading, &mut read);
             }
             if role == Role::Owner
                 && records.is_multiple_of(1_024)
@@ -484,8 +477,19 @@ impl Restorer {
     }
 }
 
-/// Stops fetching a task read to its end: records appended meanwhile are not its restore's.
-fn pause(consumer: &BaseConsumer, topic: &str, task: i32) {
+/// Moves a task read to its end from `reading` to `read`, and stops fetching it: records
+/// appended meanwhile are not its restore's.
+fn end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    task: i32,
+    reading: &mut FastMap<i32, Reading>,
+    read: &mut Vec<Reading>,
+) {
+    let Some(behind) = reading.remove(&task) else {
+        return;
+    };
+    read.push(behind);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, task);
     if let Err(error) = consumer.pause(&tpl) {
