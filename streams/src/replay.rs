@@ -7,6 +7,7 @@
 //! Replaying the same input through the same handler gives the same digest as the live store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -135,6 +136,11 @@ pub async fn replay<H: Handler>(
 }
 
 /// Applies `topics` from `start` to their current end: (applied, skipped).
+///
+/// A task's records (those of one partition number, in every topic) only touch the task's own
+/// state, so the tasks are shared out over one consumer per core, each applying its share on
+/// a thread of its own (on a multi-threaded runtime; one consumer otherwise), as a service's
+/// live instances would apply them.
 #[allow(clippy::too_many_arguments)]
 async fn pass<H: Handler>(
     bootstrap: &str,
@@ -146,18 +152,107 @@ async fn pass<H: Handler>(
     handler: &H,
     progress: &mut impl FnMut(Progress),
 ) -> Result<(u64, u64)> {
-    // Polled without waiting and put to sleep only when it has nothing: a replay almost always
-    // has records ready, and an async receive per record costs a timer and a wake-up each.
-    let consumer: BaseConsumer = crate::kafka::reader_config(bootstrap, "replay")
+    let planner = reader(bootstrap)?;
+    let (readings, total) = plan(&planner, bootstrap, topics, start, store)?;
+    progress(Progress { records: 0, total });
+    let shared = Shared {
+        topics,
+        globals,
+        store,
+        codec,
+        handler,
+        total,
+        done: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut shares = share_out(readings, if multi_threaded { cores } else { 1 });
+    let counts = if shares.len() <= 1 {
+        let readings = shares.pop().unwrap_or_default();
+        shared.read(&planner, &readings, Some(progress)).await?
+    } else {
+        let mut consumers = vec![planner];
+        for _ in 1..shares.len() {
+            consumers.push(reader(bootstrap)?);
+        }
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let readers: Vec<_> = consumers
+                    .iter()
+                    .zip(&shares)
+                    .map(|(consumer, readings)| {
+                        let (shared, handle) = (&shared, &handle);
+                        scope.spawn(move || {
+                            let read = handle.block_on(shared.read(consumer, readings, None));
+                            if read.is_err() {
+                                // The other shares stop too: the pass fails as a whole.
+                                shared.stop.store(true, Ordering::Relaxed);
+                            }
+                            read
+                        })
+                    })
+                    .collect();
+                while !readers.iter().all(|r| r.is_finished()) {
+                    progress(Progress {
+                        records: shared.done.load(Ordering::Relaxed),
+                        total,
+                    });
+                    std::thread::sleep(REPORT_EVERY);
+                }
+                let mut counts = (0, 0);
+                for reader in readers {
+                    let (applied, skipped) = reader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    counts = (counts.0 + applied, counts.1 + skipped);
+                }
+                Ok::<_, Error>(counts)
+            })
+        })?
+    };
+    progress(Progress {
+        records: counts.0 + counts.1,
+        total,
+    });
+    Ok(counts)
+}
+
+/// A consumer polled without waiting and put to sleep only when it has nothing: a replay
+/// almost always has records ready, and an async receive per record costs a timer and a
+/// wake-up each.
+fn reader(bootstrap: &str) -> Result<BaseConsumer> {
+    crate::kafka::reader_config(bootstrap, "replay")
         .create()
-        .map_err(|e| Error::kafka("creating the replay consumer", e))?;
+        .map_err(|e| Error::kafka("creating the replay consumer", e))
+}
+
+/// One partition a pass reads: its topic's index, its number, and the offsets it is read from
+/// and up to (exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    topic: usize,
+    partition: i32,
+    from: i64,
+    end: i64,
+}
+
+/// The partitions of `topics` with records to apply from `start`, and how many records that is.
+fn plan(
+    consumer: &BaseConsumer,
+    bootstrap: &str,
+    topics: &[&str],
+    start: &Start,
+    store: &Store,
+) -> Result<(Vec<Reading>, u64)> {
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(30))
         .map_err(|e| Error::kafka("reading topic metadata", e))?;
     // The embedded broker drops a partition's oldest records past its bound without a word.
     let embedded = crate::kafka::topic::is_mock_cluster(bootstrap).unwrap_or(false);
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Ends::new(topics);
+    let mut readings = Vec::new();
     let mut total = 0u64;
     for (index, topic) in topics.iter().enumerate() {
         let Some(found) = metadata.topics().iter().find(|t| t.name() == *topic) else {
@@ -201,90 +296,144 @@ async fn pass<H: Handler>(
             let from = from.max(stored);
             if from < high {
                 total += (high - from) as u64;
-                ends.open(index, id, high);
-                assignment
-                    .add_partition_offset(topic, id, Offset::Offset(from))
-                    .map_err(|e| Error::kafka("assigning partitions", e))?;
+                readings.push(Reading {
+                    topic: index,
+                    partition: id,
+                    from,
+                    end: high,
+                });
             }
         }
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("assigning partitions", e))?;
-    // Records are committed in batches: each batch's effects and offsets are one transaction,
-    // so a replay stopped midway resumes consistently, and sled's per-transaction cost is paid
-    // once per batch instead of once per record.
-    let mut run = Run {
-        globals,
-        batch: Batch::default(),
-        applied: 0,
-        skipped: 0,
-        total,
-        last_report: Instant::now(),
-    };
-    progress(Progress { records: 0, total });
-    if topics.len() == 1 {
-        // One topic: partitions are independent, so records are applied as they arrive.
-        while !ends.all_read() {
-            let Some(message) = consumer.poll(Duration::ZERO) else {
-                tokio::time::sleep(IDLE).await;
-                continue;
-            };
-            let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
-            if let Some((_, true)) = ends.take(&message) {
-                run.apply(store, codec, handler, &message, progress).await?;
-            }
+    Ok((readings, total))
+}
+
+/// `readings` in at most `shares` shares, every partition of a task (partition number) in the
+/// same one, tasks dealt out in turn.
+fn share_out(readings: Vec<Reading>, shares: usize) -> Vec<Vec<Reading>> {
+    let mut tasks: Vec<i32> = readings.iter().map(|r| r.partition).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let count = shares.clamp(1, tasks.len().max(1));
+    let mut out = vec![Vec::new(); count];
+    for reading in readings {
+        let turn = tasks.binary_search(&reading.partition).unwrap_or(0);
+        out[turn % count].push(reading);
+    }
+    out
+}
+
+/// How often progress is reported.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// What every share of a pass applies its records with, and their common counts.
+struct Shared<'a, H> {
+    topics: &'a [&'a str],
+    /// The topics read as global tables.
+    globals: &'a [String],
+    store: &'a Store,
+    codec: &'a Codec,
+    handler: &'a H,
+    total: u64,
+    /// Records read by all shares, counted every [`COUNT_EVERY`] records.
+    done: AtomicU64,
+    /// Set when a share failed: the others stop.
+    stop: AtomicBool,
+}
+
+/// Records a share reads between two updates of the common count.
+const COUNT_EVERY: u64 = 256;
+
+impl<H: Handler> Shared<'_, H> {
+    /// Applies `readings` through `consumer`, reporting to `progress` if given: (applied,
+    /// skipped).
+    async fn read(
+        &self,
+        consumer: &BaseConsumer,
+        readings: &[Reading],
+        mut progress: Option<&mut dyn FnMut(Progress)>,
+    ) -> Result<(u64, u64)> {
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = Ends::new(self.topics);
+        for r in readings {
+            ends.open(r.topic, r.partition, r.end);
+            assignment
+                .add_partition_offset(self.topics[r.topic], r.partition, Offset::Offset(r.from))
+                .map_err(|e| Error::kafka("assigning partitions", e))?;
         }
-    } else {
-        // Several topics: a service saw their records interleaved in the order they were
-        // written (a reply comes after its request), so they are applied in timestamp order,
-        // the earlier topic first on a tie, taking a record only once every partition still
-        // being read has one waiting.
-        let mut waiting: Vec<Vec<VecDeque<OwnedMessage>>> = ends
-            .open
-            .iter()
-            .map(|partitions| partitions.iter().map(|_| VecDeque::new()).collect())
-            .collect();
-        loop {
-            let starved = ends.reading().any(|(t, p)| waiting[t][p].is_empty());
-            if !starved {
-                let earliest = waiting
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(t, partitions)| {
-                        partitions.iter().enumerate().filter_map(move |(p, queue)| {
-                            let at = queue.front()?.timestamp().to_millis().unwrap_or(0);
-                            Some((at, t, p))
-                        })
-                    })
-                    .min();
-                let Some((_, t, p)) = earliest else {
-                    break;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| Error::kafka("assigning partitions", e))?;
+        // Records are committed in batches: each batch's effects and offsets are one
+        // transaction, so a replay stopped midway resumes consistently, and sled's
+        // per-transaction cost is paid once per batch instead of once per record.
+        let mut run = Run {
+            shared: self,
+            batch: Batch::default(),
+            applied: 0,
+            skipped: 0,
+            last_report: Instant::now(),
+        };
+        let stopped = || self.stop.load(Ordering::Relaxed);
+        if self.topics.len() == 1 {
+            // One topic: partitions are independent, so records are applied as they arrive.
+            while !ends.all_read() && !stopped() {
+                let Some(message) = consumer.poll(Duration::ZERO) else {
+                    tokio::time::sleep(IDLE).await;
+                    continue;
                 };
-                if let Some(message) = waiting[t][p].pop_front() {
-                    run.apply(store, codec, handler, &message, progress).await?;
+                let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
+                if let Some((_, true)) = ends.take(&message) {
+                    run.apply(&message, &mut progress).await?;
                 }
-                continue;
             }
-            let Some(message) = consumer.poll(Duration::ZERO) else {
-                tokio::time::sleep(IDLE).await;
-                continue;
-            };
-            let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
-            if let Some((t, true)) = ends.take(&message) {
-                let p = message.partition() as usize;
-                waiting[t][p].push_back(message.detach());
+        } else {
+            // Several topics: a service saw their records interleaved in the order they were
+            // written (a reply comes after its request), so they are applied in timestamp
+            // order, the earlier topic first on a tie, taking a record only once every
+            // partition still being read has one waiting.
+            let mut waiting: Vec<Vec<VecDeque<OwnedMessage>>> = ends
+                .open
+                .iter()
+                .map(|partitions| partitions.iter().map(|_| VecDeque::new()).collect())
+                .collect();
+            while !stopped() {
+                let starved = ends.reading().any(|(t, p)| waiting[t][p].is_empty());
+                if !starved {
+                    let earliest = waiting
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(t, partitions)| {
+                            partitions.iter().enumerate().filter_map(move |(p, queue)| {
+                                let at = queue.front()?.timestamp().to_millis().unwrap_or(0);
+                                Some((at, t, p))
+                            })
+                        })
+                        .min();
+                    let Some((_, t, p)) = earliest else {
+                        break;
+                    };
+                    if let Some(message) = waiting[t][p].pop_front() {
+                        run.apply(&message, &mut progress).await?;
+                    }
+                    continue;
+                }
+                let Some(message) = consumer.poll(Duration::ZERO) else {
+                    tokio::time::sleep(IDLE).await;
+                    continue;
+                };
+                let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
+                if let Some((t, true)) = ends.take(&message) {
+                    let p = message.partition() as usize;
+                    waiting[t][p].push_back(message.detach());
+                }
             }
         }
+        if !run.batch.is_empty() {
+            self.store.commit(&run.batch, Writers::Sole)?;
+        }
+        Ok((run.applied, run.skipped))
     }
-    if !run.batch.is_empty() {
-        store.commit(&run.batch, Writers::Sole)?;
-    }
-    progress(Progress {
-        records: run.applied + run.skipped,
-        total,
-    });
-    Ok((run.applied, run.skipped))
 }
 
 /// The partitions a replay reads, by topic index and partition number, and where each ends.
@@ -351,35 +500,31 @@ impl<'a> Ends<'a> {
     }
 }
 
-/// A replay's running counts and open batch.
-struct Run<'g> {
-    /// The topics read as global tables.
-    globals: &'g [String],
+/// A share's running counts and open batch.
+struct Run<'s, 'a, H> {
+    shared: &'s Shared<'a, H>,
     batch: Batch,
     applied: u64,
     skipped: u64,
-    total: u64,
     last_report: Instant,
 }
 
-impl Run<'_> {
-    async fn apply<H: Handler, M: Message + Sync>(
+impl<H: Handler> Run<'_, '_, H> {
+    async fn apply<M: Message + Sync>(
         &mut self,
-        store: &Store,
-        codec: &Codec,
-        handler: &H,
         message: &M,
-        progress: &mut impl FnMut(Progress),
+        progress: &mut Option<&mut dyn FnMut(Progress)>,
     ) -> Result<()> {
+        let shared = self.shared;
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         // The replay's store is its own: nothing to check at commit, no reads to record.
         let apply = Apply {
             group: GROUP,
-            store,
-            codec,
-            handler,
+            store: shared.store,
+            codec: shared.codec,
+            handler: shared.handler,
             writers: Writers::Sole,
-            globals: self.globals,
+            globals: shared.globals,
         };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -408,6 +553,11 @@ impl Run<'_> {
                     self.skipped += 1;
                     break;
                 }
+                Err(Failure::Retry(_)) if shared.stop.load(Ordering::Relaxed) => {
+                    // Another share failed, so the pass does: the record stays unapplied,
+                    // and the share's batch ends before it.
+                    return Ok(());
+                }
                 Err(Failure::Retry(reason)) => {
                     tracing::warn!(reason, "Retrying a replayed record");
                     tokio::time::sleep(backoff).await;
@@ -416,19 +566,76 @@ impl Run<'_> {
             }
         }
         if self.batch.len() >= BATCH_RECORDS {
-            store.commit(&self.batch, Writers::Sole)?;
+            shared.store.commit(&self.batch, Writers::Sole)?;
             self.batch.clear();
         }
-        // The clock is read every 256 records, not for each.
-        if (self.applied + self.skipped).is_multiple_of(256)
-            && self.last_report.elapsed() >= Duration::from_millis(100)
-        {
-            progress(Progress {
-                records: self.applied + self.skipped,
-                total: self.total,
-            });
-            self.last_report = Instant::now();
+        // The common count and the clock are touched every few hundred records, not for each.
+        if (self.applied + self.skipped).is_multiple_of(COUNT_EVERY) {
+            let done = shared.done.fetch_add(COUNT_EVERY, Ordering::Relaxed) + COUNT_EVERY;
+            if let Some(progress) = progress
+                && self.last_report.elapsed() >= REPORT_EVERY
+            {
+                progress(Progress {
+                    records: done,
+                    total: shared.total,
+                });
+                self.last_report = Instant::now();
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(topic: usize, partition: i32, records: i64) -> Reading {
+        Reading {
+            topic,
+            partition,
+            from: 0,
+            end: records,
+        }
+    }
+
+    #[test]
+    fn every_partition_of_a_task_goes_to_one_share_and_tasks_are_dealt_in_turn() {
+        // Two topics of four partitions each; task 2 has nothing left in topic 1.
+        let readings: Vec<Reading> = (0..4)
+            .map(|p| reading(0, p, 10))
+            .chain([0, 1, 3].map(|p| reading(1, p, 5)))
+            .collect();
+        let shares = share_out(readings.clone(), 2);
+        let tasks = |share: &[Reading]| {
+            let mut tasks: Vec<i32> = share.iter().map(|r| r.partition).collect();
+            tasks.sort_unstable();
+            tasks.dedup();
+            tasks
+        };
+        assert_eq!(shares.len(), 2);
+        assert_eq!(tasks(&shares[0]), [0, 2]);
+        assert_eq!(tasks(&shares[1]), [1, 3]);
+        assert_eq!(shares.iter().map(Vec::len).sum::<usize>(), readings.len());
+        for share in &shares {
+            for r in share {
+                let task_elsewhere = shares
+                    .iter()
+                    .filter(|other| !std::ptr::eq(*other, share))
+                    .flatten()
+                    .any(|o| o.partition == r.partition);
+                assert!(!task_elsewhere, "task {} is split", r.partition);
+            }
+        }
+    }
+
+    #[test]
+    fn there_are_never_more_shares_than_tasks_nor_fewer_than_one() {
+        assert_eq!(share_out(vec![reading(0, 7, 3)], 8).len(), 1);
+        assert_eq!(share_out(Vec::new(), 4), vec![Vec::<Reading>::new()]);
+        assert_eq!(
+            share_out(vec![reading(0, 0, 1), reading(0, 1, 1)], 0).len(),
+            1
+        );
     }
 }
