@@ -52,8 +52,8 @@ pub enum Writers {
     /// Other workers may (a live processor): the commit is refused if any of the batch's
     /// offsets or event ids was applied meanwhile, or a key its handlers read changed.
     Shared,
-    /// Nobody else does (a replay into its own store): nothing is checked, and handlers'
-    /// reads are not recorded.
+    /// Nobody else does (a replay into its own store, whose shares write disjoint tasks):
+    /// nothing is checked, and handlers' reads are not recorded.
     Sole,
 }
 
@@ -440,18 +440,28 @@ impl Store {
         let checked = writers == Writers::Shared;
         let logged = self.changelog_records(batch)?;
         let outbox_ids = self.outbox.ids(batch.emits.len() + logged.len())?;
-        // Held through the transaction: two workers cannot both pass the duplicate check with
-        // one event id, and chunks are numbered in commit order.
+        // With other workers, held through the transaction: two of them cannot both pass the
+        // duplicate check with one event id. A store's sole writer (a replay, whose shares
+        // each commit their own tasks) checks nothing, so the window is locked only to number
+        // the chunk and, after the transaction, to add it: a share reading the window per
+        // record is not held up by another's commit.
         let mut seen = crate::sync::lock(&self.seen);
         if checked && batch.ids.keys().any(|id| self.applied(&seen, id)) {
             return Ok(Committed::AlreadyApplied);
         }
+        let number = seen.next_chunk;
+        seen.next_chunk += 1;
+        let held = if checked {
+            Some(seen)
+        } else {
+            drop(seen);
+            None
+        };
         let spans: Vec<(String, i64, i64)> = batch
             .spans
             .iter()
             .map(|s| (offset_key(&s.group, &s.topic, s.partition), s.first, s.next))
             .collect();
-        let number = seen.next_chunk;
         let mut by_scope: BTreeMap<[u8; 2], Ids> = BTreeMap::new();
         for (id, scope) in &batch.ids {
             by_scope.entry(scope.prefix()).or_default().push(id.clone());
@@ -505,6 +515,7 @@ impl Store {
             Err(TransactionError::Abort(refused)) => return Ok(refused),
             Err(TransactionError::Storage(e)) => return Err(store_error(e)),
         }
+        let mut seen = held.unwrap_or_else(|| crate::sync::lock(&self.seen));
         if !marks.is_empty() {
             for (chunk, _, ids) in marks {
                 seen.add(chunk, ids.iter().map(|id| &**id));
