@@ -330,10 +330,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             produce_generated(&producer, events).await?;
             let bootstrap = bench.broker.bootstrap_servers().to_owned();
 
-            let (counted, raw_rates) = raw_rounds(&bootstrap, "bench.typed").await?;
+            let (counted, raw_rates, raw_cpu) = raw_rounds(&bootstrap, "bench.typed").await?;
             let raw_rate = median(&raw_rates);
 
             let store = Store::temporary()?;
+            let cpu = Cpu::start();
             let summary = replay::replay(
                 bench.broker.bootstrap_servers(),
                 replay::Inputs::tasks(&["bench.typed"]),
@@ -345,31 +346,39 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let replay_rate = summary.applied as f64 / summary.elapsed.as_secs_f64();
+            let replay_cpu = cpu.per_record(summary.applied + summary.skipped);
 
             eprintln!("Writing a changelog of {events} changes...");
             bench.broker.create_topic(CHANGELOG, REPLAY_PARTITIONS, 1)?;
             write_changelog(&producer, events / REPLAY_PARTITIONS as usize).await?;
-            let (logged, raw_log_rates) = raw_rounds(&bootstrap, CHANGELOG).await?;
+            let (logged, raw_log_rates, raw_log_cpu) = raw_rounds(&bootstrap, CHANGELOG).await?;
             let raw_log_rate = median(&raw_log_rates);
             let bootstrap = bench.broker.bootstrap_servers().to_owned();
+            let cpu = Cpu::start();
             let (restored, took) =
                 tokio::task::spawn_blocking(move || restore_all(&bootstrap)).await??;
             let restore_rate = restored as f64 / took.as_secs_f64();
+            let restore_cpu = cpu.per_record(restored);
 
             println!(
-                "raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records; median of {})",
-                rounds(&raw_rates)
+                "raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records; median of {}){}",
+                rounds(&raw_rates),
+                cpu_note(raw_cpu)
             );
             println!(
-                "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {})",
-                summary.applied, summary.digest
+                "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {}){}",
+                summary.applied,
+                summary.digest,
+                cpu_note(replay_cpu)
             );
             println!(
-                "raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records; median of {})",
-                rounds(&raw_log_rates)
+                "raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records; median of {}){}",
+                rounds(&raw_log_rates),
+                cpu_note(raw_log_cpu)
             );
             println!(
-                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks read together)"
+                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks read together){}",
+                cpu_note(restore_cpu)
             );
             if let Some(peak) = peak_memory_mib() {
                 println!(
@@ -468,17 +477,62 @@ fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
 /// Rounds of the raw counting consumer per baseline: one round swung 3x between runs.
 const RAW_ROUNDS: usize = 3;
 
-/// [`RAW_ROUNDS`] reads of `topic` by the raw counting consumer: (records, each round's rate).
-async fn raw_rounds(bootstrap: &str, topic: &'static str) -> anyhow::Result<(u64, Vec<f64>)> {
+/// [`RAW_ROUNDS`] reads of `topic` by the raw counting consumer: (records, each round's rate,
+/// CPU time per record over all rounds).
+async fn raw_rounds(
+    bootstrap: &str,
+    topic: &'static str,
+) -> anyhow::Result<(u64, Vec<f64>, Option<Duration>)> {
     let mut rates = Vec::with_capacity(RAW_ROUNDS);
     let mut counted = 0;
+    let cpu = Cpu::start();
     for _ in 0..RAW_ROUNDS {
         let bootstrap = bootstrap.to_owned();
         let start = Instant::now();
         counted = tokio::task::spawn_blocking(move || count_raw(&bootstrap, topic)).await??;
         rates.push(counted as f64 / start.elapsed().as_secs_f64());
     }
-    Ok((counted, rates))
+    let cpu = cpu.per_record(counted * RAW_ROUNDS as u64);
+    Ok((counted, rates, cpu))
+}
+
+/// The CPU time the whole process used from a point on, every thread counted (the embedded
+/// broker's too). Unlike a rate, it hardly depends on how the threads of a pipeline happen to
+/// share this machine's cores, which swung the raw consumer's rate 2.5x between runs.
+struct Cpu(Option<Duration>);
+
+impl Cpu {
+    fn start() -> Self {
+        Cpu(process_cpu())
+    }
+
+    /// The CPU time used since the start, per record of `records`.
+    fn per_record(&self, records: u64) -> Option<Duration> {
+        let used = process_cpu()?.checked_sub(self.0?)?;
+        Some(used / u32::try_from(records.max(1)).ok()?)
+    }
+}
+
+/// User and system time of the process so far, from `/proc/self/stat` (Linux; in the kernel's
+/// user-visible clock ticks, 100 a second).
+fn process_cpu() -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis,
+    // from the state (field 3); utime and stime are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (user + system) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
+/// `; N µs CPU per record` when the CPU time is known.
+fn cpu_note(per_record: Option<Duration>) -> String {
+    per_record.map_or_else(String::new, |cpu| {
+        format!("; {:.2} µs CPU per record", cpu.as_secs_f64() * 1e6)
+    })
 }
 
 fn median(rates: &[f64]) -> f64 {
