@@ -1,4 +1,4 @@
-//! Replay: an independent consumer that rebuilds a store from topics with a service's handler.
+//! Replay: independent consumers that rebuild a store from topics with a service's handler.
 //!
 //! It assigns partitions directly (no consumer group join, no offset commits), so it never
 //! disturbs live groups, and reads up to the end each partition had when the replay started.
