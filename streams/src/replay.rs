@@ -2,7 +2,8 @@
 //!
 //! It assigns partitions directly (no consumer group join, no offset commits), so it never
 //! disturbs live groups, and reads up to the end each partition had when the replay started.
-//! Records of several topics are applied in timestamp order (see [`replay`]). Poison records
+//! Records of several topics are applied in timestamp order, within each share of the tasks
+//! (see `pass`). Poison records
 //! are skipped and counted (the live service already dead-lettered them).
 //! Replaying the same input through the same handler gives the same digest as the live store.
 
@@ -140,7 +141,8 @@ pub async fn replay<H: Handler>(
 /// A task's records (those of one partition number, in every topic) only touch the task's own
 /// state, so the tasks are shared out over one consumer per core, each applying its share on
 /// a thread of its own (on a multi-threaded runtime; one consumer otherwise), as a service's
-/// live instances would apply them.
+/// live instances would apply them. Global tables all write one scope, so they are read by
+/// one consumer: two shares reading and writing the same keys would lose updates.
 #[allow(clippy::too_many_arguments)]
 async fn pass<H: Handler>(
     bootstrap: &str,
@@ -167,8 +169,10 @@ async fn pass<H: Handler>(
     };
     let multi_threaded = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let global = topics.iter().any(|t| globals.iter().any(|g| g == t));
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let mut shares = share_out(readings, if multi_threaded { cores } else { 1 });
+    let consumers = if multi_threaded && !global { cores } else { 1 };
+    let mut shares = share_out(readings, consumers);
     let counts = if shares.len() <= 1 {
         let readings = shares.pop().unwrap_or_default();
         shared.read(&planner, &readings, Some(progress)).await?
@@ -186,6 +190,7 @@ async fn pass<H: Handler>(
                     .map(|(consumer, readings)| {
                         let (shared, handle) = (&shared, &handle);
                         scope.spawn(move || {
+                            let _stop = StopOnPanic(&shared.stop);
                             let read = handle.block_on(shared.read(consumer, readings, None));
                             if read.is_err() {
                                 // The other shares stop too: the pass fails as a whole.
@@ -321,6 +326,18 @@ fn share_out(readings: Vec<Reading>, shares: usize) -> Vec<Vec<Reading>> {
         out[turn % count].push(reading);
     }
     out
+}
+
+/// Stops the other shares when the share holding it panics (a handler's bug): they would
+/// otherwise read all their tasks before the panic reaches the caller.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How often progress is reported.

@@ -1430,3 +1430,75 @@ async fn a_processor_stopped_while_a_dead_letter_cannot_be_written_keeps_the_rec
     drop(mock);
     h.shutdown().await;
 }
+
+/// A replay shares its tasks out over a consumer per core, but a global table, every partition
+/// of which writes the same keys, is read by one: two shares counting into one key unchecked
+/// would each write their own count over the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_table_replayed_on_several_cores_loses_no_update() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    h.book_unbounded(0, 300).await;
+    let both = |globals: &'static [&'static str], tasks: &'static [&'static str]| {
+        let h = &h;
+        async move {
+            let store = Store::temporary().expect("store");
+            let summary = replay::replay(
+                h.broker.bootstrap_servers(),
+                replay::Inputs { tasks, globals },
+                &Start::Beginning,
+                &store,
+                &h.codec,
+                &RouteCounter { emit_to: None },
+                |_| {},
+            )
+            .await
+            .expect("replay");
+            (summary, store)
+        }
+    };
+
+    let (summary, store) = both(&["bookings"], &[]).await;
+    assert_eq!(summary.applied, 300);
+    let counted: u64 = ["LIS-OPO", "LIS-FAO", "OPO-FAO"]
+        .iter()
+        .map(|route| {
+            let value = store
+                .get_in(Scope::Global, format!("route/{route}").as_bytes())
+                .expect("read")
+                .expect("a count per route");
+            String::from_utf8(value)
+                .expect("utf-8")
+                .parse::<u64>()
+                .expect("a count")
+        })
+        .sum();
+    assert_eq!(
+        counted, 300,
+        "every booking counted once in the global table"
+    );
+
+    // Read as tasks, the same records are counted per partition, across the shares.
+    let (summary, store) = both(&[], &["bookings"]).await;
+    assert_eq!(summary.applied, 300);
+    let per_task: u64 = (0..4)
+        .flat_map(|task| {
+            let store = &store;
+            ["LIS-OPO", "LIS-FAO", "OPO-FAO"]
+                .into_iter()
+                .map(move |route| {
+                    store
+                        .get_in(Scope::Task(task), format!("route/{route}").as_bytes())
+                        .expect("read")
+                        .map_or(0, |v| {
+                            String::from_utf8(v)
+                                .expect("utf-8")
+                                .parse::<u64>()
+                                .expect("a count")
+                        })
+                })
+        })
+        .sum();
+    assert_eq!(per_task, 300, "every booking counted once in its task");
+    h.shutdown().await;
+}

@@ -52,8 +52,8 @@ pub enum Writers {
     /// Other workers may (a live processor): the commit is refused if any of the batch's
     /// offsets or event ids was applied meanwhile, or a key its handlers read changed.
     Shared,
-    /// Nobody else does (a replay into its own store, whose shares write disjoint tasks):
-    /// nothing is checked, and handlers' reads are not recorded.
+    /// Nobody else does (a replay into its own store, whose shares write disjoint tasks, a
+    /// global table one share alone): nothing is checked, and handlers' reads are not recorded.
     Sole,
 }
 
@@ -449,6 +449,8 @@ impl Store {
         if checked && batch.ids.keys().any(|id| self.applied(&seen, id)) {
             return Ok(Committed::AlreadyApplied);
         }
+        // Reserved now, so a refused or empty commit leaves a gap in the numbers: nothing
+        // needs them contiguous, only ordered.
         let number = seen.next_chunk;
         seen.next_chunk += 1;
         let held = if checked {
