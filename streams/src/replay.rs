@@ -3,8 +3,8 @@
 //! It assigns partitions directly (no consumer group join, no offset commits), so it never
 //! disturbs live groups, and reads up to the end each partition had when the replay started.
 //! Records of several topics are applied in timestamp order, within each share of the tasks
-//! (see `pass`). Poison records
-//! are skipped and counted (the live service already dead-lettered them).
+//! (see `pass`). Poison records are skipped and counted (the live service already
+//! dead-lettered them).
 //! Replaying the same input through the same handler gives the same digest as the live store.
 
 use std::collections::VecDeque;
