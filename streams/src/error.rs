@@ -91,6 +91,15 @@ pub enum Error {
     /// A setting is missing or unusable; the message says which and how to give it.
     #[error("{0}")]
     Usage(String),
+    /// The operating system would not start another thread (a restore or replay reads on one
+    /// per core).
+    #[error("starting a thread to {purpose} failed: {source}")]
+    Thread {
+        /// What the thread was for.
+        purpose: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -105,7 +114,10 @@ impl Error {
             }),
             Error::Registry { status, .. } => *status >= 500,
             Error::Codec { retriable, .. } => *retriable,
-            Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
+            // Threads run out while others hold them; they end.
+            Error::RegistryUnavailable { .. } | Error::Timeout { .. } | Error::Thread { .. } => {
+                true
+            }
             Error::Schema(_)
             | Error::TopicSpec { .. }
             | Error::Io { .. }

@@ -184,22 +184,28 @@ async fn pass<H: Handler>(
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {
-                let readers: Vec<_> = consumers
-                    .iter()
-                    .zip(&shares)
-                    .map(|(consumer, readings)| {
-                        let (shared, handle) = (&shared, &handle);
-                        scope.spawn(move || {
-                            let _stop = StopOnPanic(&shared.stop);
-                            let read = handle.block_on(shared.read(consumer, readings, None));
-                            if read.is_err() {
-                                // The other shares stop too: the pass fails as a whole.
-                                shared.stop.store(true, Ordering::Relaxed);
-                            }
-                            read
-                        })
-                    })
-                    .collect();
+                let mut readers = Vec::with_capacity(shares.len());
+                let mut refused = None;
+                for (i, (consumer, readings)) in consumers.iter().zip(&shares).enumerate() {
+                    let (shared, handle) = (&shared, &handle);
+                    let read = move || {
+                        let _stop = StopOnPanic(&shared.stop);
+                        let read = handle.block_on(shared.read(consumer, readings, None));
+                        if read.is_err() {
+                            // The other shares stop too: the pass fails as a whole.
+                            shared.stop.store(true, Ordering::Relaxed);
+                        }
+                        read
+                    };
+                    match crate::sync::spawn_scoped(scope, format!("replay-{i}"), "replay", read) {
+                        Ok(reader) => readers.push(reader),
+                        Err(error) => {
+                            shared.stop.store(true, Ordering::Relaxed);
+                            refused = Some(error);
+                            break;
+                        }
+                    }
+                }
                 while !readers.iter().all(|r| r.is_finished()) {
                     progress(Progress {
                         records: shared.done.load(Ordering::Relaxed),
@@ -214,7 +220,7 @@ async fn pass<H: Handler>(
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                     counts = (counts.0 + applied, counts.1 + skipped);
                 }
-                Ok::<_, Error>(counts)
+                refused.map_or(Ok(counts), Err)
             })
         })?
     };

@@ -138,20 +138,27 @@ impl Restorer {
             shares[i % consumers.len()].push(reading);
         }
         std::thread::scope(|scope| {
-            let readers: Vec<_> = consumers
-                .into_iter()
-                .zip(shares)
-                .map(|(consumer, share)| {
-                    scope.spawn(move || self.read_and_finish(consumer, share, store, role))
-                })
-                .collect();
+            let mut readers = Vec::with_capacity(consumers.len());
+            let mut refused = None;
+            for (i, (consumer, share)) in consumers.into_iter().zip(shares).enumerate() {
+                let read = move || self.read_and_finish(consumer, share, store, role);
+                match crate::sync::spawn_scoped(scope, format!("restore-{i}"), "restore", read) {
+                    Ok(reader) => readers.push(reader),
+                    Err(error) => {
+                        // The shares started still finish; a rebalance does the rest again,
+                        // task by task.
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
             for reader in readers {
                 let read = reader
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 done.extend(read?);
             }
-            Ok(done)
+            refused.map_or(Ok(done), Err)
         })
     }
 
@@ -325,7 +332,14 @@ impl Restorer {
         let second = tasks.split_off(tasks.len() / 2);
         let first = self.read(consumer, tasks, store, role)?;
         std::thread::scope(|scope| {
-            let writing = scope.spawn(|| finish(first));
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("restore")
+                .to_owned();
+            // Refused a thread, the restore fails like a failed read (a rebalance then does it
+            // again task by task, on its own thread).
+            let writing =
+                crate::sync::spawn_scoped(scope, format!("{name}-w"), "restore", || finish(first))?;
             let second = self.read(consumer, second, store, role);
             let mut done = writing
                 .join()
