@@ -170,8 +170,11 @@ async fn pass<H: Handler>(
     let multi_threaded = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     let global = topics.iter().any(|t| globals.iter().any(|g| g == t));
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let consumers = if multi_threaded && !global { cores } else { 1 };
+    let consumers = if multi_threaded && !global {
+        crate::sync::cores()
+    } else {
+        1
+    };
     let mut shares = share_out(readings, consumers);
     let counts = if shares.len() <= 1 {
         let readings = shares.pop().unwrap_or_default();
@@ -184,11 +187,12 @@ async fn pass<H: Handler>(
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {
-                let mut readers = Vec::with_capacity(shares.len());
-                let mut refused = None;
-                for (i, (consumer, readings)) in consumers.iter().zip(&shares).enumerate() {
-                    let (shared, handle) = (&shared, &handle);
-                    let read = move || {
+                let (shared, handle) = (&shared, &handle);
+                let (readers, refused) = crate::sync::spawn_each(
+                    scope,
+                    "replay",
+                    consumers.iter().zip(&shares),
+                    move |(consumer, readings)| {
                         let _stop = StopOnPanic(&shared.stop);
                         let read = handle.block_on(shared.read(consumer, readings, None));
                         if read.is_err() {
@@ -196,15 +200,10 @@ async fn pass<H: Handler>(
                             shared.stop.store(true, Ordering::Relaxed);
                         }
                         read
-                    };
-                    match crate::sync::spawn_scoped(scope, format!("replay-{i}"), "replay", read) {
-                        Ok(reader) => readers.push(reader),
-                        Err(error) => {
-                            shared.stop.store(true, Ordering::Relaxed);
-                            refused = Some(error);
-                            break;
-                        }
-                    }
+                    },
+                );
+                if refused.is_some() {
+                    shared.stop.store(true, Ordering::Relaxed);
                 }
                 while !readers.iter().all(|r| r.is_finished()) {
                     progress(Progress {
@@ -215,9 +214,7 @@ async fn pass<H: Handler>(
                 }
                 let mut counts = (0, 0);
                 for reader in readers {
-                    let (applied, skipped) = reader
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                    let (applied, skipped) = crate::sync::join(reader)?;
                     counts = (counts.0 + applied, counts.1 + skipped);
                 }
                 refused.map_or(Ok(counts), Err)

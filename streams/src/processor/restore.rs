@@ -138,26 +138,17 @@ impl Restorer {
             shares[i % consumers.len()].push(reading);
         }
         std::thread::scope(|scope| {
-            let mut readers = Vec::with_capacity(consumers.len());
-            let mut refused = None;
-            for (i, (consumer, share)) in consumers.into_iter().zip(shares).enumerate() {
-                let read = move || self.read_and_finish(consumer, share, store, role);
-                match crate::sync::spawn_scoped(scope, format!("restore-{i}"), "restore", read) {
-                    Ok(reader) => readers.push(reader),
-                    Err(error) => {
-                        // The shares started still finish; a rebalance does the rest again,
-                        // task by task.
-                        refused = Some(error);
-                        break;
-                    }
-                }
-            }
+            let (readers, refused) = crate::sync::spawn_each(
+                scope,
+                "restore",
+                consumers.into_iter().zip(shares),
+                |(consumer, share)| self.read_and_finish(consumer, share, store, role),
+            );
             for reader in readers {
-                let read = reader
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                done.extend(read?);
+                done.extend(crate::sync::join(reader)?);
             }
+            // Refused a thread, the shares started still finish; a rebalance does the rest
+            // again, task by task.
             refused.map_or(Ok(done), Err)
         })
     }
@@ -168,7 +159,7 @@ impl Restorer {
         if tasks <= 1 {
             return vec![&self.consumer];
         }
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let cores = crate::sync::cores();
         let wanted = cores.min(tasks).saturating_sub(1);
         let extra = self.extra.get_or_init(|| {
             (1..cores)
@@ -341,9 +332,7 @@ impl Restorer {
             let writing =
                 crate::sync::spawn_scoped(scope, format!("{name}-w"), "restore", || finish(first))?;
             let second = self.read(consumer, second, store, role);
-            let mut done = writing
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let mut done = crate::sync::join(writing)?;
             done.extend(finish(second?)?);
             Ok(done)
         })
