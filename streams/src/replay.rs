@@ -376,7 +376,7 @@ impl<H: Handler> Shared<'_, H> {
         let mut assignment = TopicPartitionList::new();
         let mut ends = Ends::new(self.topics);
         for r in readings {
-            ends.open(r.topic, r.partition, r.end);
+            ends.open(r.topic, r.partition, r.from, r.end);
             assignment
                 .add_partition_offset(self.topics[r.topic], r.partition, Offset::Offset(r.from))
                 .map_err(|e| Error::kafka("assigning partitions", e))?;
@@ -395,13 +395,15 @@ impl<H: Handler> Shared<'_, H> {
             last_report: Instant::now(),
         };
         let stopped = || self.stop.load(Ordering::Relaxed);
+        let mut idle = Idle::new();
         if self.topics.len() == 1 {
             // One topic: partitions are independent, so records are applied as they arrive.
             while !ends.all_read() && !stopped() {
                 let Some(message) = consumer.poll(Duration::ZERO) else {
-                    tokio::time::sleep(IDLE).await;
+                    idle.wait(consumer, &mut ends).await?;
                     continue;
                 };
+                idle.arrived = true;
                 let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
                 if let Some((_, true)) = ends.take(&message) {
                     run.apply(&message, &mut progress).await?;
@@ -439,9 +441,10 @@ impl<H: Handler> Shared<'_, H> {
                     continue;
                 }
                 let Some(message) = consumer.poll(Duration::ZERO) else {
-                    tokio::time::sleep(IDLE).await;
+                    idle.wait(consumer, &mut ends).await?;
                     continue;
                 };
+                idle.arrived = true;
                 let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
                 if let Some((t, true)) = ends.take(&message) {
                     let p = message.partition() as usize;
@@ -460,9 +463,16 @@ impl<H: Handler> Shared<'_, H> {
 /// Looked up once per record, so by index rather than by searching names.
 struct Ends<'a> {
     topics: &'a [&'a str],
-    /// Per topic, per partition: the end offset while the partition is still being read.
-    open: Vec<Vec<Option<i64>>>,
+    /// Per topic, per partition: where the partition is while it is still being read.
+    open: Vec<Vec<Option<Open>>>,
     reading: usize,
+}
+
+/// A partition still being read: the offset after the last record read, and its end.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    next: i64,
+    end: i64,
 }
 
 impl<'a> Ends<'a> {
@@ -474,8 +484,8 @@ impl<'a> Ends<'a> {
         }
     }
 
-    /// Reads `partition` of the `topic`-th topic up to `end` (exclusive).
-    fn open(&mut self, topic: usize, partition: i32, end: i64) {
+    /// Reads `partition` of the `topic`-th topic from `from` up to `end` (exclusive).
+    fn open(&mut self, topic: usize, partition: i32, from: i64, end: i64) {
         let Ok(p) = usize::try_from(partition) else {
             return;
         };
@@ -483,7 +493,7 @@ impl<'a> Ends<'a> {
         if partitions.len() <= p {
             partitions.resize(p + 1, None);
         }
-        partitions[p] = Some(end);
+        partitions[p] = Some(Open { next: from, end });
         self.reading += 1;
     }
 
@@ -495,13 +505,57 @@ impl<'a> Ends<'a> {
         let t = self.topics.iter().position(|name| *name == topic)?;
         let p = usize::try_from(message.partition()).ok()?;
         let slot = self.open[t].get_mut(p)?;
-        let end = (*slot)?;
+        let open = slot.as_mut()?;
         let offset = message.offset();
+        let end = open.end;
+        open.next = offset + 1;
         if offset + 1 >= end {
             *slot = None;
             self.reading -= 1;
         }
         Some((t, offset < end))
+    }
+
+    /// Moves each partition still being read to the consumer's position in it, and stops
+    /// reading those it shows at their end: the offsets before a partition's end need not all
+    /// be records (a transactional producer's commit marker takes one, never delivered, and
+    /// is often a partition's last). Returns whether any partition moved.
+    fn skip_to(&mut self, positions: &TopicPartitionList) -> bool {
+        let mut moved = false;
+        for (topic, partitions) in self.topics.iter().zip(&mut self.open) {
+            for (p, slot) in partitions.iter_mut().enumerate() {
+                let Some(open) = slot.as_mut() else {
+                    continue;
+                };
+                let at = i32::try_from(p)
+                    .ok()
+                    .and_then(|p| positions.find_partition(topic, p))
+                    .and_then(|e| e.offset().to_raw());
+                let Some(at) = at.filter(|at| *at > open.next) else {
+                    continue;
+                };
+                moved = true;
+                open.next = at;
+                if at >= open.end {
+                    *slot = None;
+                    self.reading -= 1;
+                }
+            }
+        }
+        moved
+    }
+
+    /// The partitions still being read, with where each is, for an error.
+    fn describe(&self) -> String {
+        let mut waiting = Vec::new();
+        for (topic, partitions) in self.topics.iter().zip(&self.open) {
+            for (p, open) in partitions.iter().enumerate() {
+                if let Some(open) = open {
+                    waiting.push(format!("{topic}/{p} at {} of {}", open.next, open.end));
+                }
+            }
+        }
+        waiting.join(", ")
     }
 
     /// The partitions still being read, as (topic index, partition).
@@ -517,6 +571,63 @@ impl<'a> Ends<'a> {
 
     fn all_read(&self) -> bool {
         self.reading == 0
+    }
+}
+
+/// How long a share waits for a record, with none arriving and no partition moving on, before
+/// it gives up rather than wait for ever: the broker gone, or a partition cut short. A replay
+/// into the same store run again resumes from the offsets its commits stored.
+const STALLED: Duration = Duration::from_secs(30);
+
+/// How often a share with no record ready asks its consumer where each partition stands.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// A share's waits for records: when it last read one, and when it last looked at its
+/// consumer's positions. The clock is read only while the consumer has nothing ready, not for
+/// every record.
+struct Idle {
+    /// Whether a record came since the last wait.
+    arrived: bool,
+    last_read: Instant,
+    last_look: Instant,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Idle {
+            arrived: false,
+            last_read: Instant::now(),
+            last_look: Instant::now(),
+        }
+    }
+
+    /// Waits a moment for records, first closing the partitions the consumer's positions show
+    /// at their end.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] naming the partitions still being read, when nothing came for
+    /// [`STALLED`].
+    async fn wait(&mut self, consumer: &BaseConsumer, ends: &mut Ends<'_>) -> Result<()> {
+        if std::mem::take(&mut self.arrived) {
+            self.last_read = Instant::now();
+        }
+        if self.last_look.elapsed() >= LOOK_EVERY {
+            self.last_look = Instant::now();
+            if let Ok(positions) = consumer.position()
+                && ends.skip_to(&positions)
+            {
+                self.last_read = self.last_look;
+            }
+        }
+        if !ends.all_read() && self.last_read.elapsed() >= STALLED {
+            return Err(Error::Timeout {
+                action: format!("replaying {}: no record came", ends.describe()),
+                seconds: STALLED.as_secs(),
+            });
+        }
+        tokio::time::sleep(IDLE).await;
+        Ok(())
     }
 }
 
@@ -647,6 +758,42 @@ mod tests {
                 assert!(!task_elsewhere, "task {} is split", r.partition);
             }
         }
+    }
+
+    #[test]
+    fn a_partition_whose_position_reaches_its_end_is_read_even_without_its_last_record() {
+        let topics = ["orders", "payments"];
+        let mut ends = Ends::new(&topics);
+        ends.open(0, 0, 0, 10);
+        ends.open(0, 1, 4, 10);
+        ends.open(1, 0, 0, 3);
+        let positions = |at: &[(&str, i32, Offset)]| {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition, offset) in at {
+                tpl.add_partition_offset(topic, *partition, *offset)
+                    .expect("a position");
+            }
+            tpl
+        };
+        // Nothing read yet: a partition the consumer has no position in stays open.
+        assert!(!ends.skip_to(&positions(&[("orders", 1, Offset::Invalid)])));
+        assert!(!ends.skip_to(&positions(&[("orders", 1, Offset::Offset(4))])));
+        assert_eq!(ends.reading().count(), 3);
+        // orders/0 past its last record (offset 9 a commit marker), payments/0 moved on.
+        assert!(ends.skip_to(&positions(&[
+            ("orders", 0, Offset::Offset(10)),
+            ("payments", 0, Offset::Offset(2)),
+        ])));
+        assert_eq!(ends.reading().collect::<Vec<_>>(), [(0, 1), (1, 0)]);
+        assert_eq!(ends.describe(), "orders/1 at 4 of 10, payments/0 at 2 of 3");
+        assert!(!ends.skip_to(&positions(&[("payments", 0, Offset::Offset(2))])));
+        // Records still close their partition at its last offset; a position behind them
+        // changes nothing.
+        assert!(ends.skip_to(&positions(&[("payments", 0, Offset::Offset(3))])));
+        assert!(!ends.all_read());
+        assert!(!ends.skip_to(&positions(&[("orders", 1, Offset::Offset(2))])));
+        assert!(ends.skip_to(&positions(&[("orders", 1, Offset::Offset(11))])));
+        assert!(ends.all_read());
     }
 
     #[test]

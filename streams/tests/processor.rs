@@ -1,6 +1,8 @@
 //! The processor's guarantees on the embedded broker: partitions shared and taken over, crashes
 //! between the sled and Kafka commits, relay duplicates, poison records, broker faults, replay.
 
+#[path = "support/marker.rs"]
+mod marker;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -1500,5 +1502,112 @@ async fn a_global_table_replayed_on_several_cores_loses_no_update() {
         })
         .sum();
     assert_eq!(per_task, 300, "every booking counted once in its task");
+    h.shutdown().await;
+}
+
+/// The records and marker offsets of every partition of `topic`: what its watermarks span.
+fn offsets_in(h: &Harness, topic: &str, partitions: i32) -> i64 {
+    let consumer = h.reader(topic, partitions);
+    (0..partitions)
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Ends each of `bookings`' four partitions with a transaction's commit marker, as a
+/// transactional producer's commit leaves one: an offset no consumer is handed.
+fn end_bookings_in_markers(h: &Harness) {
+    for partition in 0..4 {
+        marker::append_commit_marker(h.broker.bootstrap_servers(), "bookings", partition, 4_000);
+    }
+}
+
+/// A replay reads each partition to the end it had at the start; when the last offset before
+/// that end is a marker, the consumer's position passing it is the end, not a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_to_an_end_that_is_a_transaction_marker() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    h.book(0, 40).await;
+    end_bookings_in_markers(&h);
+    // Without the markers this test could not fail.
+    assert_eq!(
+        offsets_in(&h, "bookings", 4),
+        44,
+        "40 records and 4 markers"
+    );
+
+    let summary = h.replayed().await;
+    assert_eq!(summary.applied, 40);
+    assert_eq!(summary.skipped, 0);
+    h.shutdown().await;
+}
+
+/// Notes, for each count request, how many LIS-OPO bookings its instance's global table held.
+struct RoutesSeen;
+
+impl Handler for RoutesSeen {
+    async fn handle(&self, ctx: &mut Context<'_>, record: &Record<'_>) -> Result<(), HandlerError> {
+        if record.topic == "bookings" {
+            let booked: Booked = ctx.decode(record).await?;
+            return add_one(ctx, format!("route/{}", booked.route));
+        }
+        let counted: Counted = ctx.decode(record).await?;
+        let held = ctx.get_global(b"route/LIS-OPO")?.unwrap_or_default();
+        ctx.put(format!("seen/{}", counted.booking_id).into_bytes(), held);
+        Ok(())
+    }
+}
+
+/// A processor reads its global tables to their ends before any task's record; a table whose
+/// partitions end in markers is read to them, and the tasks' records go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_global_table_ending_in_transaction_markers_is_read_and_the_tasks_go_on() {
+    let _serial = SERIAL.lock().await;
+    let h = harness().await;
+    h.book(0, 30).await;
+    end_bookings_in_markers(&h);
+    assert_eq!(
+        offsets_in(&h, "bookings", 4),
+        34,
+        "30 records and 4 markers"
+    );
+
+    let settings = h
+        .settings("routes-seen", "counted")
+        .with_globals(&[&support::spec("bookings")]);
+    let store = Store::temporary().expect("store");
+    let running = h.start(settings, &store, RoutesSeen);
+    for id in ["c1", "c2"] {
+        h.producer
+            .send(
+                "counted",
+                &Counted {
+                    booking_id: id.into(),
+                },
+                &Metadata::new(id),
+            )
+            .await
+            .expect("sent");
+    }
+    let seen = |id: &str| store.get(format!("seen/{id}").as_bytes()).expect("read");
+    wait_for(
+        "both count requests processed",
+        Duration::from_secs(60),
+        || seen("c1").is_some() && seen("c2").is_some(),
+    )
+    .await;
+    for id in ["c1", "c2"] {
+        assert_eq!(
+            seen(id).as_deref(),
+            Some(b"10".as_slice()),
+            "{id} saw the whole table"
+        );
+    }
+    running.stop().await;
     h.shutdown().await;
 }

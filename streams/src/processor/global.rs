@@ -125,6 +125,7 @@ impl Globals {
             return true;
         }
         self.checked = Some(Instant::now());
+        let positions = self.consumer.position().ok();
         for (topic, partition) in &self.partitions {
             let Ok((_, high)) =
                 self.consumer
@@ -133,12 +134,13 @@ impl Globals {
                 // Unknown now: the records are applied as they come.
                 continue;
             };
-            let next = apply
+            let applied = apply
                 .store
                 .next_offset(&settings.group, topic, *partition)
                 .ok()
                 .flatten()
                 .unwrap_or(0);
+            let next = applied.max(position_in(positions.as_ref(), topic, *partition));
             if next < high {
                 self.ends.insert((topic.clone(), *partition), high);
             }
@@ -158,11 +160,30 @@ impl Globals {
         while !self.ends.is_empty() {
             match self.step(apply, settings, producer, shutdown).await {
                 None => return false,
-                Some(0) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Some(0) => {
+                    self.drop_reached_ends();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Some(_) => {}
             }
         }
         true
+    }
+
+    /// Forgets the ends the consumer's position shows reached: the offsets before a
+    /// partition's end need not all be records (a transactional producer's commit marker
+    /// takes one, never delivered, and is often a partition's last), so waiting for the record
+    /// before the end would wait for ever.
+    fn drop_reached_ends(&mut self) {
+        if self.ends.is_empty() {
+            return;
+        }
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        self.ends.retain(|(topic, partition), end| {
+            position_in(Some(&positions), topic, *partition) < *end
+        });
     }
 
     /// Applies the records ready now, up to [`BATCH`]: how many (`None`: `shutdown` came).
@@ -234,4 +255,13 @@ impl Globals {
         }
         Some(taken)
     }
+}
+
+/// The consumer's position in `topic`'s `partition` (the offset after the last record or
+/// marker it read), or 0 if it has none.
+fn position_in(positions: Option<&TopicPartitionList>, topic: &str, partition: i32) -> i64 {
+    positions
+        .and_then(|p| p.find_partition(topic, partition))
+        .and_then(|e| e.offset().to_raw())
+        .map_or(0, |at| at.max(0))
 }
