@@ -89,7 +89,8 @@ impl<'a> Inputs<'a> {
 ///
 /// # Errors
 ///
-/// [`Error::Kafka`] when the topics cannot be read, [`Error::Store`] when the store fails.
+/// [`Error::Kafka`] when the topics cannot be read, [`Error::Store`] when the store fails,
+/// [`Error::Timeout`] when a partition still being read sends nothing for 30 s.
 pub async fn replay<H: Handler>(
     bootstrap: &str,
     inputs: Inputs<'_>,
@@ -403,9 +404,9 @@ impl<H: Handler> Shared<'_, H> {
                     idle.wait(consumer, &mut ends).await?;
                     continue;
                 };
-                idle.arrived = true;
                 let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
                 if let Some((_, true)) = ends.take(&message) {
+                    idle.arrived = true;
                     run.apply(&message, &mut progress).await?;
                 }
             }
@@ -440,13 +441,16 @@ impl<H: Handler> Shared<'_, H> {
                     }
                     continue;
                 }
+                // Starved: a partition whose last offset before its end is a marker would keep
+                // every other partition's records queued here until the consumer runs dry.
+                idle.look(consumer, &mut ends);
                 let Some(message) = consumer.poll(Duration::ZERO) else {
                     idle.wait(consumer, &mut ends).await?;
                     continue;
                 };
-                idle.arrived = true;
                 let message = message.map_err(|e| Error::kafka("reading records to replay", e))?;
                 if let Some((t, true)) = ends.take(&message) {
+                    idle.arrived = true;
                     let p = message.partition() as usize;
                     waiting[t][p].push_back(message.detach());
                 }
@@ -582,11 +586,12 @@ const STALLED: Duration = Duration::from_secs(30);
 /// How often a share with no record ready asks its consumer where each partition stands.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
-/// A share's waits for records: when it last read one, and when it last looked at its
-/// consumer's positions. The clock is read only while the consumer has nothing ready, not for
-/// every record.
+/// A share's waits for records: when it last read one to apply, and when it last looked at its
+/// consumer's positions. The clock is read only while the consumer has nothing ready (or a
+/// partition being read has nothing waiting), not for every record.
 struct Idle {
-    /// Whether a record came since the last wait.
+    /// Whether a record to apply came since the last wait (records past a partition's end,
+    /// which a live topic keeps sending, do not count).
     arrived: bool,
     last_read: Instant,
     last_look: Instant,
@@ -601,6 +606,20 @@ impl Idle {
         }
     }
 
+    /// Closes the partitions the consumer's positions show at their end, at most every
+    /// [`LOOK_EVERY`].
+    fn look(&mut self, consumer: &BaseConsumer, ends: &mut Ends<'_>) {
+        if self.last_look.elapsed() < LOOK_EVERY {
+            return;
+        }
+        self.last_look = Instant::now();
+        if let Ok(positions) = consumer.position()
+            && ends.skip_to(&positions)
+        {
+            self.last_read = self.last_look;
+        }
+    }
+
     /// Waits a moment for records, first closing the partitions the consumer's positions show
     /// at their end.
     ///
@@ -612,14 +631,7 @@ impl Idle {
         if std::mem::take(&mut self.arrived) {
             self.last_read = Instant::now();
         }
-        if self.last_look.elapsed() >= LOOK_EVERY {
-            self.last_look = Instant::now();
-            if let Ok(positions) = consumer.position()
-                && ends.skip_to(&positions)
-            {
-                self.last_read = self.last_look;
-            }
-        }
+        self.look(consumer, ends);
         if !ends.all_read() && self.last_read.elapsed() >= STALLED {
             return Err(Error::Timeout {
                 action: format!("replaying {}: no record came", ends.describe()),
@@ -787,10 +799,9 @@ mod tests {
         assert_eq!(ends.reading().collect::<Vec<_>>(), [(0, 1), (1, 0)]);
         assert_eq!(ends.describe(), "orders/1 at 4 of 10, payments/0 at 2 of 3");
         assert!(!ends.skip_to(&positions(&[("payments", 0, Offset::Offset(2))])));
-        // Records still close their partition at its last offset; a position behind them
-        // changes nothing.
         assert!(ends.skip_to(&positions(&[("payments", 0, Offset::Offset(3))])));
         assert!(!ends.all_read());
+        // A position behind where the partition is changes nothing.
         assert!(!ends.skip_to(&positions(&[("orders", 1, Offset::Offset(2))])));
         assert!(ends.skip_to(&positions(&[("orders", 1, Offset::Offset(11))])));
         assert!(ends.all_read());

@@ -1,5 +1,7 @@
 //! What the runtime's integration tests share: a schema registry on an embedded broker.
 
+pub mod marker;
+
 use std::net::SocketAddr;
 
 use streams::codec::Codec;
