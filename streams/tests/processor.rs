@@ -222,9 +222,14 @@ impl Harness {
 
     /// `bookings` replayed from the beginning into an empty store by a route counter.
     async fn replayed(&self) -> replay::Summary {
+        self.replayed_from(&["bookings"]).await
+    }
+
+    /// `topics` replayed from the beginning into an empty store by a route counter.
+    async fn replayed_from(&self, topics: &[&str]) -> replay::Summary {
         replay::replay(
             self.broker.bootstrap_servers(),
-            replay::Inputs::tasks(&["bookings"]),
+            replay::Inputs::tasks(topics),
             &Start::Beginning,
             &Store::temporary().expect("store"),
             &self.codec,
@@ -1516,13 +1521,13 @@ fn offsets_in(h: &Harness, topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
-/// Ends each of `bookings`' four partitions with a transaction's commit marker, as a
-/// transactional producer's commit leaves one: an offset no consumer is handed.
-fn end_bookings_in_markers(h: &Harness) {
-    for partition in 0..4 {
+/// Ends each of `topic`'s `partitions` with a transaction's commit marker, as a transactional
+/// producer's commit leaves one: an offset no consumer is handed.
+fn end_in_markers(h: &Harness, topic: &str, partitions: i32) {
+    for partition in 0..partitions {
         support::marker::append_commit_marker(
             h.broker.bootstrap_servers(),
-            "bookings",
+            topic,
             partition,
             4_000,
         );
@@ -1554,15 +1559,8 @@ async fn a_replay_reads_to_an_end_that_is_a_transaction_marker() {
         )
         .await
         .expect("sent");
-    end_bookings_in_markers(&h);
-    for partition in 0..2 {
-        support::marker::append_commit_marker(
-            h.broker.bootstrap_servers(),
-            "counted",
-            partition,
-            4_001,
-        );
-    }
+    end_in_markers(&h, "bookings", 4);
+    end_in_markers(&h, "counted", 2);
     // Without the markers this test could not fail.
     assert_eq!(
         offsets_in(&h, "bookings", 4),
@@ -1576,17 +1574,7 @@ async fn a_replay_reads_to_an_end_that_is_a_transaction_marker() {
 
     // The route counter cannot decode the count request as a booking: skipped, as the live
     // service would dead-letter it.
-    let two = replay::replay(
-        h.broker.bootstrap_servers(),
-        replay::Inputs::tasks(&["bookings", "counted"]),
-        &Start::Beginning,
-        &Store::temporary().expect("store"),
-        &h.codec,
-        &RouteCounter { emit_to: None },
-        |_| {},
-    )
-    .await
-    .expect("replay of two topics");
+    let two = h.replayed_from(&["bookings", "counted"]).await;
     assert_eq!((two.applied, two.skipped), (40, 1));
     assert_eq!(
         two.digest, summary.digest,
@@ -1618,7 +1606,7 @@ async fn a_global_table_ending_in_transaction_markers_is_read_and_the_tasks_go_o
     let _serial = SERIAL.lock().await;
     let h = harness().await;
     h.book(0, 30).await;
-    end_bookings_in_markers(&h);
+    end_in_markers(&h, "bookings", 4);
     assert_eq!(
         offsets_in(&h, "bookings", 4),
         34,
