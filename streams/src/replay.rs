@@ -437,6 +437,7 @@ impl<H: Handler> Shared<'_, H> {
                         break;
                     };
                     if let Some(message) = waiting[t][p].pop_front() {
+                        idle.arrived = true;
                         run.apply(&message, &mut progress).await?;
                     }
                     continue;
@@ -590,8 +591,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// consumer's positions. The clock is read only while the consumer has nothing ready (or a
 /// partition being read has nothing waiting), not for every record.
 struct Idle {
-    /// Whether a record to apply came since the last wait (records past a partition's end,
-    /// which a live topic keeps sending, do not count).
+    /// Whether a record to apply came, or was applied, since the last wait (records past a
+    /// partition's end, which a live topic keeps sending, do not count): a share that spent a
+    /// while applying what it had queued has not stalled.
     arrived: bool,
     last_read: Instant,
     last_look: Instant,
