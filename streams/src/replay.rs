@@ -534,8 +534,7 @@ impl<'a> Ends<'a> {
                 };
                 let at = i32::try_from(p)
                     .ok()
-                    .and_then(|p| positions.find_partition(topic, p))
-                    .and_then(|e| e.offset().to_raw());
+                    .and_then(|p| crate::kafka::position_in(positions, topic, p));
                 let Some(at) = at.filter(|at| *at > open.next) else {
                     continue;
                 };

@@ -3,7 +3,8 @@
 //! The embedded broker ([`broker`]), topic specs and their provisioning ([`topic`]), the
 //! producer ([`producer`]) with the headers every record carries ([`headers`]), idle
 //! consumers of an embedded broker in their own process ([`idle`]), and the settings of
-//! consumers that assign partitions themselves ([`reader_config`]).
+//! consumers that assign partitions themselves ([`reader_config`]) and where they stand
+//! ([`position_in`]).
 
 pub mod broker;
 pub mod headers;
@@ -32,4 +33,20 @@ pub fn reader_config(bootstrap: &str, purpose: &str) -> rdkafka::ClientConfig {
         // a restore of many tasks spent most of its time waiting on that.
         .set("fetch.queue.backoff.ms", "10");
     config
+}
+
+/// Where a consumer stands in `topic`'s `partition`, by the `positions` its
+/// `Consumer::position` gave: the offset after the last record or marker it read, `None`
+/// before it read any. librdkafka moves the position past transaction markers, which it never
+/// hands out, and over compaction gaps, so this, not the last record, tells how far a reader
+/// of a backlog has come.
+pub(crate) fn position_in(
+    positions: &rdkafka::TopicPartitionList,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    positions
+        .find_partition(topic, partition)
+        .and_then(|e| e.offset().to_raw())
+        .filter(|at| *at >= 0)
 }

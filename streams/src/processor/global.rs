@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::apply::{Apply, Failure};
 use super::{Handler, Settings, dead_letter, pause};
 use crate::error::{Error, Result};
-use crate::kafka::Producer;
+use crate::kafka::{Producer, position_in};
 use crate::store::{Batch, Store, Writers};
 
 /// Records applied in one transaction at most.
@@ -140,7 +140,10 @@ impl Globals {
                 .ok()
                 .flatten()
                 .unwrap_or(0);
-            let next = applied.max(position_in(positions.as_ref(), topic, *partition));
+            let read = positions
+                .as_ref()
+                .and_then(|p| position_in(p, topic, *partition));
+            let next = applied.max(read.unwrap_or(0));
             if next < high {
                 self.ends.insert((topic.clone(), *partition), high);
             }
@@ -182,7 +185,7 @@ impl Globals {
             return;
         };
         self.ends.retain(|(topic, partition), end| {
-            position_in(Some(&positions), topic, *partition) < *end
+            position_in(&positions, topic, *partition).is_none_or(|at| at < *end)
         });
     }
 
@@ -255,13 +258,4 @@ impl Globals {
         }
         Some(taken)
     }
-}
-
-/// The consumer's position in `topic`'s `partition` (the offset after the last record or
-/// marker it read), or 0 if it has none.
-fn position_in(positions: Option<&TopicPartitionList>, topic: &str, partition: i32) -> i64 {
-    positions
-        .and_then(|p| p.find_partition(topic, partition))
-        .and_then(|e| e.offset().to_raw())
-        .map_or(0, |at| at.max(0))
 }

@@ -238,9 +238,7 @@ impl Restorer {
                 // A compacted partition has gaps: its position tells how far it is.
                 if let Ok(position) = consumer.position() {
                     for (task, behind) in &mut reading {
-                        if let Some(at) = position
-                            .find_partition(topic, *task)
-                            .and_then(|e| e.offset().to_raw())
+                        if let Some(at) = crate::kafka::position_in(&position, topic, *task)
                             && at > behind.next
                         {
                             behind.next = at;
