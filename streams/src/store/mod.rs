@@ -343,7 +343,15 @@ impl Store {
         task: i32,
         offset: Option<i64>,
     ) -> Result<()> {
-        self.set_offsets(CHECKPOINTS, [(changelog, task, offset)])
+        // One key, written alone: a write is atomic by itself, and a sled batch would pin the
+        // log (two buffer rolls, each waking every idle thread of sled's IO pool) once per
+        // acked commit.
+        let key = offset_key(CHECKPOINTS, changelog, task);
+        match offset {
+            Some(next) => self.offsets.insert(key, &next.to_be_bytes()).map(drop),
+            None => self.offsets.remove(key).map(drop),
+        }
+        .map_err(store_error)
     }
 
     /// The next offset to consume for a partition, as last committed with a record.
@@ -698,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn published_outbox_entries_are_cleared_together_and_the_rest_stay_in_order() {
+    fn published_outbox_entries_are_cleared_in_any_order_and_the_rest_stay_in_order() {
         let store = Store::temporary().expect("store");
         let mut effects = Effects::default();
         for topic in ["a", "b", "c", "d"] {
@@ -718,7 +726,8 @@ mod tests {
             .iter()
             .map(|(id, _)| *id)
             .collect();
-        store.outbox().clear(&ids[..2]).expect("cleared");
+        // Acks come back in any order.
+        store.outbox().clear(&[ids[2], ids[0]]).expect("cleared");
         store.outbox().clear(&[]).expect("nothing to clear");
         let left: Vec<String> = store
             .outbox()
@@ -727,7 +736,7 @@ mod tests {
             .into_iter()
             .map(|(_, entry)| entry.topic)
             .collect();
-        assert_eq!(left, ["c", "d"]);
+        assert_eq!(left, ["b", "d"]);
         assert_eq!(store.outbox().len(), 2);
     }
 
