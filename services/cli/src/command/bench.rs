@@ -328,57 +328,53 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Producer::new(bench.broker.bootstrap_servers(), bench.codec.clone(), &[])?;
             eprintln!("Writing {events} events...");
             produce_generated(&producer, events).await?;
-            let bootstrap = bench.broker.bootstrap_servers().to_owned();
-
-            let (counted, raw_rates, raw_cpu) = raw_rounds(&bootstrap, "bench.typed").await?;
-            let raw_rate = median(&raw_rates);
-
-            let store = Store::temporary()?;
-            let cpu = Cpu::start();
-            let summary = replay::replay(
-                bench.broker.bootstrap_servers(),
-                replay::Inputs::tasks(&["bench.typed"]),
-                &Start::Beginning,
-                &store,
-                &bench.codec,
-                &PerFlight,
-                |_| {},
-            )
-            .await?;
-            let replay_rate = summary.applied as f64 / summary.elapsed.as_secs_f64();
-            let replay_cpu = cpu.per_record(summary.applied + summary.skipped);
-
             eprintln!("Writing a changelog of {events} changes...");
             bench.broker.create_topic(CHANGELOG, REPLAY_PARTITIONS, 1)?;
             write_changelog(&producer, events / REPLAY_PARTITIONS as usize).await?;
-            let (logged, raw_log_rates, raw_log_cpu) = raw_rounds(&bootstrap, CHANGELOG).await?;
-            let raw_log_rate = median(&raw_log_rates);
             let bootstrap = bench.broker.bootstrap_servers().to_owned();
-            let cpu = Cpu::start();
-            let (restored, took) =
-                tokio::task::spawn_blocking(move || restore_all(&bootstrap)).await??;
-            let restore_rate = restored as f64 / took.as_secs_f64();
-            let restore_cpu = cpu.per_record(restored);
 
+            // Each round reads with the raw consumer and then with tripstream, so each ratio
+            // compares two reads a few seconds apart on this shared machine; the raw consumer
+            // alone swung 2x between rounds minutes apart.
+            let (mut replays, mut restores) = (Vec::new(), Vec::new());
+            let mut digest = None;
+            for round in 1..=REPLAY_ROUNDS {
+                eprintln!("Round {round} of {REPLAY_ROUNDS}...");
+                let raw = read_raw(&bootstrap, "bench.typed").await?;
+                let (replayed, replay_digest) = replay_once(&bench).await?;
+                if *digest.get_or_insert_with(|| replay_digest.clone()) != replay_digest {
+                    anyhow::bail!(
+                        "round {round}'s replay has digest {replay_digest}, an earlier one had {}",
+                        digest.unwrap_or_default()
+                    );
+                }
+                let raw_log = read_raw(&bootstrap, CHANGELOG).await?;
+                let restored = {
+                    let bootstrap = bootstrap.clone();
+                    tokio::task::spawn_blocking(move || restore_all(&bootstrap)).await??
+                };
+                println!(
+                    "round {round}: replay {} vs raw {} ({:.2}); restore {} vs raw {} ({:.2})",
+                    replayed.describe(),
+                    raw.describe(),
+                    replayed.rate() / raw.rate(),
+                    restored.describe(),
+                    raw_log.describe(),
+                    restored.rate() / raw_log.rate(),
+                );
+                replays.push((raw, replayed));
+                restores.push((raw_log, restored));
+            }
+            let records =
+                |pairs: &[(Read, Read)]| pairs.first().map_or(0, |(_, ours)| ours.records);
             println!(
-                "raw consumer, counting:   {raw_rate:>10.0} records/s ({counted} records; median of {}){}",
-                rounds(&raw_rates),
-                cpu_note(raw_cpu)
+                "tripstream replay:  {} records into sled, digest {}",
+                records(&replays),
+                digest.unwrap_or_default()
             );
             println!(
-                "tripstream replay:        {replay_rate:>10.0} records/s ({} records, digest {}){}",
-                summary.applied,
-                summary.digest,
-                cpu_note(replay_cpu)
-            );
-            println!(
-                "raw consumer, changelog:  {raw_log_rate:>10.0} records/s ({logged} records; median of {}){}",
-                rounds(&raw_log_rates),
-                cpu_note(raw_log_cpu)
-            );
-            println!(
-                "tripstream restore:       {restore_rate:>10.0} records/s ({restored} records, {REPLAY_PARTITIONS} tasks read together){}",
-                cpu_note(restore_cpu)
+                "tripstream restore: {} changelog records, {REPLAY_PARTITIONS} tasks read together",
+                records(&restores)
             );
             if let Some(peak) = peak_memory_mib() {
                 println!(
@@ -386,9 +382,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             println!(
-                "ratio: replay {:.2} of raw, restore {:.2} of raw",
-                replay_rate / raw_rate,
-                restore_rate / raw_log_rate
+                "ratio: replay {:.2} of raw, restore {:.2} of raw (medians of {REPLAY_ROUNDS} rounds)",
+                median_ratio(&replays),
+                median_ratio(&restores)
             );
             bench.registry.stop().await?;
         }
@@ -460,40 +456,110 @@ async fn write_changelog(producer: &Producer, changes_per_task: usize) -> anyhow
 }
 
 /// Restores every task of [`CHANGELOG`] into one empty store, as an instance assigned them all
-/// does: (records read, time taken).
-fn restore_all(bootstrap: &str) -> anyhow::Result<(u64, Duration)> {
+/// does.
+fn restore_all(bootstrap: &str) -> anyhow::Result<Read> {
     let changelog = Changelog {
         topic: CHANGELOG.into(),
         group: "bench".into(),
         inputs: vec!["bench.typed".into()],
     };
     let store = Store::temporary()?;
-    let start = Instant::now();
+    let timer = Timer::start();
     let records =
         streams::processor::restore_tasks(bootstrap, &changelog, &store, 0..REPLAY_PARTITIONS)?;
-    Ok((records, start.elapsed()))
+    Ok(timer.done(records))
 }
 
-/// Rounds of the raw counting consumer per baseline: one round swung 3x between runs.
-const RAW_ROUNDS: usize = 3;
+/// Replays `bench.typed` into an empty store: what was read, and the store's digest.
+async fn replay_once(bench: &Bench) -> anyhow::Result<(Read, String)> {
+    let store = Store::temporary()?;
+    let timer = Timer::start();
+    let summary = replay::replay(
+        bench.broker.bootstrap_servers(),
+        replay::Inputs::tasks(&["bench.typed"]),
+        &Start::Beginning,
+        &store,
+        &bench.codec,
+        &PerFlight,
+        |_| {},
+    )
+    .await?;
+    let mut read = timer.done(summary.applied);
+    // Every record read costs CPU, applied or skipped as a duplicate.
+    read.cpu_records = summary.applied + summary.skipped;
+    Ok((read, summary.digest))
+}
 
-/// [`RAW_ROUNDS`] reads of `topic` by the raw counting consumer: (records, each round's rate,
-/// CPU time per record over all rounds).
-async fn raw_rounds(
-    bootstrap: &str,
-    topic: &'static str,
-) -> anyhow::Result<(u64, Vec<f64>, Option<Duration>)> {
-    let mut rates = Vec::with_capacity(RAW_ROUNDS);
-    let mut counted = 0;
-    let cpu = Cpu::start();
-    for _ in 0..RAW_ROUNDS {
-        let bootstrap = bootstrap.to_owned();
-        let start = Instant::now();
-        counted = tokio::task::spawn_blocking(move || count_raw(&bootstrap, topic)).await??;
-        rates.push(counted as f64 / start.elapsed().as_secs_f64());
+/// Rounds of `bench replay`, each a raw read and a tripstream read of the same topic.
+const REPLAY_ROUNDS: usize = 3;
+
+/// Reads every record of `topic` with the raw counting consumer.
+async fn read_raw(bootstrap: &str, topic: &'static str) -> anyhow::Result<Read> {
+    let bootstrap = bootstrap.to_owned();
+    let timer = Timer::start();
+    let counted = tokio::task::spawn_blocking(move || count_raw(&bootstrap, topic)).await??;
+    Ok(timer.done(counted))
+}
+
+/// A read being timed: when it started and the process's CPU time then.
+struct Timer {
+    started: Instant,
+    cpu: Cpu,
+}
+
+impl Timer {
+    fn start() -> Self {
+        Timer {
+            started: Instant::now(),
+            cpu: Cpu::start(),
+        }
     }
-    let cpu = cpu.per_record(counted * RAW_ROUNDS as u64);
-    Ok((counted, rates, cpu))
+
+    /// The read is over, with `records` read.
+    fn done(self, records: u64) -> Read {
+        Read {
+            records,
+            cpu_records: records,
+            elapsed: self.started.elapsed(),
+            cpu: self.cpu.used(),
+        }
+    }
+}
+
+/// One read of a topic: records, time taken and the CPU time the whole process used.
+struct Read {
+    records: u64,
+    /// The records the CPU time is shared over.
+    cpu_records: u64,
+    elapsed: Duration,
+    cpu: Option<Duration>,
+}
+
+impl Read {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// `N records/s (M µs CPU per record)`.
+    fn describe(&self) -> String {
+        let per_record = self
+            .cpu
+            .and_then(|cpu| Some(cpu / u32::try_from(self.cpu_records.max(1)).ok()?));
+        let cpu = per_record.map_or_else(String::new, |cpu| {
+            format!(" ({:.2} µs CPU per record)", cpu.as_secs_f64() * 1e6)
+        });
+        format!("{:.0} records/s{cpu}", self.rate())
+    }
+}
+
+/// The median of the rounds' ratios, tripstream's rate over the raw consumer's.
+fn median_ratio(pairs: &[(Read, Read)]) -> f64 {
+    let mut ratios: Vec<f64> = pairs
+        .iter()
+        .map(|(raw, ours)| ours.rate() / raw.rate())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The CPU time the whole process used from a point on, every thread counted (the embedded
@@ -506,10 +572,9 @@ impl Cpu {
         Cpu(process_cpu())
     }
 
-    /// The CPU time used since the start, per record of `records`.
-    fn per_record(&self, records: u64) -> Option<Duration> {
-        let used = process_cpu()?.checked_sub(self.0?)?;
-        Some(used / u32::try_from(records.max(1)).ok()?)
+    /// The CPU time used since the start.
+    fn used(&self) -> Option<Duration> {
+        process_cpu()?.checked_sub(self.0?)
     }
 }
 
@@ -526,25 +591,6 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(
         (user + system) * 1000 / TICKS_PER_SECOND,
     ))
-}
-
-/// `; N µs CPU per record` when the CPU time is known.
-fn cpu_note(per_record: Option<Duration>) -> String {
-    per_record.map_or_else(String::new, |cpu| {
-        format!("; {:.2} µs CPU per record", cpu.as_secs_f64() * 1e6)
-    })
-}
-
-fn median(rates: &[f64]) -> f64 {
-    let mut sorted = rates.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
-/// Every round's rate, for the report.
-fn rounds(rates: &[f64]) -> String {
-    let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-    each.join(", ")
 }
 
 /// Reads every record of `topic` with a bare consumer, counting them.
