@@ -425,7 +425,7 @@ pub async fn relay(
         }
         tokio::select! {
             Some(first) = in_flight.next() => {
-                // The acks already in are cleared together: one sled batch, not one write each.
+                // The acks already in are cleared together, oldest first (see `Outbox::clear`).
                 let mut acked = Vec::new();
                 let mut next = Some(first);
                 while let Some((id, marker, result)) = next {
