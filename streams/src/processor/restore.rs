@@ -524,7 +524,7 @@ impl Reading {
         if key == MARKER {
             read.marker = message.payload().and_then(read_marker);
             read.whole_at = Some(self.next);
-            read.since_marker.clear();
+            read.commit_ended();
         } else {
             read.change(key, message.payload());
         }
@@ -577,6 +577,11 @@ impl Read {
         }
     }
 
+    /// Takes in a marker: the changes read so far are whole commits.
+    fn commit_ended(&mut self) {
+        self.since_marker.clear();
+    }
+
     /// Writes the pending changes to the store, first reading what they overwrite of the keys
     /// changed since the last marker.
     fn flush(&mut self, store: &Store, scope: Scope) -> Result<()> {
@@ -611,6 +616,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use super::*;
@@ -682,6 +688,59 @@ mod tests {
         let marker = queued.pop().is_some_and(|(key, _)| key == MARKER);
         queued.sort();
         (queued, marker)
+    }
+
+    /// Any run of changes, markers and flushes leaves the store holding each key's last value,
+    /// and the values before the last commit as they were when it began.
+    #[test]
+    fn flushes_anywhere_keep_last_values_and_the_values_before_the_last_commit() {
+        // One store for every case, each in a task of its own.
+        let store = std::panic::AssertUnwindSafe(Store::temporary().expect("store"));
+        let case = std::sync::atomic::AtomicI32::new(0);
+        bolero::check!().for_each(|ops: &[u8]| {
+            let store = &*store;
+            let scope = Scope::Task(case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let key = |k: u8| format!("k{}", k % 5).into_bytes();
+            // What the store held before the restore: keys 0 to 2.
+            let held: Vec<_> = (0..3).map(|k| (key(k), Some(b"held".to_vec()))).collect();
+            store.restore(scope, held.clone()).expect("held");
+            let mut state: BTreeMap<Vec<u8>, Vec<u8>> = held
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect();
+            let mut before: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            let mut read = Read::default();
+            for (at, op) in ops.iter().enumerate() {
+                match op & 7 {
+                    4 | 5 => {
+                        read.commit_ended();
+                        before.clear();
+                    }
+                    6 => read.flush(store, scope).expect("flushed"),
+                    _ => {
+                        let k = key(op >> 3);
+                        let value = (op >> 6 != 3).then(|| format!("v{at}").into_bytes());
+                        before
+                            .entry(k.clone())
+                            .or_insert_with(|| state.get(&k).cloned());
+                        match &value {
+                            Some(v) => state.insert(k.clone(), v.clone()),
+                            None => state.remove(&k),
+                        };
+                        read.change(&k, value.as_deref());
+                    }
+                }
+            }
+            read.flush(store, scope).expect("flushed");
+            let stored: BTreeMap<_, _> = store
+                .scan_in(scope, b"")
+                .expect("scan")
+                .into_iter()
+                .collect();
+            assert_eq!(stored, state);
+            let taken: BTreeMap<_, _> = read.take_before().into_iter().collect();
+            assert_eq!(taken, before);
+        });
     }
 
     #[tokio::test]
