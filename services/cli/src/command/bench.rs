@@ -39,6 +39,7 @@ pub enum Command {
     },
     /// Confirmed bookings per second through the whole saga (every service in one process),
     /// then the latency at half that rate, against raw rdkafka's message rate.
+    /// Exits 1 if a consistency check fails after it.
     Saga {
         /// Bookings sent at once for the throughput figure.
         #[arg(long, default_value_t = 10_000)]
@@ -53,6 +54,7 @@ pub enum Command {
     /// Two instances of each service under steady load, one of each killed: time until its
     /// tasks are processed again, latency through the fail-over, restore speed against a raw
     /// consumer, and confirmed bookings/s with one and with two instances.
+    /// Exits 1 if a consistency check fails after it.
     Failover {
         /// Bookings sent at once for each throughput figure.
         #[arg(long, default_value_t = 5_000)]
@@ -312,7 +314,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             seconds,
             rate,
         } => {
-            super::saga_bench::run(bookings, seconds, rate).await?;
+            if !super::saga_bench::run(bookings, seconds, rate).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Failover {
             bookings,
@@ -320,7 +324,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             standby_replicas,
         } => {
-            super::failover_bench::run(bookings, seconds, rate, standby_replicas).await?;
+            if !super::failover_bench::run(bookings, seconds, rate, standby_replicas).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Replay { events } => {
             let bench = setup(REPLAY_PARTITIONS).await?;
