@@ -702,12 +702,10 @@ mod tests {
             let scope = Scope::Task(case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
             let key = |k: u8| format!("k{}", k % 5).into_bytes();
             // What the store held before the restore: keys 0 to 2.
-            let held: Vec<_> = (0..3).map(|k| (key(k), Some(b"held".to_vec()))).collect();
-            store.restore(scope, held.clone()).expect("held");
-            let mut state: BTreeMap<Vec<u8>, Vec<u8>> = held
-                .into_iter()
-                .map(|(k, v)| (k, v.unwrap_or_default()))
-                .collect();
+            let mut state: BTreeMap<Vec<u8>, Vec<u8>> =
+                (0..3).map(|k| (key(k), b"held".to_vec())).collect();
+            let held = state.iter().map(|(k, v)| (k.clone(), Some(v.clone())));
+            store.restore(scope, held).expect("held");
             let mut before: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
             let mut read = Read::default();
             for (at, op) in ops.iter().enumerate() {

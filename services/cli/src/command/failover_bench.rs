@@ -10,7 +10,7 @@ use events::topics;
 use streams::store::{Changelog, Store};
 use system::{Instance, Options, System};
 
-use super::saga_bench::{percentile, seed, send, stages};
+use super::saga_bench::{percentile, print_consistency, seed, send, stages};
 
 /// The services that run as two instances, with how many partitions each reads as tasks.
 const SCALED: [(&str, usize); 4] = [("booking", 24), ("flight", 6), ("hotel", 6), ("payment", 6)];
@@ -130,12 +130,7 @@ pub async fn run(
         "restore from booking.changelog: {restore_rate:>9.0} records/s ({restored} records); raw consumer counting it: {raw_rate:>9.0} records/s; ratio {:.2}",
         restore_rate / raw_rate
     );
-    if report.holds() {
-        println!("consistency: every check holds");
-    } else {
-        println!("consistency: FAILED: {report:?}");
-    }
-    Ok(report.holds())
+    Ok(print_consistency(&report))
 }
 
 /// Waits until the gateway's view shows `count` bookings finished (it sees every instance's).

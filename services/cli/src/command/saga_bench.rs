@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use streams::kafka::headers::{Metadata, header};
-use system::{Options, System};
+use system::{Consistency, Options, System};
 
 /// Messages one confirmed booking puts through the broker: the request, two reservations and
 /// their answers, the charge and its answer, the confirmation.
@@ -110,17 +110,24 @@ pub async fn run(bookings: usize, latency_seconds: u64, rate: Option<f64>) -> an
         );
     }
     println!("raw rdkafka, pre-encoded:  {raw:>10.0} messages/s on the same broker");
-    if report.holds() {
-        println!("consistency: every check holds");
-    } else {
-        println!("consistency: FAILED: {report:?}");
-    }
+    let held = print_consistency(&report);
     println!(
         "ratio: {:.2} of raw (each booking is {MESSAGES_PER_BOOKING} messages: {:.0} messages/s)",
         throughput * MESSAGES_PER_BOOKING / raw,
         throughput * MESSAGES_PER_BOOKING
     );
-    Ok(report.holds())
+    Ok(held)
+}
+
+/// Prints a bench's consistency line, with the failing report when a check fails: whether
+/// every check held.
+pub(crate) fn print_consistency(report: &Consistency) -> bool {
+    if report.holds() {
+        println!("consistency: every check holds");
+    } else {
+        println!("consistency: FAILED: {report:?}");
+    }
+    report.holds()
 }
 
 /// Puts the bench's catalog on sale (flights and hotels that never run out) and funds its 64
